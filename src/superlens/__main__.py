@@ -1,0 +1,3 @@
+from superlens.cli import main
+
+raise SystemExit(main())

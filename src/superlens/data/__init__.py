@@ -1,0 +1,69 @@
+"""Datasets as whole uint8 tensors: ``load(name)`` returns train and test splits.
+
+Names: ``digits`` (bundled with scikit-learn, no download), ``cifar10``,
+``tinyimagenet``, ``synthetic`` and ``imagefolder:<path>``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats
+from superlens.errors import UserError
+
+__all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "load", "NAMES"]
+
+NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>")
+
+
+def default_root() -> Path:
+    """Where downloadable datasets live unless a root is given: $SUPERLENS_DATA or ~/.cache/superlens/data."""
+    return Path(os.environ.get("SUPERLENS_DATA", Path.home() / ".cache" / "superlens" / "data"))
+
+
+def load(name: str, root: str | os.PathLike | None = None, download: bool = False, **options: Any) -> DatasetSplits:
+    """Load dataset ``name``; ``root`` is the folder that holds it (or its archive).
+
+    ``download=True`` fetches a missing official archive (with checksum). ``options``
+    go to the dataset's own loader (e.g. ``image_size`` for ``digits`` and
+    ``imagefolder``, the generator settings for ``synthetic``).
+    """
+    base = Path(root) if root is not None else default_root()
+    if name == "digits":
+        from superlens.data.digits import load_digits_dataset
+
+        return _call(name, load_digits_dataset, **options)
+    if name == "cifar10":
+        from superlens.data.cifar10 import load_cifar10
+
+        return _call(name, load_cifar10, base, download, **options)
+    if name == "tinyimagenet":
+        from superlens.data.tinyimagenet import load_tinyimagenet
+
+        return _call(name, load_tinyimagenet, base, download, **options)
+    if name == "synthetic":
+        from superlens.data.synthetic import make_synthetic
+
+        return _call(name, make_synthetic, **options)
+    if name.startswith("imagefolder:"):
+        from superlens.data.imagefolder import load_imagefolder
+
+        path = name.partition(":")[2]
+        if not path:
+            raise UserError("imagefolder needs a path: use imagefolder:/path/to/folder")
+        return _call(name, load_imagefolder, path, **options)
+    raise UserError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
+
+
+def _call(name: str, loader, *args: Any, **options: Any) -> DatasetSplits:
+    params = inspect.signature(loader).parameters
+    accepted = [p for p in list(params)[len(args):]]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"dataset {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted) or 'none'}"
+        )
+    return loader(*args, **options)

@@ -1,0 +1,104 @@
+"""The one in-memory dataset type every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from superlens.errors import UserError
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """One split of an image classification dataset, held whole in memory.
+
+    ``images`` is a uint8 tensor of shape (N, 3, H, W); ``labels`` int64 of shape (N,).
+    ``mean`` and ``std`` are the per-channel statistics (on the 0..1 scale) that the
+    model's input normalization uses. ``attributes`` holds extra per-sample tensors
+    (first dimension N), e.g. the planted features of the synthetic dataset; ``meta``
+    holds dataset-level facts.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str = ""
+    split: str = ""
+    attributes: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        x, y = self.images, self.labels
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+            raise UserError(
+                f"images must be a uint8 tensor of shape (N, 3, H, W), got {x.dtype} {tuple(x.shape)}"
+            )
+        if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+            raise UserError(
+                f"labels must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+            raise UserError(
+                f"labels must lie in [0, {len(self.classes)}), found {int(y.min())}..{int(y.max())}"
+            )
+        for key, value in self.attributes.items():
+            if value.shape[0] != x.shape[0]:
+                raise UserError(f"attribute {key!r} has {value.shape[0]} rows, expected {x.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
+
+    def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> "ImageDataset":
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.images.device)
+        return replace(
+            self,
+            images=self.images[idx],
+            labels=self.labels[idx],
+            attributes={k: v[idx.to(v.device)] for k, v in self.attributes.items()},
+        )
+
+    def to(self, device: torch.device | str) -> "ImageDataset":
+        return replace(
+            self,
+            images=self.images.to(device),
+            labels=self.labels.to(device),
+            attributes={k: v.to(device) for k, v in self.attributes.items()},
+        )
+
+
+class DatasetSplits(NamedTuple):
+    train: ImageDataset
+    test: ImageDataset
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the 0..1 scale."""
+    x = images.to(torch.float64).div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def from_hwc(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> contiguous (N, 3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

@@ -1,0 +1,4 @@
+from superlens.models.resnet import BasicBlock, ResNet, resnet18
+from superlens.models.weights import IMAGENET1K_V1, load_weights
+
+__all__ = ["BasicBlock", "ResNet", "resnet18", "load_weights", "IMAGENET1K_V1"]
