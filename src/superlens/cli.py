@@ -41,6 +41,87 @@ def data_check(name: str, root: str | None, download: bool) -> None:
         click.echo(f"{name_:<{width}}  {a:>7d}  {b:>7d}")
 
 
+def _run(source: str | None, overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    from superlens.config import load_config
+    from superlens.study import run_study
+
+    cfg = load_config(source, overrides)
+    out = out or f"runs/{cfg['name']}"
+    click.echo(f"run directory: {out}")
+    summary = run_study(cfg, out, progress=not quiet, log=click.echo)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(f"{'arm':<24} {'labels':>7} {'test acc (95% CI)':>26} {'AUBC':>7} {'label eff.':>10}")
+    for arm, m in summary["arms"].items():
+        lo, hi = m["test_accuracy_ci95"]
+        acc = f"{m['test_accuracy']:.4f} [{lo:.4f}, {hi:.4f}]"
+        aubc = f"{m['aubc']:.4f}" if "aubc" in m else "-"
+        eff = f"{m['label_efficiency']:.2f}" if "label_efficiency" in m else "-"
+        click.echo(f"{arm:<24} {m['n_labeled']:>7} {acc:>26} {aubc:>7} {eff:>10}")
+
+
+_out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
+                           help="Run directory (default: runs/<config name>). An existing one with the same config is continued.")
+_quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+@cli.command()
+@_out_option
+@_quiet_option
+def demo(out: str | None, quiet: bool) -> None:
+    """Run the built-in demo study (digits, narrow ResNet-18, baseline vs active learning)."""
+    _run("demo", (), out or "runs/demo", quiet)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("preset_or_yaml")
+@click.argument("overrides", nargs=-1)
+@_out_option
+@_quiet_option
+def run(preset_or_yaml: str, overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    """Run a study from a preset name or a YAML file, with key=value overrides."""
+    _run(preset_or_yaml, overrides, out, quiet)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_quiet_option
+def resume(run_dir: str, quiet: bool) -> None:
+    """Finish an interrupted run; finished jobs and rounds are not recomputed."""
+    from superlens.rundir import RunDir
+    from superlens.study import run_study
+
+    cfg = RunDir(run_dir).read_config()
+    _print_summary(run_study(cfg, run_dir, progress=not quiet, log=click.echo))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+def report(run_dirs: tuple[str, ...]) -> None:
+    """Rebuild rounds.csv and summary.json of finished runs."""
+    from superlens.rundir import RunDir
+    from superlens.study import summarize
+
+    for run_dir in run_dirs:
+        click.echo(f"{run_dir}:")
+        _print_summary(summarize(RunDir(run_dir)))
+
+
+@cli.command()
+def presets() -> None:
+    """List the built-in presets."""
+    from importlib import resources
+
+    from superlens.config import preset_names
+
+    for name in preset_names():
+        text = resources.files("superlens.presets").joinpath(f"{name}.yaml").read_text()
+        first = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "")
+        click.echo(f"{name:<16} {first}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="superlens", standalone_mode=False)

@@ -1,0 +1,172 @@
+"""Exact greedy k-center and k-means++ seeding without an n x n matrix.
+
+Both keep, per pool point, an upper bound on its squared distance to the chosen
+centres and the number of centres already folded into that bound. A point's bound
+is refreshed against the newer centres only when it matters: greedy k-center only
+needs the exact value of the point whose bound is largest (a lazy max-heap), and
+D^2 sampling only needs it for a proposed point (rejection sampling from the bounds,
+which yields draws exactly proportional to D^2). When a new centre changes few
+distances, as it does once many centres are chosen, each pick costs about O(t * d)
+for t centres instead of O(n * d), and memory stays O(n + k * d).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+import numpy as np
+
+CHUNK = 512
+
+
+def squared_distances_to(points: np.ndarray, centers: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """min over ``centers`` of the squared euclidean distance, per row of ``points``; chunked."""
+    out = np.full(len(points), np.inf)
+    if len(centers) == 0:
+        return out
+    point_sq = np.einsum("ij,ij->i", points, points).astype(np.float64)
+    center_sq = np.einsum("ij,ij->i", centers, centers).astype(np.float64)
+    for start in range(0, len(centers), chunk):
+        block = centers[start : start + chunk]
+        d = point_sq[:, None] + center_sq[None, start : start + chunk] - 2.0 * (points @ block.T)
+        np.minimum(out, d.min(axis=1), out=out)
+    return np.maximum(out, 0.0)
+
+
+def greedy_kcenter(
+    points: np.ndarray, centers: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``k`` rows of ``points``, each the farthest from ``centers`` and the rows picked before.
+
+    Returns the picked indices and, for each pick, the covering radius (euclidean) just
+    before it was added, which never increases. With no ``centers`` the first pick is a
+    uniformly random point. Ties go to the lowest index, as ``argmax`` would.
+    """
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    n, d = points.shape
+    sq = np.einsum("ij,ij->i", points, points).astype(np.float64)
+    upper = squared_distances_to(points, np.asarray(centers, dtype=np.float32))
+    new = np.empty((k, d), dtype=np.float32)
+    new_sq = np.empty(k)
+    checked = np.zeros(n, dtype=np.int64)
+    picked: list[int] = []
+    radii: list[float] = []
+    if len(centers) == 0 and k > 0:
+        first = int(rng.integers(n))
+        upper[:] = np.maximum(sq + sq[first] - 2.0 * (points @ points[first]), 0.0)
+        upper[first] = 0.0
+        picked.append(first)
+        radii.append(np.inf)
+        new[0], new_sq[0] = points[first], sq[first]
+        checked[:] = 1
+    heap = [(-u, i) for i, u in enumerate(upper)]
+    heapq.heapify(heap)
+    while len(picked) < k:
+        _, i = heapq.heappop(heap)
+        t = len(picked)
+        runner_up = -heap[0][0] if heap else -np.inf
+        bound, s = upper[i], checked[i]
+        while s < t and bound >= runner_up:  # stop as soon as i can no longer be the farthest
+            e = min(t, s + CHUNK)
+            bound = min(bound, max(0.0, float((sq[i] + new_sq[s:e] - 2.0 * (new[s:e] @ points[i])).min())))
+            s = e
+        upper[i], checked[i] = bound, s
+        if s < t or bound < runner_up:
+            heapq.heappush(heap, (-bound, i))
+            continue
+        picked.append(i)
+        radii.append(float(np.sqrt(bound)))
+        new[t], new_sq[t] = points[i], sq[i]
+        upper[i] = 0.0
+    return np.asarray(picked, dtype=np.int64), np.asarray(radii)
+
+
+class _SumTree:
+    """Fenwick tree over non-negative weights: point update and weighted sampling in O(log n)."""
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.n = len(weights)
+        self.weights = np.array(weights, dtype=np.float64)
+        self.tree = np.zeros(self.n + 1)
+        tree = self.tree
+        tree[1:] = self.weights
+        for i in range(1, self.n + 1):
+            j = i + (i & -i)
+            if j <= self.n:
+                tree[j] += tree[i]
+        self.size_bit = 1 << (self.n.bit_length() - 1) if self.n else 0
+
+    def total(self) -> float:
+        s, i = 0.0, self.n
+        while i > 0:
+            s += self.tree[i]
+            i -= i & -i
+        return s
+
+    def set(self, index: int, value: float) -> None:
+        delta = value - self.weights[index]
+        self.weights[index] = value
+        i = index + 1
+        while i <= self.n:
+            self.tree[i] += delta
+            i += i & -i
+
+    def find(self, mass: float) -> int:
+        """Smallest index whose prefix sum exceeds ``mass``."""
+        pos, bit = 0, self.size_bit
+        while bit:
+            nxt = pos + bit
+            if nxt <= self.n and self.tree[nxt] <= mass:
+                pos = nxt
+                mass -= self.tree[nxt]
+            bit >>= 1
+        return min(pos, self.n - 1)
+
+
+def kmeanspp_seeding(
+    sq_norms: np.ndarray,
+    inner_with: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    k: int,
+    rng: np.random.Generator,
+    first: int,
+) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling) given only norms and inner products.
+
+    ``inner_with(rows, centre_indices)`` returns the (len(rows), len(centre_indices))
+    inner products between pool points; the caller supplies it in whatever factorized
+    form is cheap. ``first`` is the first centre. Each proposal is drawn from the stale
+    upper bounds and accepted with probability exact / bound, so accepted picks follow
+    the D^2 distribution exactly.
+    """
+    n = len(sq_norms)
+    every = np.arange(n)
+    upper = np.maximum(sq_norms + sq_norms[first] - 2.0 * inner_with(every, np.array([first]))[:, 0], 0.0)
+    upper[first] = 0.0
+    checked = np.ones(n, dtype=np.int64)
+    picked = [first]
+    tree = _SumTree(upper)
+    while len(picked) < k:
+        total = tree.total()
+        if total <= 0:  # every remaining point coincides with a centre: fill up at random
+            rest = np.setdiff1d(every, picked)
+            picked += list(rng.choice(rest, k - len(picked), replace=False))
+            break
+        i = tree.find(rng.random() * total)
+        t = len(picked)
+        bound = upper[i]
+        if checked[i] < t:
+            ids = np.asarray(picked[checked[i] :])
+            d = sq_norms[i] + sq_norms[ids] - 2.0 * inner_with(np.array([i]), ids)[0]
+            exact = max(0.0, min(bound, float(d.min())))
+            checked[i] = t
+        else:
+            exact = bound
+        if rng.random() * bound < exact:
+            picked.append(int(i))
+            upper[i] = 0.0
+            tree.set(i, 0.0)
+        elif exact != bound:
+            upper[i] = exact
+            tree.set(i, exact)
+    return np.asarray(picked, dtype=np.int64)

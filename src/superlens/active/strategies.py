@@ -1,0 +1,188 @@
+"""Query strategies: a registry of named rules that pick which unlabelled images to label.
+
+Each strategy declares what it needs from the model (``probs``, ``embeddings``,
+``labeled_embeddings``, ``mc_probs``); the loop computes exactly that in one pass
+over the pool with evaluation transforms and hands it over as :class:`QueryInputs`.
+``select`` returns positions into the unlabelled pool, best first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from superlens.active.kcenter import greedy_kcenter, kmeanspp_seeding
+from superlens.errors import UserError
+
+EPS = 1e-12
+
+
+@dataclass
+class QueryInputs:
+    probs: np.ndarray | None = None  # (n, C) softmax of the unlabelled pool
+    embeddings: np.ndarray | None = None  # (n, D) penultimate features of the unlabelled pool
+    labeled_embeddings: np.ndarray | None = None  # (L, D)
+    mc_probs: np.ndarray | None = None  # (T, n, C) softmax under T dropout masks
+    pool_ids: np.ndarray | None = None  # (n,) training-set index of each unlabelled image
+    state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    needs: frozenset[str]
+    select: Callable[[QueryInputs, int, np.random.Generator], np.ndarray]
+    doc: str
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(name: str, needs: set[str], doc: str):
+    def wrap(fn):
+        REGISTRY[name] = Strategy(name, frozenset(needs), fn, doc)
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> Strategy:
+    if name not in REGISTRY:
+        raise UserError(f"unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores, largest first; ties go to the lower index."""
+    order = np.argsort(-scores, kind="stable")
+    return order[:k]
+
+
+# --- scores of a probability matrix (higher = more informative) ------------------
+
+def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
+    return 1.0 - probs.max(axis=1)
+
+
+def margin_scores(probs: np.ndarray) -> np.ndarray:
+    top2 = np.partition(probs, probs.shape[1] - 2, axis=1)[:, -2:]
+    return -(top2[:, 1] - top2[:, 0])  # a small margin between the best two classes ranks high
+
+
+def entropy_scores(probs: np.ndarray) -> np.ndarray:
+    return -(probs * np.log(probs + EPS)).sum(axis=1)
+
+
+def bald_scores(mc_probs: np.ndarray) -> np.ndarray:
+    """Mutual information between label and weights: H(mean_t p_t) - mean_t H(p_t)."""
+    mean = mc_probs.mean(axis=0)
+    return entropy_scores(mean) - np.mean([entropy_scores(p) for p in mc_probs], axis=0)
+
+
+# --- the registry ------------------------------------------------------------------
+
+@register("random", set(), "uniformly random images (the control every strategy is compared with)")
+def _random(inputs: QueryInputs, k: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(len(inputs.pool_ids))[:k]
+
+
+@register("least_confidence", {"probs"}, "largest 1 - max softmax probability")
+def _least_confidence(inputs, k, rng):
+    return top_k(least_confidence_scores(inputs.probs), k)
+
+
+@register("margin", {"probs"}, "smallest gap between the two most probable classes")
+def _margin(inputs, k, rng):
+    return top_k(margin_scores(inputs.probs), k)
+
+
+@register("entropy", {"probs"}, "largest entropy of the predicted class distribution")
+def _entropy(inputs, k, rng):
+    return top_k(entropy_scores(inputs.probs), k)
+
+
+@register("bald", {"mc_probs"}, "largest mutual information under MC dropout (Gal et al. 2017)")
+def _bald(inputs, k, rng):
+    return top_k(bald_scores(inputs.mc_probs), k)
+
+
+@register("coreset", {"embeddings", "labeled_embeddings"}, "greedy k-center on embeddings (Sener & Savarese 2018)")
+def _coreset(inputs, k, rng):
+    picked, radii = greedy_kcenter(inputs.embeddings, inputs.labeled_embeddings, k, rng)
+    inputs.state["coreset_radii"] = radii
+    return picked
+
+
+def badge_factors(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two factors of BADGE's gradient embedding g_i = a_i (outer) h_i.
+
+    a_i = p_i - onehot(argmax p_i) is the loss gradient w.r.t. the logits under the
+    predicted label, h_i the penultimate features; the last layer's gradient is their
+    outer product. It is never formed: <g_i, g_j> = <a_i, a_j> <h_i, h_j>.
+    """
+    a = probs.astype(np.float32).copy()
+    a[np.arange(len(a)), probs.argmax(axis=1)] -= 1.0
+    return a, np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+@register("badge", {"probs", "embeddings"}, "k-means++ seeding on gradient embeddings (Ash et al. 2020)")
+def _badge(inputs, k, rng):
+    a, h = badge_factors(inputs.probs, inputs.embeddings)
+    sq = (np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)).astype(np.float64)
+
+    def inner(rows, cols):
+        return ((a[rows] @ a[cols].T) * (h[rows] @ h[cols].T)).astype(np.float64)
+
+    return kmeanspp_seeding(sq, inner, k, rng, first=int(np.argmax(sq)))
+
+
+def cluster_pool(embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator, micro: int = 2000) -> np.ndarray:
+    """Average-linkage agglomerative clusters of the pool.
+
+    Full hierarchical clustering of a 50,000-image pool needs an n x n distance matrix,
+    so the pool is first summarized by ``micro`` k-means centroids, which are then
+    merged by average linkage into ``n_clusters``; each image takes its centroid's cluster.
+    """
+    from sklearn.cluster import AgglomerativeClustering, MiniBatchKMeans
+
+    n = len(embeddings)
+    n_clusters = max(1, min(n_clusters, n))
+    if n <= micro:
+        micro_ids, centroids = np.arange(n), embeddings
+    else:
+        km = MiniBatchKMeans(micro, random_state=int(rng.integers(2**31)), n_init=1, batch_size=4096)
+        micro_ids = km.fit_predict(embeddings)
+        centroids = km.cluster_centers_
+    if len(centroids) <= n_clusters:
+        return micro_ids
+    merged = AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict(centroids)
+    return merged[micro_ids]
+
+
+@register("cluster_margin", {"probs", "embeddings"}, "lowest margins, spread round-robin over clusters (Citovsky et al. 2021)")
+def _cluster_margin(inputs, k, rng, margin_multiplier: float = 10.0, n_clusters: int = 200):
+    """Take the ``margin_multiplier * k`` lowest-margin images, then pick round-robin from their
+    clusters, smallest cluster first, one random image at a time. The pool is clustered once
+    into ``n_clusters``, at the first query, and the clusters are kept for later rounds."""
+    state = inputs.state
+    if "cluster_of" not in state:
+        ids = cluster_pool(inputs.embeddings, n_clusters, rng)
+        state["cluster_of"] = dict(zip(inputs.pool_ids.tolist(), ids.tolist()))
+    clusters = np.array([state["cluster_of"].get(int(i), -1 - int(i)) for i in inputs.pool_ids])
+    candidates = top_k(margin_scores(inputs.probs), min(len(inputs.pool_ids), int(margin_multiplier * k)))
+    groups: dict[int, list[int]] = {}
+    for c in candidates:
+        groups.setdefault(int(clusters[c]), []).append(int(c))
+    queues = sorted(groups.values(), key=len)
+    for q in queues:
+        rng.shuffle(q)
+    chosen: list[int] = []
+    while len(chosen) < k and queues:
+        queues = [q for q in queues if q]
+        for q in queues:
+            if len(chosen) == k:
+                break
+            chosen.append(q.pop())
+    return np.asarray(chosen, dtype=np.int64)

@@ -1,0 +1,188 @@
+"""The study configuration: built-in defaults + a preset or YAML file + key=value overrides.
+
+Everything is merged once, validated once, and written to the run directory as
+``config.yaml``; every later stage reads only that resolved file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from superlens.errors import UserError
+
+DEFAULTS: dict[str, Any] = {
+    "name": "study",
+    "seeds": [0, 1, 2],
+    "device": "auto",  # "auto", "cpu", "cuda", "cuda:1", ...
+    "data": {"name": "digits", "root": None, "download": False, "options": {}},
+    "model": {"stem": "cifar", "width": 64, "dropout": 0.0, "pretrained": None},
+    "recipe": {"name": "standard"},  # a recipe name plus any Recipe field to override
+    "arms": ["baseline", "al-least_confidence", "al-random"],
+    "active": {
+        "initial_size": 1000,
+        "initial": "random",  # "random" or "balanced"
+        "query_size": 1000,  # one number, or a list with one size per round
+        "rounds": 5,  # a number, or "exhaust" to query until the pool is empty
+        "reset": "warm",  # "warm", "scratch_same_init" or "scratch_new_init"
+        "mc_samples": 20,  # dropout masks for bald
+        "mc_dropout": 0.5,  # head dropout rate for bald when the model has none
+        "strategy_options": {},  # per strategy: keyword arguments of its select()
+    },
+}
+FREE_FORM = ("data.options", "recipe", "active.strategy_options")
+RESETS = ("warm", "scratch_same_init", "scratch_new_init")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("superlens.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(source: str) -> DictConfig:
+    path = Path(source)
+    if source in preset_names():
+        text = resources.files("superlens.presets").joinpath(f"{source}.yaml").read_text()
+    elif path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        raise UserError(f"{source!r} is neither a preset ({', '.join(preset_names())}) nor an existing YAML file")
+    try:
+        loaded = OmegaConf.create(text)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise UserError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, DictConfig):
+        raise UserError(f"{source}: the top level must be a mapping of keys")
+    return loaded
+
+
+def _strict_defaults() -> DictConfig:
+    cfg = OmegaConf.create(DEFAULTS)
+    OmegaConf.set_struct(cfg, True)
+    for key in FREE_FORM:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
+    return cfg
+
+
+def _merge(base: DictConfig, extra: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, extra)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
+        raise UserError(f"unknown or invalid config key {key!r} in {where}; see `superlens presets` and docs/config.md") from None
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Resolve defaults < preset/YAML ``source`` < ``key=value`` overrides into a validated dict."""
+    cfg = _strict_defaults()
+    if source is not None:
+        cfg = _merge(cfg, _read_source(source), source)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value (e.g. active.rounds=3)")
+        try:
+            dotted = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise UserError(f"cannot read override {item!r} ({exc})") from None
+        cfg = _merge(cfg, dotted, f"override {item!r}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    validate(resolved)
+    return resolved
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    from superlens.active.strategies import REGISTRY
+    from superlens.training import make_recipe
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    seeds = cfg["seeds"]
+    need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
+         f"seeds must be a non-empty list of integers, got {seeds!r}")
+    need(len(set(seeds)) == len(seeds), f"seeds must not repeat, got {seeds!r}")
+    arms = cfg["arms"]
+    need(isinstance(arms, list) and arms, "arms must be a non-empty list, e.g. [baseline, al-least_confidence, al-random]")
+    for arm in arms:
+        if arm != "baseline":
+            need(arm.startswith("al-"), f"arm {arm!r} must be 'baseline' or 'al-<strategy>'")
+            if arm[3:] not in REGISTRY:
+                raise UserError(f"unknown strategy {arm[3:]!r} in arm {arm!r}; known: {', '.join(REGISTRY)}")
+    need(len(set(arms)) == len(arms), f"arms must not repeat, got {arms!r}")
+    make_recipe(dict(cfg["recipe"]))
+    model = cfg["model"]
+    need(model["stem"] in ("imagenet", "cifar"), f"model.stem must be 'imagenet' or 'cifar', got {model['stem']!r}")
+    need(isinstance(model["width"], int) and model["width"] >= 1, f"model.width must be a positive integer, got {model['width']!r}")
+    need(0 <= model["dropout"] < 1, f"model.dropout must lie in [0, 1), got {model['dropout']!r}")
+    al = cfg["active"]
+    need(isinstance(al["initial_size"], int) and al["initial_size"] >= 0,
+         f"active.initial_size must be an integer >= 0, got {al['initial_size']!r}")
+    need(al["initial"] in ("random", "balanced"), f"active.initial must be 'random' or 'balanced', got {al['initial']!r}")
+    rounds = al["rounds"]
+    need(rounds == "exhaust" or (isinstance(rounds, int) and rounds >= 1),
+         f"active.rounds must be a positive integer or 'exhaust', got {rounds!r} (zero rounds query nothing)")
+    q = al["query_size"]
+    sizes = q if isinstance(q, list) else [q]
+    need(all(isinstance(s, int) and s >= 1 for s in sizes) and sizes, f"active.query_size must be positive integers, got {q!r}")
+    if isinstance(q, list) and rounds != "exhaust":
+        need(len(q) == rounds, f"active.query_size lists {len(q)} sizes but active.rounds={rounds}")
+    need(al["reset"] in RESETS, f"active.reset must be one of {', '.join(RESETS)}, got {al['reset']!r}")
+    need(isinstance(al["mc_samples"], int) and al["mc_samples"] >= 2, "active.mc_samples must be an integer >= 2")
+    need(0 < al["mc_dropout"] < 1, "active.mc_dropout must lie in (0, 1)")
+    for name, options in al["strategy_options"].items():
+        need(name in REGISTRY, f"active.strategy_options names unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
+        accepted = list(inspect.signature(REGISTRY[name].select).parameters)[3:]
+        for key in options or {}:
+            need(key in accepted, f"strategy {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+
+
+def query_sizes(active: dict[str, Any], pool_size: int) -> list[int]:
+    """The size of each round's query; raises when the budget exceeds the pool."""
+    remaining = pool_size - active["initial_size"]
+    if remaining < 0:
+        raise UserError(f"active.initial_size={active['initial_size']} is larger than the training pool ({pool_size} images)")
+    q = active["query_size"]
+    if active["rounds"] == "exhaust":
+        sizes, step = [], 0
+        while remaining > 0:
+            size = min(remaining, q[min(step, len(q) - 1)] if isinstance(q, list) else q)
+            sizes.append(size)
+            remaining -= size
+            step += 1
+        return sizes
+    sizes = q if isinstance(q, list) else [q] * active["rounds"]
+    if sum(sizes) > remaining:
+        raise UserError(
+            f"the budget ({active['initial_size']} initial + {sum(sizes)} queried) is larger than the "
+            f"training pool ({pool_size} images); lower active.query_size or active.rounds"
+        )
+    return list(sizes)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, ValueError, OSError) as exc:
+        raise UserError(f"cannot read {path} ({exc})") from None
+
+
+def to_yaml(cfg: dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The dotted key where two config trees first differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return f"{prefix}{key}"
+            found = first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")

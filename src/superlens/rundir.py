@@ -1,0 +1,93 @@
+"""The run directory: its lock, its config, its jobs' folders and the files built from them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from superlens.config import first_difference, read_yaml, to_yaml, validate
+from superlens.errors import UserError
+from superlens.fileio import write_text
+
+ROUND_COLUMNS = [
+    "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
+    "query_seconds", "train_seconds", "query_class_entropy", "query_class_hist",
+]
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def job_dir(self, arm: str, seed: int) -> Path:
+        return self.path / "arms" / arm / f"seed{seed}"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the directory; a second process is refused at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            yield
+            return
+        with open(self.path / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise UserError(
+                    f"{self.path} is in use by another superlens process (pid {owner}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise UserError(f"{self.path} is not a superlens run directory (no config.yaml)")
+        cfg = read_yaml(self.config_path)
+        validate(cfg)
+        return cfg
+
+    def bind_config(self, cfg: dict[str, Any]) -> None:
+        """Write ``config.yaml``, or check that the one already there is the same config."""
+        if self.config_path.exists():
+            existing = read_yaml(self.config_path)
+            diff = first_difference(existing, cfg)
+            if diff is not None:
+                raise UserError(
+                    f"{self.path} belongs to a different config (they differ at {diff!r}); "
+                    f"choose another --out, or run `superlens resume {self.path}` to finish it as it was"
+                )
+            return
+        write_text(self.config_path, to_yaml(cfg))
+
+    def finished_jobs(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.path.glob("arms/*/seed*/done.json"))]
+
+    def write_rounds_csv(self, records: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, ROUND_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in records:
+            row = {k: row.get(k) for k in ROUND_COLUMNS}
+            row["query_class_hist"] = " ".join(str(c) for c in row["query_class_hist"] or [])
+            writer.writerow(row)
+        write_text(self.path / "rounds.csv", buf.getvalue())

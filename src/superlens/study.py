@@ -1,0 +1,132 @@
+"""A study: every (arm, seed) job of a config, run into one run directory, then summarized."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from superlens import __version__
+from superlens.active.curves import aubc, label_efficiency
+from superlens.active.loop import run_job
+from superlens.analysis.stats import mean_ci
+from superlens.config import query_sizes
+from superlens.data import load
+from superlens.errors import UserError
+from superlens.fileio import write_json
+from superlens.rundir import RunDir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but this torch has no CUDA device; use device=cpu or device=auto")
+    return device
+
+
+def load_data(cfg: dict[str, Any]):
+    d = cfg["data"]
+    return load(d["name"], root=d["root"], download=d["download"], **d["options"])
+
+
+def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(arm, seed) for arm in cfg["arms"] for seed in cfg["seeds"]]
+
+
+def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run every unfinished job of ``cfg`` into ``out`` and write its summary files.
+
+    Jobs already done are skipped and an interrupted one continues from its last
+    round, so calling this again on the same directory finishes what is left.
+    """
+    run = RunDir(out)
+    with run.lock():
+        run.bind_config(cfg)
+        started = time.time()
+        splits = load_data(cfg)
+        if any(arm != "baseline" for arm in cfg["arms"]):
+            query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
+        device = resolve_device(cfg["device"])
+        splits = type(splits)(splits.train.to(device), splits.test.to(device))
+        todo = jobs(cfg)
+        for i, (arm, seed) in enumerate(todo, start=1):
+            job_dir = run.job_dir(arm, seed)
+            state = "done" if (job_dir / "done.json").exists() else "running"
+            log(f"[{i}/{len(todo)}] {arm} seed {seed}: {state}")
+            run_job(cfg, arm, seed, job_dir, splits, device, progress=progress)
+        summary = summarize(run)
+        write_manifest(run, cfg, device, started)
+        return summary
+
+
+def summarize(run: RunDir) -> dict[str, Any]:
+    """Build ``rounds.csv`` and ``summary.json`` from the finished jobs."""
+    cfg = run.read_config()
+    finished = {(job["arm"], job["seed"]): job["records"] for job in run.finished_jobs()}
+    if not finished:
+        raise UserError(f"{run.path} has no finished jobs yet; run `superlens resume {run.path}`")
+    run.write_rounds_csv([row for arm, seed in jobs(cfg) for row in finished.get((arm, seed), [])])
+    arms: dict[str, Any] = {}
+    for arm in cfg["arms"]:
+        seeds = [s for s in cfg["seeds"] if (arm, s) in finished]
+        if not seeds:
+            continue
+        per_seed: dict[str, list[float]] = {"test_accuracy": [], "aubc": [], "label_efficiency": []}
+        for seed in seeds:
+            rows = finished[(arm, seed)]
+            n = np.array([r["n_labeled"] for r in rows], dtype=float)
+            acc = np.array([r["test_accuracy"] for r in rows])
+            per_seed["test_accuracy"].append(float(acc[-1]))
+            if arm != "baseline":
+                per_seed["aubc"].append(aubc(n, acc))
+                reference = finished.get(("al-random", seed))
+                if reference is not None:
+                    ref_n = np.array([r["n_labeled"] for r in reference], dtype=float)
+                    ref_acc = np.array([r["test_accuracy"] for r in reference])
+                    per_seed["label_efficiency"].append(label_efficiency(n, acc, ref_n, ref_acc))
+        entry: dict[str, Any] = {"seeds": seeds, "n_labeled": finished[(arm, seeds[0])][-1]["n_labeled"]}
+        for metric, values in per_seed.items():
+            values = [v for v in values if np.isfinite(v)]
+            if values:
+                stats = mean_ci(values)
+                entry[metric] = stats["mean"]
+                entry[f"{metric}_ci95"] = stats["ci95"]
+        entry["per_seed"] = {k: [v if np.isfinite(v) else None for v in vals] for k, vals in per_seed.items() if vals}
+        arms[arm] = entry
+    summary = {
+        "name": cfg["name"], "dataset": cfg["data"]["name"], "seeds": cfg["seeds"],
+        "complete": len(finished) == len(jobs(cfg)), "arms": arms,
+    }
+    write_json(run.path / "summary.json", summary)
+    return summary
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device, started: float) -> None:
+    import sklearn
+
+    jobs_ = {f"{j['arm']}/seed{j['seed']}": round(j["seconds"], 3) for j in run.finished_jobs()}
+    write_json(run.path / "manifest.json", {
+        "superlens": __version__, "git_revision": _git_revision(), "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "scikit_learn": sklearn.__version__,
+        "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(), "seeds": cfg["seeds"],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "this_invocation_seconds": round(time.time() - started, 3), "job_seconds": jobs_,
+    })

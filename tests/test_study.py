@@ -1,0 +1,173 @@
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from superlens.active.curves import aubc, label_efficiency, labels_to_reach
+from superlens.active.pool import Pool, initial_set
+from superlens.config import load_config, query_sizes
+from superlens.errors import UserError
+from superlens.rundir import RunDir
+from superlens.study import run_study
+
+TINY = [
+    "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
+    "active.initial_size=40", "active.query_size=40", "active.rounds=2",
+]
+TIMING = ("query_seconds", "train_seconds")
+
+
+def tiny_config(*extra):
+    return load_config("demo", [*TINY, *extra])
+
+
+def strip_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_curves_known_answers():
+    assert aubc([0, 10, 20], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    assert aubc([5], [0.4]) == pytest.approx(0.4)
+    assert labels_to_reach([100, 200, 300], [0.5, 0.7, 0.9], 0.8) == pytest.approx(250)
+    assert np.isnan(labels_to_reach([100, 200], [0.5, 0.6], 0.9))
+    # the strategy reaches at 200 what random reaches at 300: 1.5 there; 1.0 at the start
+    eff = label_efficiency([100, 200], [0.5, 0.9], [100, 200, 300], [0.5, 0.7, 0.9])
+    assert eff == pytest.approx(1.5)
+
+
+def test_initial_set_and_pool_bookkeeping():
+    labels = np.repeat(np.arange(5), 20)
+    first = initial_set(labels, 23, "balanced", np.random.default_rng(0))
+    assert len(first) == len(set(first)) == 23
+    assert (np.bincount(labels[first], minlength=5) >= 4).all()
+    pool = Pool.empty(100)
+    pool.acquire(first, 0)
+    assert len(pool.labeled) == 23 and len(pool.unlabeled) == 77
+    with pytest.raises(ValueError, match="already labelled"):
+        pool.acquire(first[:1], 1)
+    with pytest.raises(UserError, match="larger than the training pool"):
+        initial_set(labels, 101, "random", np.random.default_rng(0))
+
+
+def test_budget_checks():
+    cfg = tiny_config()
+    assert query_sizes(cfg["active"], 200) == [40, 40]
+    with pytest.raises(UserError, match="budget .* is larger than the training pool"):
+        query_sizes(cfg["active"], 100)
+    exhaust = tiny_config("active.rounds=exhaust")
+    assert query_sizes(exhaust["active"], 150) == [40, 40, 30]
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(UserError, match="unknown strategy 'greedy' in arm 'al-greedy'; known: random"):
+        load_config("demo", ["arms=[baseline,al-greedy]"])
+    with pytest.raises(UserError, match="zero rounds"):
+        load_config("demo", ["active.rounds=0"])
+    with pytest.raises(UserError, match="unknown or invalid config key 'active.roundz'"):
+        load_config("demo", ["active.roundz=3"])
+    with pytest.raises(UserError, match="unknown recipe key 'epoch'"):
+        load_config("demo", ["recipe.epoch=3"])
+    with pytest.raises(UserError, match="neither a preset"):
+        load_config("no-such-preset")
+    with pytest.raises(UserError, match="key=value"):
+        load_config("demo", ["active.rounds"])
+    with pytest.raises(UserError, match="strategy 'cluster_margin' has no option 'clusters'; its options: margin_multiplier, n_clusters"):
+        load_config("demo", ["active.strategy_options.cluster_margin.clusters=3"])
+
+
+def test_resume_reproduces_the_uninterrupted_study(tmp_path):
+    cfg = tiny_config("arms=[al-least_confidence,al-coreset]", "seeds=[0]")
+    whole = run_study(cfg, tmp_path / "whole", progress=False, log=lambda *_: None)
+
+    # interrupt the second job after its first query round
+    import superlens.active.loop as loop
+
+    real = loop.run_job
+    calls = []
+
+    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None):
+        def stop(round_):
+            if arm == "al-coreset" and round_ == 1:
+                raise KeyboardInterrupt
+        calls.append(arm)
+        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop)
+
+    import superlens.study as study
+
+    study.run_job = interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(cfg, tmp_path / "cut", progress=False, log=lambda *_: None)
+    finally:
+        study.run_job = real
+    cut = RunDir(tmp_path / "cut")
+    assert (cut.job_dir("al-least_confidence", 0) / "done.json").exists()
+    import torch
+
+    assert torch.load(cut.job_dir("al-coreset", 0) / "checkpoint.pt", weights_only=False)["round"] == 1
+    resumed = run_study(cut.read_config(), cut.path, progress=False, log=lambda *_: None)
+    assert resumed["arms"] == whole["arms"]
+    for arm in cfg["arms"]:
+        a = json.loads((RunDir(tmp_path / "whole").job_dir(arm, 0) / "done.json").read_text())["records"]
+        b = json.loads((cut.job_dir(arm, 0) / "done.json").read_text())["records"]
+        assert strip_timing(a) == strip_timing(b)
+        pa = np.load(RunDir(tmp_path / "whole").job_dir(arm, 0) / "pool.npy")
+        pb = np.load(cut.job_dir(arm, 0) / "pool.npy")
+        assert np.array_equal(pa, pb)
+
+
+@pytest.mark.parametrize("reset", ["scratch_same_init", "scratch_new_init"])
+def test_reset_modes_run_and_keep_pools_disjoint(tmp_path, reset):
+    cfg = tiny_config("arms=[al-margin]", "seeds=[0]", f"active.reset={reset}")
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    pool = np.load(RunDir(tmp_path).job_dir("al-margin", 0) / "pool.npy")
+    assert np.bincount(pool[pool >= 0]).tolist() == [40, 40, 40]  # each image acquired at most once
+
+
+def test_run_dir_of_another_config_and_lock(tmp_path):
+    run_study(tiny_config("arms=[baseline]", "seeds=[0]"), tmp_path, progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="belongs to a different config .*'model.width'"):
+        run_study(tiny_config("arms=[baseline]", "seeds=[0]", "model.width=8"), tmp_path, progress=False)
+    import fcntl
+
+    with open(tmp_path / ".lock", "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="in use by another superlens process"):
+            run_study(tiny_config("arms=[baseline]", "seeds=[0]"), tmp_path, progress=False)
+
+
+def test_run_command_writes_the_contract_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["run", "demo", *TINY, "active.strategy_options.least_confidence={}",
+                                 "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    for name in ("config.yaml", "manifest.json", "summary.json", "rounds.csv"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"baseline", "al-least_confidence", "al-random"}
+    for arm, metrics in summary["arms"].items():
+        assert 0 <= metrics["test_accuracy"] <= 1 and len(metrics["test_accuracy_ci95"]) == 2
+        assert metrics["seeds"] == [0, 1]
+    assert summary["arms"]["al-random"]["n_labeled"] == 120
+    rows = list(csv.DictReader(open(out / "rounds.csv")))
+    assert len(rows) == 2 + 2 * 2 * 3  # baseline: one row per seed; AL: 3 rounds per seed
+    queried = [r for r in rows if r["arm"] == "al-random" and r["round"] == "1"][0]
+    assert sum(int(c) for c in queried["query_class_hist"].split()) == 40
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seeds"] == [0, 1] and "torch" in manifest and len(manifest["job_seconds"]) == 6
+    for arm in ("baseline", "al-least_confidence", "al-random"):
+        for seed in (0, 1):
+            assert (out / "arms" / arm / f"seed{seed}" / "done.json").exists()
+    # resume of a finished run recomputes nothing and reports the same numbers
+    code, stdout2, _ = run_cli(["resume", out, "--quiet"], capsys)
+    assert code == 0 and json.loads((out / "summary.json").read_text())["arms"] == summary["arms"]
+    code, _, err = run_cli(["resume", tmp_path / "nothing-here"], capsys)
+    assert code == 2 and "not a superlens run directory" in err
+
+
+def test_cli_budget_error_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["run", "demo", "active.query_size=1000", "--out", tmp_path, "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "larger than the training pool" in err
