@@ -100,10 +100,9 @@ def test_badge_factorized_inner_products_equal_explicit(probs):
 def test_kmeanspp_draws_follow_d_squared():
     # one centre at 0; the others at distances 1, 2, 3 -> D^2 weights 1 : 4 : 9
     x = np.array([[0.0], [1.0], [2.0], [3.0]])
-    sq = (x**2).sum(1)
     counts = np.zeros(4)
     for seed in range(3000):
-        picked = kmeanspp_seeding(sq, lambda r, c: x[r] @ x[c].T, 2, np.random.default_rng(seed), first=0)
+        picked = kmeanspp_seeding([x], 2, np.random.default_rng(seed), first=0)
         counts[picked[1]] += 1
     assert counts[0] == 0
     assert np.allclose(counts[1:] / counts.sum(), [1 / 14, 4 / 14, 9 / 14], atol=0.03)
@@ -112,16 +111,26 @@ def test_kmeanspp_draws_follow_d_squared():
 def test_kmeanspp_after_stale_bounds_still_follows_d_squared():
     # centres 0 then (most likely) 3; the third draw's weights depend on refreshed bounds
     x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
-    sq = (x**2).sum(1)
     seen = {}
     for seed in range(3000):
-        p = kmeanspp_seeding(sq, lambda r, c: x[r] @ x[c].T, 3, np.random.default_rng(seed), first=0)
+        p = kmeanspp_seeding([x], 3, np.random.default_rng(seed), first=0)
         if p[1] == 4:
             seen[int(p[2])] = seen.get(int(p[2]), 0) + 1
     total = sum(seen.values())
     expected = {1: 1, 2: 4, 3: 9}  # min distance to {0, 10}: 1, 2, 3 -> 1 : 4 : 9
     for i, w in expected.items():
         assert abs(seen.get(i, 0) / total - w / 14) < 0.03
+
+
+def test_kmeanspp_with_factors_follows_d_squared_of_the_outer_products():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    h = np.array([[1.0], [2.0], [1.0]])
+    g = (a[:, :, None] * h[:, None, :]).reshape(3, -1)  # explicit points (1,0), (0,2), (1,1)
+    d2 = ((g - g[0]) ** 2).sum(1)  # from centre 0: 0, 5, 1
+    counts = np.zeros(3)
+    for seed in range(3000):
+        counts[kmeanspp_seeding([a, h], 2, np.random.default_rng(seed), first=0)[1]] += 1
+    assert np.allclose(counts / counts.sum(), d2 / d2.sum(), atol=0.03)
 
 
 def test_sum_tree_sampling_and_updates():

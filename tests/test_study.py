@@ -171,3 +171,18 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
 def test_cli_budget_error_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["run", "demo", "active.query_size=1000", "--out", tmp_path, "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "larger than the training pool" in err
+
+
+def test_every_strategy_runs_in_the_engine(tmp_path):
+    from superlens.active.strategies import REGISTRY
+
+    arms = ",".join(f"al-{name}" for name in REGISTRY)
+    cfg = tiny_config(f"arms=[{arms}]", "seeds=[0]", "active.rounds=1", "recipe.epochs=1",
+                      "active.strategy_options.cluster_margin.n_clusters=5")
+    summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    assert set(summary["arms"]) == {f"al-{name}" for name in REGISTRY}
+    for name in REGISTRY:
+        pool = np.load(RunDir(tmp_path).job_dir(f"al-{name}", 0) / "pool.npy")
+        assert (pool == 0).sum() == 40 and (pool == 1).sum() == 40
+    coreset = summary["arms"]["al-coreset"]
+    assert "label_efficiency" in coreset or coreset["per_seed"].get("label_efficiency") in (None, [None])

@@ -16,22 +16,31 @@ import heapq
 from typing import Callable
 
 import numpy as np
+import torch
 
 CHUNK = 512
 
 
-def squared_distances_to(points: np.ndarray, centers: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """min over ``centers`` of the squared euclidean distance, per row of ``points``; chunked."""
+def squared_distances_to(points: np.ndarray, centers: np.ndarray, rows: int = 4096, cols: int = 2048) -> np.ndarray:
+    """min over ``centers`` of the squared euclidean distance, per row of ``points``.
+
+    Blocks of ``rows`` x ``cols`` distances (32 MiB in float32) are formed one at a
+    time with one multi-threaded matrix product each; the result is float64.
+    """
     out = np.full(len(points), np.inf)
-    if len(centers) == 0:
+    if len(centers) == 0 or len(points) == 0:
         return out
-    point_sq = np.einsum("ij,ij->i", points, points).astype(np.float64)
-    center_sq = np.einsum("ij,ij->i", centers, centers).astype(np.float64)
-    for start in range(0, len(centers), chunk):
-        block = centers[start : start + chunk]
-        d = point_sq[:, None] + center_sq[None, start : start + chunk] - 2.0 * (points @ block.T)
-        np.minimum(out, d.min(axis=1), out=out)
-    return np.maximum(out, 0.0)
+    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+    c = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
+    x_sq, c_sq = (x * x).sum(1), (c * c).sum(1)
+    best = torch.full((len(x),), float("inf"))
+    for i in range(0, len(x), rows):
+        for j in range(0, len(c), cols):
+            block = torch.addmm(c_sq[None, j : j + cols], x[i : i + rows], c[j : j + cols].T, alpha=-2.0)
+            block += x_sq[i : i + rows, None]
+            torch.minimum(best[i : i + rows], block.min(1).values, out=best[i : i + rows])
+    np.maximum(best.double().numpy(), 0.0, out=out)
+    return out
 
 
 def greedy_kcenter(
@@ -124,45 +133,60 @@ class _SumTree:
         return min(pos, self.n - 1)
 
 
-def kmeanspp_seeding(
-    sq_norms: np.ndarray,
-    inner_with: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    k: int,
-    rng: np.random.Generator,
-    first: int,
-) -> np.ndarray:
-    """k-means++ seeding (D^2 sampling) given only norms and inner products.
+def kmeanspp_seeding(factors: list[np.ndarray], k: int, rng: np.random.Generator, first: int) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling) of points given in factorized form.
 
-    ``inner_with(rows, centre_indices)`` returns the (len(rows), len(centre_indices))
-    inner products between pool points; the caller supplies it in whatever factorized
-    form is cheap. ``first`` is the first centre. Each proposal is drawn from the stale
-    upper bounds and accepted with probability exact / bound, so accepted picks follow
-    the D^2 distribution exactly.
+    Point i is the outer (Kronecker) product of its rows in ``factors``: with factors
+    A (n x a) and H (n x b) it is the a*b-dimensional vector A[i] (x) H[i], and
+    <g_i, g_j> is the product of <A[i], A[j]> and <H[i], H[j]>, so no point is ever
+    formed. One factor is a plain point matrix. ``first`` is the first centre. Each
+    proposal is drawn from the stale upper bounds and accepted with probability
+    exact / bound, so accepted picks follow the D^2 distribution exactly.
     """
-    n = len(sq_norms)
-    every = np.arange(n)
-    upper = np.maximum(sq_norms + sq_norms[first] - 2.0 * inner_with(every, np.array([first]))[:, 0], 0.0)
+    factors = [np.ascontiguousarray(f, dtype=np.float32) for f in factors]
+    n = len(factors[0])
+    sq = np.ones(n)
+    for f in factors:
+        sq *= np.einsum("ij,ij->i", f, f)
+    chosen = [np.empty((k, f.shape[1]), dtype=np.float32) for f in factors]
+
+    def inner_with_chosen(i: int, start: int, stop: int) -> np.ndarray:
+        prod = np.ones(stop - start)
+        for f, c in zip(factors, chosen):
+            prod *= c[start:stop] @ f[i]
+        return prod
+
+    def choose(i: int, t: int) -> None:
+        for f, c in zip(factors, chosen):
+            c[t] = f[i]
+        picked_sq[t] = sq[i]
+
+    picked_sq = np.empty(k)
+    inner_first = np.ones(n)
+    for f in factors:
+        inner_first *= f @ f[first]
+    upper = np.maximum(sq + sq[first] - 2.0 * inner_first, 0.0)
     upper[first] = 0.0
-    checked = np.ones(n, dtype=np.int64)
     picked = [first]
+    choose(first, 0)
+    checked = np.ones(n, dtype=np.int64)
     tree = _SumTree(upper)
     while len(picked) < k:
         total = tree.total()
         if total <= 0:  # every remaining point coincides with a centre: fill up at random
-            rest = np.setdiff1d(every, picked)
-            picked += list(rng.choice(rest, k - len(picked), replace=False))
+            rest = np.setdiff1d(np.arange(n), picked)
+            picked += rng.choice(rest, k - len(picked), replace=False).tolist()
             break
         i = tree.find(rng.random() * total)
         t = len(picked)
         bound = upper[i]
+        exact = bound
         if checked[i] < t:
-            ids = np.asarray(picked[checked[i] :])
-            d = sq_norms[i] + sq_norms[ids] - 2.0 * inner_with(np.array([i]), ids)[0]
+            d = sq[i] + picked_sq[checked[i] : t] - 2.0 * inner_with_chosen(i, checked[i], t)
             exact = max(0.0, min(bound, float(d.min())))
             checked[i] = t
-        else:
-            exact = bound
         if rng.random() * bound < exact:
+            choose(i, t)
             picked.append(int(i))
             upper[i] = 0.0
             tree.set(i, 0.0)

@@ -69,15 +69,26 @@ def query_inputs(
     if "labeled_embeddings" in needs:
         inputs.labeled_embeddings = result.embeddings[n:]
     if "mc_probs" in needs:
-        # MC dropout at the head: the same dropout rate as training when the model has one.
+        # MC dropout at the head, at the model's own dropout rate when it was trained with one.
         rate = cfg["model"]["dropout"] or cfg["active"]["mc_dropout"]
-        h = torch.from_numpy(result.embeddings[:n]).to(device)
-        fc = model.fc.float()
-        inputs.mc_probs = np.stack([
-            fc(torch.nn.functional.dropout(h, rate, training=True)).softmax(1).cpu().numpy()
-            for _ in range(cfg["active"]["mc_samples"])
-        ])
+        inputs.mc_probs = mc_dropout_samples(result.embeddings[:n], model.fc, rate, cfg["active"]["mc_samples"], device)
     return inputs
+
+
+def mc_dropout_samples(embeddings: np.ndarray, head: torch.nn.Linear, rate: float, samples: int, device):
+    """Yield ``samples`` (n, C) softmax arrays of the head under MC dropout on its input.
+
+    Each sample draws one dropout mask and applies it to every image, i.e. it samples
+    one thinned weight matrix of the head, as in the Bayesian reading of dropout.
+    Memory stays at one (n, C) array per sample.
+    """
+    h = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    weight = head.weight.detach().float().to(device)
+    bias = head.bias.detach().float().to(device)
+    keep = (torch.rand(samples, weight.shape[1], device=device) >= rate).float() / (1.0 - rate)
+    with torch.no_grad():
+        for t in range(samples):
+            yield torch.nn.functional.linear(h, weight * keep[t], bias).softmax(1).cpu().numpy()
 
 
 def _save_checkpoint(job_dir: Path, payload: dict[str, Any]) -> None:

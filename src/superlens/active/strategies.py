@@ -9,7 +9,7 @@ over the pool with evaluation transforms and hands it over as :class:`QueryInput
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class QueryInputs:
     probs: np.ndarray | None = None  # (n, C) softmax of the unlabelled pool
     embeddings: np.ndarray | None = None  # (n, D) penultimate features of the unlabelled pool
     labeled_embeddings: np.ndarray | None = None  # (L, D)
-    mc_probs: np.ndarray | None = None  # (T, n, C) softmax under T dropout masks
+    mc_probs: Iterable[np.ndarray] | None = None  # T arrays (n, C): softmax under T dropout masks
     pool_ids: np.ndarray | None = None  # (n,) training-set index of each unlabelled image
     state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
 
@@ -75,10 +75,19 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
     return -(probs * np.log(probs + EPS)).sum(axis=1)
 
 
-def bald_scores(mc_probs: np.ndarray) -> np.ndarray:
-    """Mutual information between label and weights: H(mean_t p_t) - mean_t H(p_t)."""
-    mean = mc_probs.mean(axis=0)
-    return entropy_scores(mean) - np.mean([entropy_scores(p) for p in mc_probs], axis=0)
+def bald_scores(mc_probs: Iterable[np.ndarray]) -> np.ndarray:
+    """Mutual information between label and weights: H(mean_t p_t) - mean_t H(p_t).
+
+    ``mc_probs`` is consumed one sample at a time, so T samples never sit in memory together.
+    """
+    total, total_entropy, t = None, None, 0
+    for p in mc_probs:
+        p = np.asarray(p)
+        total = p.copy() if total is None else total + p
+        h = entropy_scores(p)
+        total_entropy = h if total_entropy is None else total_entropy + h
+        t += 1
+    return entropy_scores(total / t) - total_entropy / t
 
 
 # --- the registry ------------------------------------------------------------------
@@ -130,29 +139,32 @@ def badge_factors(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray
 @register("badge", {"probs", "embeddings"}, "k-means++ seeding on gradient embeddings (Ash et al. 2020)")
 def _badge(inputs, k, rng):
     a, h = badge_factors(inputs.probs, inputs.embeddings)
-    sq = (np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)).astype(np.float64)
-
-    def inner(rows, cols):
-        return ((a[rows] @ a[cols].T) * (h[rows] @ h[cols].T)).astype(np.float64)
-
-    return kmeanspp_seeding(sq, inner, k, rng, first=int(np.argmax(sq)))
+    norms = np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)
+    return kmeanspp_seeding([a, h], k, rng, first=int(np.argmax(norms)))
 
 
-def cluster_pool(embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator, micro: int = 2000) -> np.ndarray:
+def cluster_pool(
+    embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator, micro: int = 1000, pca_dims: int = 64
+) -> np.ndarray:
     """Average-linkage agglomerative clusters of the pool.
 
     Full hierarchical clustering of a 50,000-image pool needs an n x n distance matrix,
-    so the pool is first summarized by ``micro`` k-means centroids, which are then
-    merged by average linkage into ``n_clusters``; each image takes its centroid's cluster.
+    so the pool is projected on its first ``pca_dims`` principal components and
+    summarized by ``micro`` k-means centroids, which average linkage then merges into
+    ``n_clusters``; each image takes its centroid's cluster.
     """
     from sklearn.cluster import AgglomerativeClustering, MiniBatchKMeans
+    from sklearn.decomposition import PCA
 
     n = len(embeddings)
     n_clusters = max(1, min(n_clusters, n))
+    seed = int(rng.integers(2**31))
     if n <= micro:
         micro_ids, centroids = np.arange(n), embeddings
     else:
-        km = MiniBatchKMeans(micro, random_state=int(rng.integers(2**31)), n_init=1, batch_size=4096)
+        if embeddings.shape[1] > pca_dims:
+            embeddings = PCA(pca_dims, svd_solver="randomized", random_state=seed).fit_transform(embeddings)
+        km = MiniBatchKMeans(micro, random_state=seed, n_init=1, batch_size=4096)
         micro_ids = km.fit_predict(embeddings)
         centroids = km.cluster_centers_
     if len(centroids) <= n_clusters:
