@@ -184,5 +184,3 @@ def test_every_strategy_runs_in_the_engine(tmp_path):
     for name in REGISTRY:
         pool = np.load(RunDir(tmp_path).job_dir(f"al-{name}", 0) / "pool.npy")
         assert (pool == 0).sum() == 40 and (pool == 1).sum() == 40
-    coreset = summary["arms"]["al-coreset"]
-    assert "label_efficiency" in coreset or coreset["per_seed"].get("label_efficiency") in (None, [None])
