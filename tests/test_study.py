@@ -15,7 +15,7 @@ from superlens.study import run_study
 
 TINY = [
     "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
-    "active.initial_size=40", "active.query_size=40", "active.rounds=2",
+    "active.initial_size=40", "active.query_size=40", "active.rounds=2", "analysis.enabled=false",
 ]
 TIMING = ("query_seconds", "train_seconds")
 
@@ -142,11 +142,22 @@ def test_run_dir_of_another_config_and_lock(tmp_path):
 def test_run_command_writes_the_contract_files(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["run", "demo", *TINY, "active.strategy_options.least_confidence={}",
+                                 "analysis.enabled=true", "analysis.max_samples=200", "analysis.probe_samples=300",
                                  "--out", out, "--quiet"], capsys)
     assert code == 0, err
-    for name in ("config.yaml", "manifest.json", "summary.json", "rounds.csv"):
+    for name in ("config.yaml", "manifest.json", "summary.json", "rounds.csv", "report.html"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
+    for key in ("silhouette_tsne", "silhouette_features", "davies_bouldin_tsne", "davies_bouldin_features",
+                "cosine_mean", "class_selectivity_mean", "nc1", "knn_accuracy", "linear_probe_accuracy"):
+        assert key in summary["arms"]["baseline"] and f"{key}_ci95" in summary["arms"]["baseline"], key
+    assert summary["arms"]["al-random"]["vs_baseline"]["cosine_mean"]["p_value"] <= 1
+    html = (out / "report.html").read_text()
+    for section in ("Setup", "Accuracy against labels", "Metrics per arm", "t-SNE", "Cosine similarity",
+                    "Neuron polysemanticity", "What each strategy queried"):
+        assert section in html, section
+    assert html.count("data:image/png;base64,") == 5
+    assert "src=\"http" not in html and "href=\"http" not in html  # self-contained
     assert set(summary["arms"]) == {"baseline", "al-least_confidence", "al-random"}
     for arm, metrics in summary["arms"].items():
         assert 0 <= metrics["test_accuracy"] <= 1 and len(metrics["test_accuracy_ci95"]) == 2
@@ -166,6 +177,9 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     assert code == 0 and json.loads((out / "summary.json").read_text())["arms"] == summary["arms"]
     code, _, err = run_cli(["resume", tmp_path / "nothing-here"], capsys)
     assert code == 2 and "not a superlens run directory" in err
+    (out / "report.html").unlink()
+    code, stdout3, _ = run_cli(["report", out], capsys)
+    assert code == 0 and (out / "report.html").exists() and "wrote" in stdout3
 
 
 def test_cli_budget_error_is_one_line(tmp_path, capsys):

@@ -50,6 +50,7 @@ def _run(source: str | None, overrides: tuple[str, ...], out: str | None, quiet:
     click.echo(f"run directory: {out}")
     summary = run_study(cfg, out, progress=not quiet, log=click.echo)
     _print_summary(summary)
+    click.echo(f"report: {out}/report.html")
 
 
 def _print_summary(summary: dict) -> None:
@@ -100,13 +101,17 @@ def resume(run_dir: str, quiet: bool) -> None:
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 def report(run_dirs: tuple[str, ...]) -> None:
-    """Rebuild rounds.csv and summary.json of finished runs."""
+    """Rebuild report.html, summary.json and rounds.csv of runs from their finished jobs."""
+    from superlens.report.html import build_report
     from superlens.rundir import RunDir
     from superlens.study import summarize
 
     for run_dir in run_dirs:
-        click.echo(f"{run_dir}:")
-        _print_summary(summarize(RunDir(run_dir)))
+        run = RunDir(run_dir)
+        summary = summarize(run)
+        path = build_report(run, summary)
+        click.echo(f"{run_dir}: wrote {path}")
+        _print_summary(summary)
 
 
 @cli.command()

@@ -34,6 +34,20 @@ DEFAULTS: dict[str, Any] = {
         "mc_dropout": 0.5,  # head dropout rate for bald when the model has none
         "strategy_options": {},  # per strategy: keyword arguments of its select()
     },
+    "analysis": {
+        "enabled": True,
+        "layer": "layer4",  # features for geometry, t-SNE and sample cosines
+        "pool": "avg",  # "avg", "max" or "flatten" over the layer's spatial positions
+        "neuron_layer": "layer4.1",  # units for the neuron metrics (non-negative activations)
+        "filter_layer": "layer4.1.conv2",  # conv weights for the filter cosines
+        "max_samples": 10000,  # test images analysed (a fixed stratified subset beyond this)
+        "probe_samples": 10000,  # training images for the k-NN and linear probes
+        "tsne": True,
+        "perplexity": 30.0,
+        "topk": 100,  # top activating images per unit for the class entropy
+        "knn_k": 10,
+        "repeat_block": None,  # replays the study notebook's double layer4.1; paper preset only
+    },
 }
 FREE_FORM = ("data.options", "recipe", "active.strategy_options")
 RESETS = ("warm", "scratch_same_init", "scratch_new_init")
@@ -134,6 +148,11 @@ def validate(cfg: dict[str, Any]) -> None:
     need(al["reset"] in RESETS, f"active.reset must be one of {', '.join(RESETS)}, got {al['reset']!r}")
     need(isinstance(al["mc_samples"], int) and al["mc_samples"] >= 2, "active.mc_samples must be an integer >= 2")
     need(0 < al["mc_dropout"] < 1, "active.mc_dropout must lie in (0, 1)")
+    an = cfg["analysis"]
+    need(an["pool"] in ("avg", "max", "flatten"), f"analysis.pool must be avg, max or flatten, got {an['pool']!r}")
+    for key in ("max_samples", "probe_samples", "topk", "knn_k"):
+        need(isinstance(an[key], int) and an[key] >= 1, f"analysis.{key} must be a positive integer, got {an[key]!r}")
+    need(an["perplexity"] > 0, f"analysis.perplexity must be positive, got {an['perplexity']!r}")
     for name, options in al["strategy_options"].items():
         need(name in REGISTRY, f"active.strategy_options names unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
         accepted = list(inspect.signature(REGISTRY[name].select).parameters)[3:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -15,11 +16,13 @@ import torch
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
 from superlens.active.loop import run_job
-from superlens.analysis.stats import mean_ci
+from superlens.analysis.job import analyze_job
+from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
 from superlens.config import query_sizes
 from superlens.data import load
 from superlens.errors import UserError
 from superlens.fileio import write_json
+from superlens.report.html import build_report
 from superlens.rundir import RunDir
 
 
@@ -56,14 +59,22 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
             query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
         device = resolve_device(cfg["device"])
         splits = type(splits)(splits.train.to(device), splits.test.to(device))
+        write_json(run.path / "classes.json", splits.train.classes)
         todo = jobs(cfg)
         for i, (arm, seed) in enumerate(todo, start=1):
             job_dir = run.job_dir(arm, seed)
             state = "done" if (job_dir / "done.json").exists() else "running"
-            log(f"[{i}/{len(todo)}] {arm} seed {seed}: {state}")
+            log(f"[{i}/{len(todo)}] {arm} seed {seed}: training ({state})")
             run_job(cfg, arm, seed, job_dir, splits, device, progress=progress)
-        summary = summarize(run)
+        if cfg["analysis"]["enabled"]:
+            for i, (arm, seed) in enumerate(todo, start=1):
+                job_dir = run.job_dir(arm, seed)
+                if not (job_dir / "analysis.json").exists():
+                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: analysis")
+                    analyze_job(cfg, job_dir, splits, seed, device)
         write_manifest(run, cfg, device, started)
+        summary = summarize(run)
+        build_report(run, summary)
         return summary
 
 
@@ -81,6 +92,10 @@ def summarize(run: RunDir) -> dict[str, Any]:
             continue
         per_seed: dict[str, list[float]] = {"test_accuracy": [], "aubc": [], "label_efficiency": []}
         for seed in seeds:
+            analysis = run.job_dir(arm, seed) / "analysis.json"
+            if analysis.exists():
+                for key, value in json.loads(analysis.read_text())["metrics"].items():
+                    per_seed.setdefault(key, []).append(value)
             rows = finished[(arm, seed)]
             n = np.array([r["n_labeled"] for r in rows], dtype=float)
             acc = np.array([r["test_accuracy"] for r in rows])
@@ -101,12 +116,30 @@ def summarize(run: RunDir) -> dict[str, Any]:
                 entry[f"{metric}_ci95"] = stats["ci95"]
         entry["per_seed"] = {k: [v if np.isfinite(v) else None for v in vals] for k, vals in per_seed.items() if vals}
         arms[arm] = entry
+    if "baseline" in arms:
+        base = arms["baseline"]["per_seed"]
+        for arm, entry in arms.items():
+            if arm == "baseline":
+                continue
+            entry["vs_baseline"] = {
+                key: {"p_value": permutation_test(_finite(values), _finite(base[key])),
+                      "hedges_g": _nan_to_none(hedges_g(_finite(values), _finite(base[key])))}
+                for key, values in entry["per_seed"].items() if key in base
+            }
     summary = {
         "name": cfg["name"], "dataset": cfg["data"]["name"], "seeds": cfg["seeds"],
         "complete": len(finished) == len(jobs(cfg)), "arms": arms,
     }
     write_json(run.path / "summary.json", summary)
     return summary
+
+
+def _finite(values) -> list[float]:
+    return [v for v in values if v is not None and np.isfinite(v)]
+
+
+def _nan_to_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _git_revision() -> str | None:

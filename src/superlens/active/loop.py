@@ -112,9 +112,11 @@ def run_job(
         return json.loads(done.read_text())["records"]
     started = time.perf_counter()
     if arm == "baseline":
-        records = _baseline(cfg, seed, splits, device, progress)
+        records, model = _baseline(cfg, seed, splits, device, progress)
     else:
-        records = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round)
+        records, model = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round)
+    with atomic_path(job_dir / "model.pt") as tmp:  # the final weights, for the analyses
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
     write_json(done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
     (job_dir / "checkpoint.pt").unlink(missing_ok=True)
     return records
@@ -129,7 +131,7 @@ def _record(arm, seed, round_, pool, test_result, query_s, train_s, queried_labe
     }
 
 
-def _baseline(cfg, seed, splits, device, progress) -> list[dict[str, Any]]:
+def _baseline(cfg, seed, splits, device, progress):
     recipe = make_recipe(dict(cfg["recipe"]))
     model = build_model(cfg, splits.train.num_classes, derive_seed(seed, "init"))
     torch.manual_seed(derive_seed(seed, "baseline", "train"))
@@ -140,10 +142,10 @@ def _baseline(cfg, seed, splits, device, progress) -> list[dict[str, Any]]:
     result = evaluate(model, splits.test, recipe, device=device)
     row = _record("baseline", seed, 0, None, result, 0.0, train_s, np.array([], np.int64), splits.train.num_classes)
     row["n_labeled"] = len(splits.train)
-    return [row]
+    return [row], model
 
 
-def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round) -> list[dict[str, Any]]:
+def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
     strategy = strategies.get(arm[3:])
     options = cfg["active"]["strategy_options"].get(strategy.name, {})
     recipe = make_recipe(dict(cfg["recipe"]))
@@ -199,4 +201,4 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round) -> l
         write_json(job_dir / "records.json", records)
         if after_round is not None:
             after_round(round_)
-    return records
+    return records, model

@@ -48,14 +48,12 @@ class ResNet(nn.Module):
             raise UserError(f"width and num_classes must be positive, got width={width}, num_classes={num_classes}")
         self.stem = stem
         self.width = width
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        else:
-            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
+        imagenet = stem == "imagenet"
+        # Registration order is torchvision's, so named_modules() lists the same names in the same order.
+        self.conv1 = nn.Conv2d(3, width, 7 if imagenet else 3, 2 if imagenet else 1, 3 if imagenet else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
         channels = [width, 2 * width, 4 * width, 8 * width]
         inplanes = width
         for i, planes in enumerate(channels):

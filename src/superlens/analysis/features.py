@@ -1,0 +1,104 @@
+"""Activations of named modules (torchvision names such as ``layer4.1.conv2``), in one pass."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from superlens.data.dataset import ImageDataset
+from superlens.errors import UserError
+from superlens.training import Recipe, RECIPES, default_device, prepare_batch
+
+POOLINGS = ("avg", "max", "flatten", "none")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        raise UserError(f"unknown layer {name!r}; available: {', '.join(layer_names(model))}")
+    return modules[name]
+
+
+def _reduce(x: torch.Tensor, pool: str) -> torch.Tensor:
+    if x.ndim == 4 and pool == "avg":
+        return x.mean(dim=(2, 3))
+    if x.ndim == 4 and pool == "max":
+        return x.amax(dim=(2, 3))
+    if pool in ("flatten", "avg", "max"):
+        return x.flatten(1)
+    return x
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module,
+    data: ImageDataset,
+    layers: str | Iterable[str],
+    *,
+    pool: str = "avg",
+    recipe: Recipe | None = None,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    repeat_block: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Outputs of each named module for every image of ``data``, as float32 arrays.
+
+    ``pool``: ``avg`` or ``max`` over the spatial positions of 4-D outputs (one value
+    per channel), ``flatten`` (C*H*W values), or ``none`` (keep (C, H, W)).
+    Inputs are normalized as ``recipe`` says (default: the standard recipe, i.e. the
+    dataset's statistics at native size). ``repeat_block`` (e.g. ``"layer4.1"``) runs
+    that block a second time on its own output and keeps what its inner modules
+    produce the second time; it replays a known slip in the study's notebook and is
+    for the paper preset only.
+    """
+    if pool not in POOLINGS:
+        raise UserError(f"pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
+    names = [layers] if isinstance(layers, str) else list(layers)
+    modules = {name: resolve_module(model, name) for name in names}
+    recipe = recipe or RECIPES["standard"]
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device).eval()
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    latest: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(_keeper(name, latest)) for name, module in modules.items()]
+    if repeat_block is not None:
+        handles.append(resolve_module(model, repeat_block).register_forward_hook(_repeat_once()))
+    try:
+        for start in range(0, len(data), batch_size):
+            images = data.images[start : start + batch_size].to(device)
+            model(prepare_batch(images, data, recipe, train=False))
+            for name in names:
+                store[name].append(_reduce(latest.pop(name).float(), pool).cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(chunks).numpy() for name, chunks in store.items()}
+
+
+def _keeper(name: str, latest: dict[str, torch.Tensor]):
+    def hook(module, inputs, output):
+        latest[name] = output.detach().clone()  # a later in-place ReLU must not change it
+
+    return hook
+
+
+def _repeat_once():
+    busy = []
+
+    def hook(module, inputs, output):
+        if busy:
+            return None
+        busy.append(True)
+        try:
+            return module(output)
+        finally:
+            busy.pop()
+
+    return hook

@@ -1,0 +1,135 @@
+"""All analyses of one trained job's final model, written to its folder as ``analysis.json``.
+
+Reads ``model.pt``, never trains. The test images analysed are the same for every
+job (a fixed stratified subset when the test split is larger than
+``analysis.max_samples``), so arms and seeds are compared on the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from superlens.analysis import cosine, geometry, neurons
+from superlens.analysis.embedding import tsne
+from superlens.analysis.features import capture, resolve_module
+from superlens.data.dataset import DatasetSplits, ImageDataset
+from superlens.errors import UserError
+from superlens.fileio import atomic_path, write_json
+from superlens.training import make_recipe
+
+HIST_BINS = 100  # bins kept for plots (of the 2,000 used for the statistics)
+
+
+def fixed_subset(data: ImageDataset, limit: int, seed: int = 0) -> ImageDataset:
+    """``data`` itself, or a stratified subset of ``limit`` images that depends only on ``seed``."""
+    if len(data) <= limit:
+        return data
+    from sklearn.model_selection import train_test_split
+
+    labels = data.labels.cpu().numpy()
+    keep, _ = train_test_split(np.arange(len(data)), train_size=limit, stratify=labels, random_state=seed)
+    return data.subset(np.sort(keep))
+
+
+def _conv_weight(model: torch.nn.Module, name: str) -> torch.Tensor:
+    module = resolve_module(model, name)
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.ndim != 4:
+        raise UserError(f"analysis.filter_layer={name!r} is not a convolution; use e.g. 'layer4.1.conv2'")
+    return weight
+
+
+def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, Any], seed: int, device) -> dict[str, Any]:
+    a = cfg["analysis"]
+    recipe = make_recipe(dict(cfg["recipe"]))
+    test = fixed_subset(splits.test, a["max_samples"])
+    train = fixed_subset(splits.train, a["probe_samples"])
+    y_test, y_train = test.labels.cpu().numpy(), train.labels.cpu().numpy()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    kw = dict(recipe=recipe, device=device, repeat_block=a["repeat_block"])
+    feats = capture(model, test, [a["layer"], a["neuron_layer"]], pool=a["pool"], **kw)
+    x = feats[a["layer"]]
+    units = capture(model, test, a["neuron_layer"], pool="avg", **kw)[a["neuron_layer"]]
+    x_train = capture(model, train, a["layer"], pool=a["pool"], **kw)[a["layer"]]
+    timings["features"] = time.perf_counter() - t0
+    if (units < 0).any():
+        raise UserError(
+            f"analysis.neuron_layer={a['neuron_layer']!r} has negative activations; the neuron metrics need "
+            "non-negative (post-ReLU) ones, e.g. a block output such as 'layer4.1'"
+        )
+
+    m: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    geo_device = device if torch.device(device).type == "cuda" else None
+    m["silhouette_features"] = geometry.silhouette_score(x, y_test, device=geo_device)
+    m["silhouette_features_cosine"] = geometry.silhouette_score(x, y_test, metric="cosine", device=geo_device)
+    m["davies_bouldin_features"] = geometry.davies_bouldin_score(x, y_test)
+    m["nc1"] = geometry.nc1(x, y_test)
+    m["knn_accuracy"] = geometry.knn_accuracy(x_train, y_train, x, y_test, k=a["knn_k"])
+    m["linear_probe_accuracy"] = geometry.linear_probe_accuracy(x_train, y_train, x, y_test)
+    timings["geometry"] = time.perf_counter() - t0
+    coords = None
+    if a["tsne"]:
+        t0 = time.perf_counter()
+        coords = tsne(x, seed=seed, perplexity=a["perplexity"])
+        m["silhouette_tsne"] = geometry.silhouette_score(coords, y_test)
+        m["davies_bouldin_tsne"] = geometry.davies_bouldin_score(coords, y_test)
+        timings["tsne"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    hists = {}
+    views = {
+        "cosine": cosine.pairwise_cosine_stats(x),
+        "cosine_centered": cosine.pairwise_cosine_stats(x, center=True),
+        "neuron_correlation": cosine.neuron_correlation_stats(units),
+        "filter_cosine": cosine.filter_cosine_stats(_conv_weight(model, a["filter_layer"])),
+    }
+    for name, stats in views.items():
+        for key, value in stats.summary().items():
+            if key != "pairs":
+                m[f"{name}_{key}"] = value
+        hists[name] = stats.coarse_counts(HIST_BINS).tolist()
+    timings["cosine"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    per_unit = {
+        "class_selectivity": neurons.class_selectivity(units, y_test),
+        "topk_class_entropy": neurons.topk_class_entropy(units, y_test, k=a["topk"]),
+        "classes_for_90_mass": neurons.classes_for_mass(units, y_test, 0.9),
+    }
+    alive = units.max(0) > 0
+    m["dead_unit_fraction"] = float(1 - alive.mean())
+    for name, values in per_unit.items():
+        m[f"{name}_mean"] = float(values[alive].mean()) if alive.any() else float("nan")
+    timings["neurons"] = time.perf_counter() - t0
+    return {
+        "metrics": m, "histograms": hists, "per_unit": {k: v.tolist() for k, v in per_unit.items()},
+        "alive_units": alive.tolist(), "tsne": coords, "labels": y_test, "timings": timings,
+        "n_samples": len(test), "feature_dim": int(x.shape[1]),
+    }
+
+
+def analyze_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int, device) -> dict[str, Any]:
+    """Analyse the job's final model once; a second call reads ``analysis.json`` back."""
+    from superlens.active.loop import build_model
+
+    out = job_dir / "analysis.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    model = build_model({**cfg, "model": {**cfg["model"], "pretrained": None}}, splits.train.num_classes, 0)
+    model.load_state_dict(torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True))
+    result = analyze_model(model, splits, cfg, seed, device)
+    coords, labels = result.pop("tsne"), result.pop("labels")
+    if coords is not None:
+        with atomic_path(job_dir / "tsne.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, coords=coords.astype(np.float32), labels=labels)
+    write_json(out, result)
+    return result

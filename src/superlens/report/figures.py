@@ -1,0 +1,126 @@
+"""Figures of a run, each returned as PNG bytes (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from superlens.analysis.stats import bootstrap_ci  # noqa: E402
+
+ARM_COLORS = plt.get_cmap("tab10").colors
+
+
+def class_colors(n: int) -> list:
+    """n distinct colours: tab10 up to 10 classes, tab20 up to 20, evenly spaced hues beyond."""
+    if n <= 10:
+        return list(plt.get_cmap("tab10").colors[:n])
+    if n <= 20:
+        return list(plt.get_cmap("tab20").colors[:n])
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_curves(rows: list[dict[str, Any]], arms: list[str]) -> bytes:
+    """Test accuracy against labelled images: mean over seeds with a 95% CI band per arm."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, arm in enumerate(arms):
+        color = ARM_COLORS[i % 10]
+        mine = [r for r in rows if r["arm"] == arm]
+        if arm == "baseline":
+            acc = [r["test_accuracy"] for r in mine]
+            lo, hi = bootstrap_ci(acc)
+            ax.axhline(np.mean(acc), color=color, ls="--", label=f"baseline ({mine[0]['n_labeled']} labels)")
+            ax.axhspan(lo, hi, color=color, alpha=0.15)
+            continue
+        rounds = sorted({r["round"] for r in mine})
+        n = [np.mean([r["n_labeled"] for r in mine if r["round"] == k]) for k in rounds]
+        acc = [[r["test_accuracy"] for r in mine if r["round"] == k] for k in rounds]
+        cis = np.array([bootstrap_ci(a) for a in acc])
+        ax.plot(n, [np.mean(a) for a in acc], "o-", color=color, label=arm, ms=4)
+        ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def tsne_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], classes: list[str]) -> bytes:
+    """One t-SNE scatter per (title, coords, labels), every class in its own colour."""
+    colors = class_colors(len(classes))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    for ax, (title, coords, labels) in zip(axes[0], panels):
+        point_colors = np.array(colors)[labels]
+        ax.scatter(coords[:, 0], coords[:, 1], c=point_colors, s=4 if len(coords) > 2000 else 8, linewidths=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(classes) <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colors[i], label=c) for i, c in enumerate(classes)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(10, len(classes)), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.08))
+    return _png(fig)
+
+
+def histogram_overlays(views: dict[str, dict[str, np.ndarray]], titles: dict[str, str], lo: float = -1.0, hi: float = 1.0) -> bytes:
+    """One panel per view; in each, every arm's histogram (mean over seeds) as a density line."""
+    fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 3.4), squeeze=False)
+    for ax, (view, per_arm) in zip(axes[0], views.items()):
+        for i, (arm, counts) in enumerate(per_arm.items()):
+            counts = np.asarray(counts, dtype=float)
+            edges = np.linspace(lo, hi, len(counts) + 1)
+            density = counts / max(counts.sum(), 1) / np.diff(edges)
+            ax.stairs(density, edges, color=ARM_COLORS[i % 10], label=arm, lw=1.3)
+        ax.set_title(titles.get(view, view), fontsize=10)
+        ax.set_xlabel("cosine similarity" if "correlation" not in view else "correlation")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("density")
+    axes[0][-1].legend(fontsize=8)
+    return _png(fig)
+
+
+def distributions(metrics: dict[str, dict[str, np.ndarray]], titles: dict[str, str]) -> bytes:
+    """One panel per per-unit metric; each arm's values pooled over seeds as a step histogram."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, (metric, per_arm) in zip(axes[0], metrics.items()):
+        every = np.concatenate([np.asarray(v, float) for v in per_arm.values()])
+        if np.issubdtype(every.dtype, np.integer) or np.allclose(every, np.round(every)):
+            bins = np.arange(every.min() - 0.5, every.max() + 1.5)
+        else:
+            bins = np.linspace(every.min(), every.max() + 1e-9, 30)
+        for i, (arm, values) in enumerate(per_arm.items()):
+            ax.hist(values, bins=bins, density=True, histtype="step", lw=1.3, color=ARM_COLORS[i % 10], label=arm)
+        ax.set_title(titles.get(metric, metric), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("density of units")
+    axes[0][-1].legend(fontsize=8)
+    return _png(fig)
+
+
+def query_histograms(per_arm: dict[str, np.ndarray], classes: list[str]) -> bytes:
+    """Per active-learning arm, a rounds x classes heat map of queried images (summed over seeds)."""
+    width = max(4.0, 0.3 * min(len(classes), 40)) + 1.2
+    fig, axes = plt.subplots(1, len(per_arm), figsize=(width * len(per_arm), 3.2), squeeze=False, layout="constrained")
+    for ax, (arm, counts) in zip(axes[0], per_arm.items()):
+        im = ax.imshow(counts, aspect="auto", cmap="viridis")
+        ax.set_title(arm, fontsize=10)
+        ax.set_ylabel("round")
+        ax.set_yticks(range(len(counts)), [str(r + 1) for r in range(len(counts))])
+        if len(classes) <= 20:
+            ax.set_xticks(range(len(classes)), classes, rotation=60, fontsize=7)
+        else:
+            ax.set_xlabel("class")
+        fig.colorbar(im, ax=ax, label="images")
+    return _png(fig)

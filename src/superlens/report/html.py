@@ -1,0 +1,182 @@
+"""``report.html``: one self-contained page (figures embedded) built from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from superlens.report import figures
+from superlens.rundir import RunDir
+
+METRIC_DOCS = {
+    "test_accuracy": "accuracy of the final model on the test split",
+    "aubc": "area under the accuracy-vs-labels curve over the budget range, divided by that range",
+    "label_efficiency": "labels random sampling needs for the same accuracy, divided by the labels used (mean over rounds)",
+    "silhouette_features": "mean silhouette (euclidean) of the features with the true labels",
+    "silhouette_features_cosine": "mean silhouette with cosine distance on the features",
+    "silhouette_tsne": "mean silhouette of the 2-D t-SNE points with the true labels",
+    "davies_bouldin_features": "Davies-Bouldin index of the features (lower = better separated)",
+    "davies_bouldin_tsne": "Davies-Bouldin index of the t-SNE points",
+    "nc1": "within-class variability collapse tr(S_W S_B^+)/C (0 = classes collapse to points)",
+    "knn_accuracy": "k-NN (cosine) accuracy of training features on test features",
+    "linear_probe_accuracy": "logistic-regression probe accuracy on standardized features",
+    "cosine_mean": "mean cosine similarity over all pairs of test images",
+    "cosine_centered_mean": "mean cosine similarity after subtracting the mean feature",
+    "neuron_correlation_mean": "mean correlation between pairs of units",
+    "filter_cosine_mean": "mean cosine similarity between pairs of conv filters",
+    "class_selectivity_mean": "mean class selectivity index over live units (Morcos et al. 2018)",
+    "topk_class_entropy_mean": "mean entropy (nats) of the classes of each unit's top-k images",
+    "classes_for_90_mass_mean": "mean number of classes holding 90% of a unit's activation mass",
+    "dead_unit_fraction": "fraction of units that never fire on the test images",
+}
+HIST_TITLES = {
+    "cosine": "samples (raw)", "cosine_centered": "samples (mean-centred)",
+    "neuron_correlation": "units (correlation)", "filter_cosine": "conv filters",
+}
+UNIT_TITLES = {
+    "class_selectivity": "class selectivity", "topk_class_entropy": "top-k class entropy (nats)",
+    "classes_for_90_mass": "classes for 90% of mass",
+}
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _metric_rows(summary: dict[str, Any], main: bool) -> list[dict[str, Any]]:
+    """Table rows: the documented headline metrics when ``main``, every other statistic otherwise."""
+    arms = list(summary["arms"])
+    keys: list[str] = []
+    for entry in summary["arms"].values():
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not key.endswith("_ci95") and key != "n_labeled" and key not in keys:
+                keys.append(key)
+    keys = [k for k in METRIC_DOCS if k in keys] if main else [k for k in keys if k not in METRIC_DOCS]
+    rows = []
+    for key in keys:
+        cells = []
+        for arm in arms:
+            entry = summary["arms"][arm]
+            if key not in entry:
+                cells.append(None)
+                continue
+            lo, hi = entry.get(f"{key}_ci95", [None, None])
+            vs = entry.get("vs_baseline", {}).get(key)
+            cells.append({
+                "mean": _fmt(entry[key]), "lo": _fmt(lo), "hi": _fmt(hi),
+                "p": _fmt(vs["p_value"]) if vs else None, "g": _fmt(vs["hedges_g"]) if vs else None,
+                "sig": bool(vs and vs["p_value"] is not None and vs["p_value"] < 0.05),
+            })
+        rows.append({"key": key, "doc": METRIC_DOCS.get(key, ""), "cells": cells})
+    return rows
+
+
+def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict[str, str]] | None = None) -> Path:
+    """Write ``report.html`` for ``run`` from its finished jobs and ``summary``; returns its path."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    cfg = run.read_config()
+    arms = [arm for arm in cfg["arms"] if arm in summary["arms"]]
+    rows = [row for job in run.finished_jobs() for row in job["records"]]
+    classes = _class_names(run)
+    figs: dict[str, str | None] = {"accuracy": _b64(figures.accuracy_curves(rows, arms))}
+    analyses = {arm: {seed: _read(run.job_dir(arm, seed) / "analysis.json") for seed in cfg["seeds"]} for arm in arms}
+    analyses = {arm: {s: a for s, a in per.items() if a} for arm, per in analyses.items()}
+
+    panels, tsne_seed, n_samples = [], None, None
+    for arm in arms:
+        for seed in cfg["seeds"]:
+            path = run.job_dir(arm, seed) / "tsne.npz"
+            if path.exists():
+                z = np.load(path)
+                panels.append((f"{arm} (seed {seed})", z["coords"], z["labels"]))
+                tsne_seed, n_samples = seed, len(z["labels"])
+                break
+    figs["tsne"] = _b64(figures.tsne_panels(panels, classes)) if panels else None
+
+    hist_views = {view: {arm: np.mean([a["histograms"][view] for a in per.values()], axis=0)
+                         for arm, per in analyses.items() if per} for view in HIST_TITLES}
+    figs["cosine"] = _b64(figures.histogram_overlays(hist_views, HIST_TITLES)) if any(hist_views.values()) else None
+    unit_views = {}
+    for metric in UNIT_TITLES:
+        unit_views[metric] = {
+            arm: np.concatenate([np.asarray(a["per_unit"][metric])[np.asarray(a["alive_units"], bool)] for a in per.values()])
+            for arm, per in analyses.items() if per
+        }
+    figs["neurons"] = _b64(figures.distributions(unit_views, UNIT_TITLES)) if any(unit_views.values()) else None
+
+    queried = {}
+    for arm in arms:
+        if arm == "baseline":
+            continue
+        mine = [r for r in rows if r["arm"] == arm and r["round"] > 0 and r["query_class_hist"]]
+        if mine:
+            rounds = sorted({r["round"] for r in mine})
+            queried[arm] = np.array([np.sum([r["query_class_hist"] for r in mine if r["round"] == k], axis=0) for k in rounds])
+    figs["queries"] = _b64(figures.query_histograms(queried, classes)) if queried else None
+
+    manifest = _read(run.path / "manifest.json") or {}
+    n_seeds = len(cfg["seeds"])
+    from math import comb
+
+    env = Environment(loader=PackageLoader("superlens.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    html = env.get_template("report.html.j2").render(
+        name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, True),
+        more_rows=_metric_rows(summary, False),
+        n_seeds=n_seeds, min_p=_fmt(2 / comb(2 * n_seeds, n_seeds)) if n_seeds > 1 else "n/a",
+        layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
+        filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
+        tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=extra_sections or [],
+    )
+    from superlens.fileio import write_text
+
+    path = run.path / "report.html"
+    write_text(path, html)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _class_names(run: RunDir) -> list[str]:
+    cached = run.path / "classes.json"
+    return json.loads(cached.read_text()) if cached.exists() else []
+
+
+def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str]) -> list[tuple[str, str]]:
+    recipe = ", ".join(f"{k}={v}" for k, v in cfg["recipe"].items())
+    al = cfg["active"]
+    rows = [
+        ("dataset", f"{cfg['data']['name']} ({len(classes)} classes)"),
+        ("model", f"ResNet-18, {cfg['model']['stem']} stem, width {cfg['model']['width']}"
+                  + (f", weights {cfg['model']['pretrained']}" if cfg["model"]["pretrained"] else ", random init")),
+        ("recipe", recipe),
+        ("arms", ", ".join(cfg["arms"])),
+        ("seeds", ", ".join(str(s) for s in cfg["seeds"])),
+        ("active learning", f"{al['initial_size']} initial ({al['initial']}), query {al['query_size']} x {al['rounds']} rounds, reset {al['reset']}"),
+        ("analysis", f"features {cfg['analysis']['layer']} ({cfg['analysis']['pool']}-pooled), "
+                     f"units {cfg['analysis']['neuron_layer']}, up to {cfg['analysis']['max_samples']} test images"),
+    ]
+    if manifest:
+        rows += [
+            ("device", f"{manifest.get('device')} ({manifest.get('device_name')})"),
+            ("software", f"superlens {manifest.get('superlens')}, torch {manifest.get('torch')}, "
+                         f"numpy {manifest.get('numpy')}, scikit-learn {manifest.get('scikit_learn')}"),
+            ("git revision", str(manifest.get("git_revision"))),
+            ("seconds per job", ", ".join(f"{k}: {v:.0f}" for k, v in manifest.get("job_seconds", {}).items())),
+        ]
+    return rows
