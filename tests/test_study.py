@@ -198,3 +198,10 @@ def test_every_strategy_runs_in_the_engine(tmp_path):
     for name in REGISTRY:
         pool = np.load(RunDir(tmp_path).job_dir(f"al-{name}", 0) / "pool.npy")
         assert (pool == 0).sum() == 40 and (pool == 1).sum() == 40
+
+
+def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):
+    code, _, err = run_cli(["run", "demo", "analysis.layer=layer5", "--out", tmp_path, "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown layer 'layer5'; available: conv1, bn1" in err
+    assert not (tmp_path / "arms").exists()

@@ -40,6 +40,17 @@ def load_data(cfg: dict[str, Any]):
     return load(d["name"], root=d["root"], download=d["download"], **d["options"])
 
 
+def check_analysis_layers(cfg: dict[str, Any], num_classes: int) -> None:
+    from superlens.analysis.features import resolve_module
+    from superlens.models import resnet18
+
+    m = cfg["model"]
+    model = resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
+    a = cfg["analysis"]
+    for name in (a["layer"], a["neuron_layer"], a["filter_layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
+        resolve_module(model, name)
+
+
 def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
     return [(arm, seed) for arm in cfg["arms"] for seed in cfg["seeds"]]
 
@@ -57,6 +68,8 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         splits = load_data(cfg)
         if any(arm != "baseline" for arm in cfg["arms"]):
             query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
+        if cfg["analysis"]["enabled"]:
+            check_analysis_layers(cfg, splits.train.num_classes)  # before hours of training, not after
         device = resolve_device(cfg["device"])
         splits = type(splits)(splits.train.to(device), splits.test.to(device))
         write_json(run.path / "classes.json", splits.train.classes)
