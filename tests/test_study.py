@@ -16,6 +16,7 @@ from superlens.study import run_study
 TINY = [
     "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
     "active.initial_size=40", "active.query_size=40", "active.rounds=2", "analysis.enabled=false",
+    "featvis.enabled=false",
 ]
 TIMING = ("query_seconds", "train_seconds")
 

@@ -115,6 +115,51 @@ def report(run_dirs: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--layer", default=None, help="Layer to visualize (default: the run's featvis.layer).")
+@click.option("--units", default=None, help="Comma-separated channel indices (default: the run's featvis.units).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default: the run's featvis settings).")
+@click.option("--arm", "arms", multiple=True, help="Only these arms (repeatable; default: every arm).")
+def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | None, arms: tuple[str, ...]) -> None:
+    """Activation maximization and dataset exemplars for a finished run; adds them to report.html."""
+    from dataclasses import replace
+
+    from superlens.analysis.job import featvis_job
+    from superlens.config import featvis_settings
+    from superlens.report.html import build_report
+    from superlens.rundir import RunDir
+    from superlens.study import check_units_for, load_data, resolve_device, summarize
+
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    layer = layer or cfg["featvis"]["layer"]
+    try:
+        unit_list = [int(u) for u in units.split(",")] if units else cfg["featvis"]["units"]
+    except ValueError:
+        raise UserError(f"--units must be comma-separated integers, got {units!r}") from None
+    settings = featvis_settings(cfg["featvis"])
+    if steps is not None:
+        settings = replace(settings, steps=steps)
+    unknown = [a for a in arms if a not in cfg["arms"]]
+    if unknown:
+        raise UserError(f"arm {unknown[0]!r} is not in this run; its arms: {', '.join(cfg['arms'])}")
+    with run.lock():
+        splits = load_data(cfg)
+        check_units_for(cfg, splits.train, layer, unit_list, settings)
+        device = resolve_device(cfg["device"])
+        seed = cfg["seeds"][0]
+        for arm in arms or cfg["arms"]:
+            job_dir = run.job_dir(arm, seed)
+            if not (job_dir / "model.pt").exists():
+                click.echo(f"{arm} seed {seed}: not finished, skipped")
+                continue
+            path = featvis_job(cfg, job_dir, splits, layer, unit_list, device, settings)
+            click.echo(f"{arm} seed {seed}: wrote {path}")
+        path = build_report(run, summarize(run))
+    click.echo(f"report: {path}")
+
+
+@cli.command()
 def presets() -> None:
     """List the built-in presets."""
     from importlib import resources

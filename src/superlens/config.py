@@ -48,8 +48,15 @@ DEFAULTS: dict[str, Any] = {
         "knn_k": 10,
         "repeat_block": None,  # replays the study notebook's double layer4.1; paper preset only
     },
+    "featvis": {
+        "enabled": True,
+        "layer": "layer4.1.conv2",
+        "units": [8, 25, 54, 89, 131, 200, 221, 276, 340, 455, 500],  # those the study's notebook rendered
+        "top": 9,  # dataset exemplars per unit
+        "settings": {},  # any FeatVisSettings field: steps, lr, size, upsample_to, decorrelate, ...
+    },
 }
-FREE_FORM = ("data.options", "recipe", "active.strategy_options")
+FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings")
 RESETS = ("warm", "scratch_same_init", "scratch_new_init")
 
 
@@ -153,11 +160,30 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("max_samples", "probe_samples", "topk", "knn_k"):
         need(isinstance(an[key], int) and an[key] >= 1, f"analysis.{key} must be a positive integer, got {an[key]!r}")
     need(an["perplexity"] > 0, f"analysis.perplexity must be positive, got {an['perplexity']!r}")
+    fv = cfg["featvis"]
+    need(isinstance(fv["units"], list) and fv["units"] and all(isinstance(u, int) for u in fv["units"]),
+         f"featvis.units must be a non-empty list of channel indices, got {fv['units']!r}")
+    need(isinstance(fv["top"], int) and fv["top"] >= 1, f"featvis.top must be a positive integer, got {fv['top']!r}")
+    featvis_settings(fv)
     for name, options in al["strategy_options"].items():
         need(name in REGISTRY, f"active.strategy_options names unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
         accepted = list(inspect.signature(REGISTRY[name].select).parameters)[3:]
         for key in options or {}:
             need(key in accepted, f"strategy {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+
+
+def featvis_settings(featvis: dict[str, Any]):
+    """The FeatVisSettings of a config's ``featvis`` section; unknown fields are an error."""
+    from dataclasses import fields
+
+    from superlens.analysis.featvis import FeatVisSettings
+
+    known = {f.name for f in fields(FeatVisSettings)}
+    for key in featvis["settings"]:
+        if key not in known:
+            raise UserError(f"unknown featvis.settings key {key!r}; known: {', '.join(sorted(known))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in featvis["settings"].items()}
+    return FeatVisSettings(**values)
 
 
 def query_sizes(active: dict[str, Any], pool_size: int) -> list[int]:

@@ -16,7 +16,7 @@ import torch
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
 from superlens.active.loop import run_job
-from superlens.analysis.job import analyze_job
+from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
 from superlens.config import query_sizes
 from superlens.data import load
@@ -40,7 +40,7 @@ def load_data(cfg: dict[str, Any]):
     return load(d["name"], root=d["root"], download=d["download"], **d["options"])
 
 
-def check_analysis_layers(cfg: dict[str, Any], num_classes: int) -> None:
+def check_analysis_layers(cfg: dict[str, Any], num_classes: int, image_size: int) -> None:
     from superlens.analysis.features import resolve_module
     from superlens.models import resnet18
 
@@ -49,6 +49,27 @@ def check_analysis_layers(cfg: dict[str, Any], num_classes: int) -> None:
     a = cfg["analysis"]
     for name in (a["layer"], a["neuron_layer"], a["filter_layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
         resolve_module(model, name)
+    fv = cfg["featvis"]
+    if fv["enabled"]:
+        from superlens.config import featvis_settings
+
+        _check_units(model, fv["layer"], fv["units"], featvis_settings(fv), image_size)
+
+
+def _check_units(model, layer, units, settings, image_size: int) -> None:
+    from superlens.analysis.featvis import check_units
+
+    side = settings.upsample_to or settings.size or image_size
+    check_units(model, layer, units, torch.zeros(1, 3, side, side))
+
+
+def check_units_for(cfg: dict[str, Any], train, layer: str, units: list[int], settings) -> None:
+    """Raise a UserError when ``layer`` is unknown or a unit lies outside its channels."""
+    from superlens.models import resnet18
+
+    m = cfg["model"]
+    model = resnet18(train.num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
+    _check_units(model, layer, units, settings, train.image_size[0])
 
 
 def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
@@ -68,8 +89,7 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         splits = load_data(cfg)
         if any(arm != "baseline" for arm in cfg["arms"]):
             query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
-        if cfg["analysis"]["enabled"]:
-            check_analysis_layers(cfg, splits.train.num_classes)  # before hours of training, not after
+        check_analysis_layers(cfg, splits.train.num_classes, splits.train.image_size[0])  # before training, not after
         device = resolve_device(cfg["device"])
         splits = type(splits)(splits.train.to(device), splits.test.to(device))
         write_json(run.path / "classes.json", splits.train.classes)
@@ -85,6 +105,13 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
                 if not (job_dir / "analysis.json").exists():
                     log(f"[{i}/{len(todo)}] {arm} seed {seed}: analysis")
                     analyze_job(cfg, job_dir, splits, seed, device)
+        if cfg["featvis"]["enabled"]:
+            fv = cfg["featvis"]
+            for arm in cfg["arms"]:
+                job_dir = run.job_dir(arm, cfg["seeds"][0])
+                if not featvis_path(job_dir, fv["layer"]).exists():
+                    log(f"{arm} seed {cfg['seeds'][0]}: activation maximization of {len(fv['units'])} units of {fv['layer']}")
+                    featvis_job(cfg, job_dir, splits, fv["layer"], fv["units"], device)
         write_manifest(run, cfg, device, started)
         summary = summarize(run)
         build_report(run, summary)

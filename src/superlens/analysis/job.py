@@ -116,15 +116,51 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
     }
 
 
-def analyze_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int, device) -> dict[str, Any]:
-    """Analyse the job's final model once; a second call reads ``analysis.json`` back."""
+def load_job_model(cfg: dict[str, Any], job_dir: Path, num_classes: int) -> torch.nn.Module:
+    """The job's final model, built from the config and ``model.pt`` (no download)."""
     from superlens.active.loop import build_model
 
+    model = build_model({**cfg, "model": {**cfg["model"], "pretrained": None}}, num_classes, 0)
+    model.load_state_dict(torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True))
+    return model
+
+
+def featvis_path(job_dir: Path, layer: str) -> Path:
+    return job_dir / f"featvis-{layer}.npz"
+
+
+def featvis_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, layer: str, units: list[int], device,
+                settings=None) -> Path:
+    """Activation maximization and dataset exemplars of ``units``, saved as ``featvis-<layer>.npz``."""
+    from superlens.analysis.featvis import exemplars, visualize
+    from superlens.config import featvis_settings
+
+    settings = settings or featvis_settings(cfg["featvis"])
+    model = load_job_model(cfg, job_dir, splits.train.num_classes)
+    t0 = time.perf_counter()
+    result = visualize(model, layer, units, splits.train, settings, device=device)
+    seconds = time.perf_counter() - t0
+    ex = exemplars(model, layer, units, splits.train, top=cfg["featvis"]["top"], recipe=make_recipe(dict(cfg["recipe"])),
+                   device=device)
+    path = featvis_path(job_dir, layer)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f, layer=layer, units=np.asarray(units), images=(result.images * 255).round().astype(np.uint8),
+                activation=result.activation, exemplar_indices=ex.indices, exemplar_activation=ex.activation,
+                exemplar_labels=ex.labels, exemplar_images=splits.train.images[ex.indices.reshape(-1)].cpu().numpy()
+                .reshape(ex.indices.shape + tuple(splits.train.images.shape[1:])),
+                seconds=seconds, steps=settings.steps,
+            )
+    return path
+
+
+def analyze_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int, device) -> dict[str, Any]:
+    """Analyse the job's final model once; a second call reads ``analysis.json`` back."""
     out = job_dir / "analysis.json"
     if out.exists():
         return json.loads(out.read_text())
-    model = build_model({**cfg, "model": {**cfg["model"], "pretrained": None}}, splits.train.num_classes, 0)
-    model.load_state_dict(torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True))
+    model = load_job_model(cfg, job_dir, splits.train.num_classes)
     result = analyze_model(model, splits, cfg, seed, device)
     coords, labels = result.pop("tsne"), result.pop("labels")
     if coords is not None:

@@ -124,3 +124,30 @@ def query_histograms(per_arm: dict[str, np.ndarray], classes: list[str]) -> byte
             ax.set_xlabel("class")
         fig.colorbar(im, ax=ax, label="images")
     return _png(fig)
+
+
+def featvis_grid(fv: dict[str, np.ndarray], classes: list[str], title: str) -> bytes:
+    """Rows are units: the optimized image(s), then the most activating training images with their classes."""
+    images, ex_images, labels = fv["images"], fv["exemplar_images"], fv["exemplar_labels"]
+    units, k = images.shape[:2]
+    top = ex_images.shape[1]
+    cols = k + top
+    fig, axes = plt.subplots(units, cols, figsize=(0.95 * cols + 0.9, 1.05 * units + 0.5), squeeze=False)
+    for r in range(units):
+        row = [images[r, j] for j in range(k)] + [ex_images[r, j] for j in range(top)]
+        for c, img in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= k:
+                name = classes[int(labels[r, c - k])] if classes else str(int(labels[r, c - k]))
+                ax.set_title(name[:12], fontsize=6, pad=2)
+            else:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#c00")
+                    spine.set_linewidth(1.5)
+        axes[r][0].set_ylabel(f"unit {int(fv['units'][r])}", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35)
+    return _png(fig)

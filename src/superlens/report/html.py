@@ -126,6 +126,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
             queried[arm] = np.array([np.sum([r["query_class_hist"] for r in mine if r["round"] == k], axis=0) for k in rounds])
     figs["queries"] = _b64(figures.query_histograms(queried, classes)) if queried else None
 
+    sections = list(extra_sections or []) + _featvis_sections(run, cfg, arms, classes)
     manifest = _read(run.path / "manifest.json") or {}
     n_seeds = len(cfg["seeds"])
     from math import comb
@@ -139,13 +140,37 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         n_seeds=n_seeds, min_p=_fmt(2 / comb(2 * n_seeds, n_seeds)) if n_seeds > 1 else "n/a",
         layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
         filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
-        tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=extra_sections or [],
+        tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=sections,
     )
     from superlens.fileio import write_text
 
     path = run.path / "report.html"
     write_text(path, html)
     return path
+
+
+def _featvis_sections(run: RunDir, cfg: dict[str, Any], arms: list[str], classes: list[str]) -> list[dict[str, str]]:
+    """One section per visualized layer: a grid per arm (first seed), optimized images framed in red."""
+    from markupsafe import Markup
+
+    by_layer: dict[str, list[str]] = {}
+    for arm in arms:
+        for path in sorted(run.job_dir(arm, cfg["seeds"][0]).glob("featvis-*.npz")):
+            z = np.load(path)
+            layer = str(z["layer"])
+            png = figures.featvis_grid(z, classes, f"{arm} (seed {cfg['seeds'][0]}), {layer}")
+            by_layer.setdefault(layer, []).append(
+                f'<img src="data:image/png;base64,{_b64(png)}" alt="activation maximization, {arm}">'
+            )
+    settings = cfg["featvis"]["settings"]
+    note = (
+        '<p class="note">Each row is a unit: its optimized image (red frame), then the training images that '
+        "activate it most, with their classes. Exemplars from several classes mark a polysemantic unit. "
+        f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items()) or 'defaults'} "
+        "(Fourier basis with 1/f scaling, decorrelated colour, random pad/jitter/scale/rotation).</p>"
+    )
+    return [{"title": f"Activation maximization ({layer})", "html": Markup("\n".join(imgs) + note)}
+            for layer, imgs in by_layer.items()]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
