@@ -95,7 +95,7 @@ def test_featvis_command_on_a_finished_run(tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["run", "demo", "seeds=[0]", "arms=[baseline]", "model.width=4", "recipe.epochs=1",
-            "analysis.enabled=false", "featvis.units=[1,2]", "featvis.settings.steps=2", "--out", out, "--quiet"]
+            "analysis.enabled=false", "sae.enabled=false", "toy.enabled=false", "featvis.units=[1,2]", "featvis.settings.steps=2", "--out", out, "--quiet"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     z = np.load(out / "arms" / "baseline" / "seed0" / "featvis-layer4.1.conv2.npz")

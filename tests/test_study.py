@@ -16,7 +16,7 @@ from superlens.study import run_study
 TINY = [
     "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
     "active.initial_size=40", "active.query_size=40", "active.rounds=2", "analysis.enabled=false",
-    "featvis.enabled=false",
+    "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false",
 ]
 TIMING = ("query_seconds", "train_seconds")
 
@@ -144,6 +144,9 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["run", "demo", *TINY, "active.strategy_options.least_confidence={}",
                                  "analysis.enabled=true", "analysis.max_samples=200", "analysis.probe_samples=300",
+                                 "sae.enabled=true", "sae.max_images=100", "sae.settings.steps=20",
+                                 "sae.settings.batch_size=256", "toy.enabled=true", "toy.steps=30", "toy.phase_grid=2",
+                                 "toy.selection={sparsity: 0.9, pool: 400, budget: 100, initial: 50}",
                                  "--out", out, "--quiet"], capsys)
     assert code == 0, err
     for name in ("config.yaml", "manifest.json", "summary.json", "rounds.csv", "report.html"):
@@ -153,11 +156,15 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
                 "cosine_mean", "class_selectivity_mean", "nc1", "knn_accuracy", "linear_probe_accuracy"):
         assert key in summary["arms"]["baseline"] and f"{key}_ci95" in summary["arms"]["baseline"], key
     assert summary["arms"]["al-random"]["vs_baseline"]["cosine_mean"]["p_value"] <= 1
+    for key in ("psi", "sae_fvu", "sae_l0", "sae_recovered_vs_zero", "sae_stability", "sae_latent_class_selectivity_mean"):
+        assert key in summary["arms"]["al-least_confidence"], key
+    assert json.loads((out / "toy.json").read_text())["m"] == 5
     html = (out / "report.html").read_text()
     for section in ("Setup", "Accuracy against labels", "Metrics per arm", "t-SNE", "Cosine similarity",
-                    "Neuron polysemanticity", "What each strategy queried"):
+                    "Neuron polysemanticity", "What each strategy queried", "Decoding superposition",
+                    "Toy models of superposition"):
         assert section in html, section
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 7
     assert "src=\"http" not in html and "href=\"http" not in html  # self-contained
     assert set(summary["arms"]) == {"baseline", "al-least_confidence", "al-random"}
     for arm, metrics in summary["arms"].items():

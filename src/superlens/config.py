@@ -55,8 +55,25 @@ DEFAULTS: dict[str, Any] = {
         "top": 9,  # dataset exemplars per unit
         "settings": {},  # any FeatVisSettings field: steps, lr, size, upsample_to, decorrelate, ...
     },
+    "sae": {
+        "enabled": True,
+        "layer": "layer4",  # one vector per image and position of this layer (post-ReLU block output)
+        "pooled": False,  # one spatially averaged vector per image instead
+        "max_images": 5000,  # training images whose activations train the SAE
+        "stability": True,  # train a second SAE (another seed) and match decoders
+        "settings": {},  # any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...
+    },
+    "toy": {
+        "enabled": True,  # the toy-model lab, once per study (it does not use the trained models)
+        "n": 20,
+        "m": 5,
+        "sparsities": [0.0, 0.7, 0.9, 0.97, 0.99],
+        "steps": 3000,
+        "phase_grid": 6,  # sparsity x relative-importance grid of the n=2, m=1 phase diagram
+        "selection": {"sparsity": 0.9, "pool": 20000, "budget": 2000, "initial": 500},
+    },
 }
-FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings")
+FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings")
 RESETS = ("warm", "scratch_same_init", "scratch_new_init")
 
 
@@ -165,6 +182,15 @@ def validate(cfg: dict[str, Any]) -> None:
          f"featvis.units must be a non-empty list of channel indices, got {fv['units']!r}")
     need(isinstance(fv["top"], int) and fv["top"] >= 1, f"featvis.top must be a positive integer, got {fv['top']!r}")
     featvis_settings(fv)
+    from superlens.analysis.decode import sae_settings
+
+    sae_settings(cfg["sae"])
+    need(isinstance(cfg["sae"]["max_images"], int) and cfg["sae"]["max_images"] >= 1, "sae.max_images must be a positive integer")
+    toy = cfg["toy"]
+    need(all(0 <= s < 1 for s in toy["sparsities"]), f"toy.sparsities must lie in [0, 1), got {toy['sparsities']!r}")
+    need(toy["m"] >= 1 and toy["n"] > toy["m"], f"toy needs n > m >= 1, got n={toy['n']}, m={toy['m']}")
+    sel = toy["selection"]
+    need(0 < sel["initial"] <= sel["budget"] <= sel["pool"], "toy.selection needs 0 < initial <= budget <= pool")
     for name, options in al["strategy_options"].items():
         need(name in REGISTRY, f"active.strategy_options names unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
         accepted = list(inspect.signature(REGISTRY[name].select).parameters)[3:]

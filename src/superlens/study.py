@@ -16,6 +16,7 @@ import torch
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
 from superlens.active.loop import run_job
+from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
 from superlens.config import query_sizes
@@ -24,6 +25,7 @@ from superlens.errors import UserError
 from superlens.fileio import write_json
 from superlens.report.html import build_report
 from superlens.rundir import RunDir
+from superlens.toy import run_lab
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,7 +49,7 @@ def check_analysis_layers(cfg: dict[str, Any], num_classes: int, image_size: int
     m = cfg["model"]
     model = resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
     a = cfg["analysis"]
-    for name in (a["layer"], a["neuron_layer"], a["filter_layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
+    for name in (a["layer"], a["neuron_layer"], a["filter_layer"], cfg["sae"]["layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
         resolve_module(model, name)
     fv = cfg["featvis"]
     if fv["enabled"]:
@@ -105,6 +107,15 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
                 if not (job_dir / "analysis.json").exists():
                     log(f"[{i}/{len(todo)}] {arm} seed {seed}: analysis")
                     analyze_job(cfg, job_dir, splits, seed, device)
+        if cfg["sae"]["enabled"]:
+            for i, (arm, seed) in enumerate(todo, start=1):
+                job_dir = run.job_dir(arm, seed)
+                if not (job_dir / "sae.json").exists():
+                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: sparse autoencoder on {cfg['sae']['layer']}")
+                    sae_job(cfg, job_dir, splits, seed, device)
+        if cfg["toy"]["enabled"] and not (run.path / "toy.json").exists():
+            log("toy models of superposition")
+            write_json(run.path / "toy.json", run_lab(cfg["toy"], cfg["seeds"]))
         if cfg["featvis"]["enabled"]:
             fv = cfg["featvis"]
             for arm in cfg["arms"]:
@@ -132,10 +143,11 @@ def summarize(run: RunDir) -> dict[str, Any]:
             continue
         per_seed: dict[str, list[float]] = {"test_accuracy": [], "aubc": [], "label_efficiency": []}
         for seed in seeds:
-            analysis = run.job_dir(arm, seed) / "analysis.json"
-            if analysis.exists():
-                for key, value in json.loads(analysis.read_text())["metrics"].items():
-                    per_seed.setdefault(key, []).append(value)
+            for name in ("analysis.json", "sae.json"):
+                path = run.job_dir(arm, seed) / name
+                if path.exists():
+                    for key, value in json.loads(path.read_text())["metrics"].items():
+                        per_seed.setdefault(key, []).append(value)
             rows = finished[(arm, seed)]
             n = np.array([r["n_labeled"] for r in rows], dtype=float)
             acc = np.array([r["test_accuracy"] for r in rows])

@@ -151,3 +151,41 @@ def featvis_grid(fv: dict[str, np.ndarray], classes: list[str], title: str) -> b
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(wspace=0.05, hspace=0.35)
     return _png(fig)
+
+
+def toy_sweep(lab: dict[str, Any]) -> bytes:
+    """Feature norms and dimensionalities of the n x m toy model at each sparsity."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    runs = lab["sweep"]
+    for i, run in enumerate(runs):
+        color = cmap(i / max(1, len(runs) - 1))
+        label = f"S={run['sparsity']:g} ({run['represented']} represented)"
+        axes[0].plot(run["norms"], "o-", color=color, ms=3, label=label)
+        axes[1].plot(run["dimensionality"], "o-", color=color, ms=3)
+    axes[0].set_title("||W_i|| by feature (importance falls to the right)", fontsize=9)
+    axes[1].set_title("dimensionality D_i", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("feature i")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _png(fig)
+
+
+def toy_phase(lab: dict[str, Any]) -> bytes:
+    """Outcome for the second of two features sharing one dimension."""
+    from matplotlib.colors import ListedColormap
+
+    phase = lab["phase"]
+    grid = np.asarray(phase["outcome"])
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), layout="constrained")
+    cmap = ListedColormap(["#d9d9d9", "#4c72b0", "#dd8452"])
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, origin="lower", aspect="auto")
+    ax.set_xticks(range(len(phase["importance"])), [f"{v:.2g}" for v in phase["importance"]], fontsize=7)
+    ax.set_yticks(range(len(phase["sparsity"])), [f"{v:.2f}" for v in phase["sparsity"]], fontsize=7)
+    ax.set_xlabel("relative importance of feature 2")
+    ax.set_ylabel("sparsity S")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(3)]
+    ax.legend(handles, ["not represented", "dedicated", "superposition"], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1))
+    return _png(fig)

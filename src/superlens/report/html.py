@@ -34,6 +34,22 @@ METRIC_DOCS = {
     "classes_for_90_mass_mean": "mean number of classes holding 90% of a unit's activation mass",
     "dead_unit_fraction": "fraction of units that never fire on the test images",
 }
+SAE_DOCS = {
+    "psi": "effective features F / neurons N: above 1, the layer carries more features than neurons",
+    "sae_effective_features": "F = exp(H(p)), p the normalized mean absolute activity of the SAE latents",
+    "sae_l0": "mean number of active latents per vector",
+    "sae_fvu": "fraction of variance unexplained by the reconstruction",
+    "sae_cosine": "mean cosine between vectors and their reconstructions",
+    "sae_dead_fraction": "fraction of latents that never fire on the test vectors",
+    "sae_recovered_vs_zero": "accuracy recovered by splicing the reconstruction in, against zero ablation",
+    "sae_recovered_vs_mean": "accuracy recovered by splicing the reconstruction in, against mean ablation",
+    "sae_accuracy_spliced": "test accuracy with the layer replaced by its reconstruction",
+    "sae_stability": "mean decoder cosine between two seeds' SAEs, matched one-to-one",
+    "sae_neuron_class_selectivity_mean": "class selectivity of the layer's neurons",
+    "sae_latent_class_selectivity_mean": "class selectivity of the SAE latents",
+    "sae_neuron_topk_class_entropy_mean": "top-k class entropy of the layer's neurons",
+    "sae_latent_topk_class_entropy_mean": "top-k class entropy of the SAE latents",
+}
 HIST_TITLES = {
     "cosine": "samples (raw)", "cosine_centered": "samples (mean-centred)",
     "neuron_correlation": "units (correlation)", "filter_cosine": "conv filters",
@@ -54,15 +70,21 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
-def _metric_rows(summary: dict[str, Any], main: bool) -> list[dict[str, Any]]:
-    """Table rows: the documented headline metrics when ``main``, every other statistic otherwise."""
+def _metric_rows(summary: dict[str, Any], which: str) -> list[dict[str, Any]]:
+    """Table rows: ``main`` headline metrics, ``sae`` decoding metrics, or ``other`` (everything else)."""
     arms = list(summary["arms"])
     keys: list[str] = []
     for entry in summary["arms"].values():
         for key, value in entry.items():
             if isinstance(value, (int, float)) and not key.endswith("_ci95") and key != "n_labeled" and key not in keys:
                 keys.append(key)
-    keys = [k for k in METRIC_DOCS if k in keys] if main else [k for k in keys if k not in METRIC_DOCS]
+    docs = {**METRIC_DOCS, **SAE_DOCS}
+    if which == "main":
+        keys = [k for k in METRIC_DOCS if k in keys]
+    elif which == "sae":
+        keys = [k for k in SAE_DOCS if k in keys]
+    else:
+        keys = [k for k in keys if k not in docs]
     rows = []
     for key in keys:
         cells = []
@@ -78,7 +100,7 @@ def _metric_rows(summary: dict[str, Any], main: bool) -> list[dict[str, Any]]:
                 "p": _fmt(vs["p_value"]) if vs else None, "g": _fmt(vs["hedges_g"]) if vs else None,
                 "sig": bool(vs and vs["p_value"] is not None and vs["p_value"] < 0.05),
             })
-        rows.append({"key": key, "doc": METRIC_DOCS.get(key, ""), "cells": cells})
+        rows.append({"key": key, "doc": docs.get(key, ""), "cells": cells})
     return rows
 
 
@@ -135,8 +157,9 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     html = env.get_template("report.html.j2").render(
         name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, True),
-        more_rows=_metric_rows(summary, False),
+        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
+        more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
+        toy=_toy_section(run),
         n_seeds=n_seeds, min_p=_fmt(2 / comb(2 * n_seeds, n_seeds)) if n_seeds > 1 else "n/a",
         layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
         filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
@@ -171,6 +194,22 @@ def _featvis_sections(run: RunDir, cfg: dict[str, Any], arms: list[str], classes
     )
     return [{"title": f"Activation maximization ({layer})", "html": Markup("\n".join(imgs) + note)}
             for layer, imgs in by_layer.items()]
+
+
+def _toy_section(run: RunDir) -> dict[str, Any] | None:
+    lab = _read(run.path / "toy.json")
+    if lab is None:
+        return None
+    selection = []
+    for arm in ("random", "uncertain"):
+        row = {"arm": arm}
+        for key in ("represented", "dims_per_feature", "mean_interference", "input_density", "loss"):
+            values = [s[arm][key] for s in lab["selection"]]
+            lo, hi = figures.bootstrap_ci(values)
+            row[key] = f"{_fmt(float(np.mean(values)))} [{_fmt(lo)}, {_fmt(hi)}]"
+        selection.append(row)
+    return {"lab": lab, "selection": selection, "n_seeds": len(lab["selection"]),
+            "sweep_png": _b64(figures.toy_sweep(lab)), "phase_png": _b64(figures.toy_phase(lab))}
 
 
 def _read(path: Path) -> dict[str, Any] | None:

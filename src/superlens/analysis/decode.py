@@ -1,0 +1,78 @@
+"""Sparse-autoencoder measurements of one trained job, written to its folder as ``sae.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from superlens.analysis import neurons
+from superlens.analysis.features import capture
+from superlens.analysis.job import fixed_subset, load_job_model
+from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, image_latents, latent_codes,
+                                    matched_decoder_cosine, sae_metrics, spliced_accuracies, train_sae)
+from superlens.data.dataset import DatasetSplits
+from superlens.errors import UserError
+from superlens.fileio import write_json
+from superlens.training import make_recipe
+
+
+def sae_settings(section: dict[str, Any], seed: int = 0) -> SAESettings:
+    from dataclasses import fields
+
+    known = {f.name for f in fields(SAESettings)}
+    for key in section["settings"]:
+        if key not in known:
+            raise UserError(f"unknown sae.settings key {key!r}; known: {', '.join(sorted(known))}")
+    return SAESettings(**{**section["settings"], "seed": seed})
+
+
+def _side_by_side(acts: np.ndarray, latents: np.ndarray, labels: np.ndarray, topk: int) -> dict[str, float]:
+    """Class selectivity and top-k class entropy of the layer's neurons and of the live SAE latents."""
+    out = {}
+    for name, values in (("neuron", acts), ("latent", latents)):
+        live = values.max(0) > 0
+        if not live.any():
+            continue
+        v = values[:, live]
+        out[f"sae_{name}_class_selectivity_mean"] = float(neurons.class_selectivity(v, labels).mean())
+        out[f"sae_{name}_topk_class_entropy_mean"] = float(neurons.topk_class_entropy(v, labels, k=topk).mean())
+    return out
+
+
+def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int, device) -> dict[str, Any]:
+    """Train the job's SAE once (and a second one for stability); a second call reads ``sae.json``."""
+    path = job_dir / "sae.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    section, a = cfg["sae"], cfg["analysis"]
+    model = load_job_model(cfg, job_dir, splits.train.num_classes)
+    recipe = make_recipe(dict(cfg["recipe"]))
+    pool = "avg" if section["pooled"] else "none"
+    train = fixed_subset(splits.train, section["max_images"])
+    test = fixed_subset(splits.test, a["max_samples"])
+    layer = section["layer"]
+    train_acts = capture(model, train, layer, pool=pool, recipe=recipe, device=device)[layer]
+    test_acts = capture(model, test, layer, pool=pool, recipe=recipe, device=device)[layer]
+    train_vectors, test_vectors = conv_vectors(train_acts), conv_vectors(test_acts)
+    sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
+    m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
+    mean_act = torch.from_numpy(test_acts.mean(0))
+    spliced = spliced_accuracies(model, layer, sae, test, mean_act, recipe=recipe, device=device)
+    m.update({f"sae_{k}": v for k, v in spliced.items()})
+    if section["stability"]:
+        second = train_sae(train_vectors, sae_settings(section, seed + 10_000), device=device).sae
+        m["sae_stability"] = matched_decoder_cosine(sae, second)
+    f = effective_features(latent_codes(sae, test_vectors))
+    m["sae_effective_features"] = f
+    m["psi"] = f / test_vectors.shape[1]
+    labels = test.labels.cpu().numpy()
+    pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
+    m.update(_side_by_side(pooled_acts, image_latents(sae, test_acts), labels, a["topk"]))
+    result = {"layer": layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
+              "train_vectors": int(len(train_vectors)), "metrics": m}
+    write_json(path, result)
+    return result

@@ -1,0 +1,246 @@
+"""Sparse autoencoders on a layer's activations, and the numbers that say how well they decode it.
+
+One training vector is the layer's channel vector at one spatial position of one
+image (a conv layer of C channels and H x W positions gives H*W vectors of size C per
+image), or one pooled vector per image when asked. Before training, vectors are
+scaled by one constant so that their mean squared norm equals their dimension.
+
+The model: pre = (x - b_dec) W_enc + b_enc; z = TopK(ReLU(pre)) (``kind="topk"``, k
+active latents) or ReLU(pre) with an L1 penalty (``kind="l1"``); x_hat = z W_dec + b_dec,
+decoder rows kept at unit norm. Latents that have not fired for ``dead_after``
+training vectors are revived by the auxiliary-k loss: the top ``aux_k`` dead latents
+must reconstruct the residual x - x_hat (weight ``aux_coef``).
+
+Metrics, each with one definition:
+    L0             mean number of non-zero latents per vector
+    FVU            sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (fraction of variance unexplained)
+    dead_fraction  latents that never fire on the evaluation vectors
+    cosine         mean cos(x, x_hat)
+    recovered      (acc(x_hat spliced in) - acc(ablated)) / (acc(clean) - acc(ablated)), for
+                   zero ablation and mean ablation of the layer
+    stability      mean cosine of decoder rows matched one-to-one (Hungarian) between two seeds
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from superlens.errors import UserError
+
+
+@dataclass(frozen=True)
+class SAESettings:
+    kind: str = "topk"  # "topk" or "l1"
+    expansion: int = 8  # latents = expansion x input dimension
+    k: int = 16  # active latents per vector (topk)
+    l1: float = 1.0  # L1 coefficient on the summed latent activity (l1)
+    steps: int = 3000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    aux_k: int = 64  # dead latents used by the auxiliary loss
+    aux_coef: float = 1 / 32
+    dead_after: int = 200_000  # training vectors without firing before a latent counts as dead
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("topk", "l1"):
+            raise UserError(f"sae kind must be 'topk' or 'l1', got {self.kind!r}")
+        if self.expansion < 1 or self.k < 1 or self.steps < 1 or self.batch_size < 1:
+            raise UserError("sae expansion, k, steps and batch_size must be positive")
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, dim: int, latents: int, settings: SAESettings, generator: torch.Generator) -> None:
+        super().__init__()
+        self.settings = settings
+        decoder = F.normalize(torch.randn(latents, dim, generator=generator), dim=1)
+        self.W_dec = nn.Parameter(decoder)
+        self.W_enc = nn.Parameter(decoder.T.clone())  # tied at the start
+        self.b_enc = nn.Parameter(torch.zeros(latents))
+        self.b_dec = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))  # inputs are multiplied by this first
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes of (already scaled) vectors."""
+        return self.activate(self.pre(x))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        z = F.relu(pre)
+        if self.settings.kind == "topk" and self.settings.k < z.shape[1]:
+            vals, idx = z.topk(self.settings.k, dim=1)
+            z = torch.zeros_like(z).scatter_(1, idx, vals)
+        return z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of raw (unscaled) vectors, in the same units."""
+        return self.decode(self.encode(x * self.scale)) / self.scale
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.data = F.normalize(self.W_dec.data, dim=1)
+
+
+@dataclass
+class SAETraining:
+    sae: SparseAutoencoder
+    losses: list[float] = field(default_factory=list)
+
+
+def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SAETraining:
+    """Train a sparse autoencoder on ``vectors`` (n x d), sampled in random batches."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device)
+    if x.ndim != 2 or len(x) < 2:
+        raise UserError(f"sae needs a 2-D array of at least 2 vectors, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise UserError("sae input has NaN or inf values")
+    generator = torch.Generator().manual_seed(settings.seed)
+    n, d = x.shape
+    sae = SparseAutoencoder(d, settings.expansion * d, settings, generator).to(device)
+    sae.scale.fill_(float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12))))
+    with torch.no_grad():
+        sae.b_dec.copy_((x * sae.scale).mean(0))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr)
+    since_fired = torch.zeros(sae.W_dec.shape[0], device=device)
+    result = SAETraining(sae)
+    for _ in range(settings.steps):
+        idx = torch.randint(n, (min(settings.batch_size, n),), generator=generator).to(device)
+        xb = x[idx] * sae.scale
+        pre = sae.pre(xb)
+        z = sae.activate(pre)
+        x_hat = sae.decode(z)
+        residual = xb - x_hat
+        loss = (residual * residual).sum(1).mean()
+        if settings.kind == "l1":
+            loss = loss + settings.l1 * z.sum(1).mean()
+        fired = (z > 0).any(0)
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(xb))
+        dead = since_fired >= settings.dead_after
+        if dead.any():
+            k_aux = min(settings.aux_k, int(dead.sum()))
+            dead_pre = F.relu(pre[:, dead])
+            vals, j = dead_pre.topk(k_aux, dim=1)
+            e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec[dead]
+            err = residual.detach()
+            aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
+            loss = loss + settings.aux_coef * aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sae.normalize_decoder()
+        result.losses.append(float(loss.detach()))
+    return result
+
+
+@torch.no_grad()
+def latent_codes(sae: SparseAutoencoder, vectors, chunk: int = 65536) -> np.ndarray:
+    """(n, latents) codes of raw vectors, chunked."""
+    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=sae.W_dec.device)
+    return torch.cat([sae.encode(x[i : i + chunk] * sae.scale).cpu() for i in range(0, len(x), chunk)]).numpy()
+
+
+@torch.no_grad()
+def sae_metrics(sae: SparseAutoencoder, vectors, chunk: int = 65536) -> dict[str, float]:
+    """L0, FVU, dead fraction and mean cosine on evaluation vectors (raw units)."""
+    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=sae.W_dec.device)
+    mean = x.mean(0)
+    err = total = l0 = cos = 0.0
+    fired = torch.zeros(sae.W_dec.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk]
+        z = sae.encode(xb * sae.scale)
+        x_hat = sae.decode(z) / sae.scale
+        err += float(((xb - x_hat) ** 2).sum())
+        total += float(((xb - mean) ** 2).sum())
+        l0 += float((z > 0).sum())
+        cos += float(F.cosine_similarity(xb, x_hat, dim=1).sum())
+        fired |= (z > 0).any(0)
+    n = len(x)
+    return {"l0": l0 / n, "fvu": err / max(total, 1e-30), "dead_fraction": float(1 - fired.float().mean()),
+            "cosine": cos / n}
+
+
+def matched_decoder_cosine(a: SparseAutoencoder | np.ndarray, b: SparseAutoencoder | np.ndarray) -> float:
+    """Mean cosine of decoder rows paired one-to-one to maximize the total (Hungarian matching)."""
+    from scipy.optimize import linear_sum_assignment
+
+    da = a.W_dec.detach().cpu().numpy() if isinstance(a, SparseAutoencoder) else np.asarray(a)
+    db = b.W_dec.detach().cpu().numpy() if isinstance(b, SparseAutoencoder) else np.asarray(b)
+    da = da / np.linalg.norm(da, axis=1, keepdims=True)
+    db = db / np.linalg.norm(db, axis=1, keepdims=True)
+    sim = da @ db.T
+    rows, cols = linear_sum_assignment(-sim)
+    return float(sim[rows, cols].mean())
+
+
+def effective_features(codes) -> float:
+    """F = exp(H(p)), p the normalized mean absolute activity of each latent (Bereska et al. 2025)."""
+    activity = np.abs(np.asarray(codes, dtype=np.float64)).mean(0)
+    if activity.sum() <= 0:
+        return 0.0
+    p = activity / activity.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def conv_vectors(acts: np.ndarray) -> np.ndarray:
+    """(images, C, H, W) activations -> (images * H * W, C) channel vectors; 2-D input unchanged."""
+    if acts.ndim == 2:
+        return acts
+    if acts.ndim != 4:
+        raise UserError(f"expected (images, C) or (images, C, H, W) activations, got shape {acts.shape}")
+    return acts.transpose(0, 2, 3, 1).reshape(-1, acts.shape[1])
+
+
+def image_latents(sae: SparseAutoencoder, acts: np.ndarray) -> np.ndarray:
+    """(images, latents) latent activity per image: the mean over its positions."""
+    codes = latent_codes(sae, conv_vectors(acts))
+    positions = 1 if acts.ndim == 2 else acts.shape[2] * acts.shape[3]
+    return codes.reshape(len(acts), positions, -1).mean(1)
+
+
+def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, data, mean_activation: torch.Tensor,
+                       recipe=None, device=None) -> dict[str, float]:
+    """Test accuracy with the layer's output clean, replaced by its SAE reconstruction,
+    by zeros, and by its mean over the data; plus the fraction recovered against each ablation."""
+    from superlens.analysis.features import resolve_module
+    from superlens.training import evaluate
+
+    module = resolve_module(model, layer)
+
+    def run(replace) -> float:
+        handle = module.register_forward_hook(replace) if replace else None
+        try:
+            return evaluate(model, data, recipe, device=device).accuracy
+        finally:
+            if handle:
+                handle.remove()
+
+    def through_sae(m, i, out):
+        if out.ndim == 4:
+            b, c, h, w = out.shape
+            flat = out.permute(0, 2, 3, 1).reshape(-1, c).float()
+            return sae(flat).view(b, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
+        return sae(out.float()).to(out.dtype)
+
+    clean = run(None)
+    spliced = run(through_sae)
+    zero = run(lambda m, i, out: torch.zeros_like(out))
+    mean = run(lambda m, i, out: mean_activation.to(out).expand_as(out))
+
+    def recovered(ablated: float) -> float:
+        return (spliced - ablated) / (clean - ablated) if clean != ablated else float("nan")
+
+    return {"accuracy_clean": clean, "accuracy_spliced": spliced, "accuracy_zero_ablation": zero,
+            "accuracy_mean_ablation": mean, "recovered_vs_zero": recovered(zero), "recovered_vs_mean": recovered(mean)}

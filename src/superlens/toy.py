@@ -1,0 +1,163 @@
+"""Toy models of superposition (Elhage et al. 2022): small problems whose answers are known.
+
+The model compresses n sparse features into m < n dimensions and reads them back:
+x' = ReLU(W^T W x + b), W of shape (m, n) (column i is feature i's direction), trained
+to minimize sum_i I_i (x_i - x'_i)^2 with importances I. Each input feature is 0 with
+probability S (the sparsity) and uniform on [0, 1] otherwise.
+
+Geometry of a trained W (all exact formulas):
+    D_i  = ||W_i||^2 / sum_j (W_i_hat . W_j)^2    dimensions feature i gets (1: alone, 1/2: antipodal pair)
+    D*   = m / ||W||_F^2                           dimensions per feature, over all features
+    interference_i = sum_{j != i} (W_i_hat . W_j)^2
+A feature counts as represented when ||W_i|| > 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from superlens.errors import UserError
+
+
+def feature_dimensionality(w) -> np.ndarray:
+    """D_i per feature (column) of W; 0 for a feature with zero norm."""
+    w = np.asarray(w, dtype=np.float64)
+    norms = np.linalg.norm(w, axis=0)
+    unit = w / np.where(norms > 0, norms, 1.0)
+    overlap = ((unit.T @ w) ** 2).sum(axis=1)  # sum_j (W_i_hat . W_j)^2, includes j = i
+    return np.where(norms > 0, norms**2 / np.where(overlap > 0, overlap, 1.0), 0.0)
+
+
+def dimensions_per_feature(w) -> float:
+    """D* = m / ||W||_F^2."""
+    w = np.asarray(w, dtype=np.float64)
+    return float(w.shape[0] / (w**2).sum())
+
+
+def interference(w) -> np.ndarray:
+    """sum over other features j of (W_i_hat . W_j)^2, per feature i."""
+    w = np.asarray(w, dtype=np.float64)
+    norms = np.linalg.norm(w, axis=0)
+    unit = w / np.where(norms > 0, norms, 1.0)
+    overlap = (unit.T @ w) ** 2
+    return overlap.sum(axis=1) - np.diag(overlap)
+
+
+def sparse_batch(batch: int, n: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:
+    values = torch.rand(batch, n, generator=generator)
+    keep = torch.rand(batch, n, generator=generator) >= sparsity
+    return values * keep
+
+
+@dataclass
+class ToyModel:
+    w: np.ndarray  # (m, n)
+    b: np.ndarray  # (n,)
+    loss: float  # final training loss (mean over the last 100 steps)
+
+    @property
+    def norms(self) -> np.ndarray:
+        return np.linalg.norm(self.w, axis=0)
+
+    def represented(self, threshold: float = 0.5) -> int:
+        return int((self.norms > threshold).sum())
+
+    def summary(self) -> dict[str, float]:
+        return {"represented": self.represented(), "dims_per_feature": dimensions_per_feature(self.w),
+                "mean_interference": float(interference(self.w).mean()), "loss": self.loss}
+
+
+def reconstruction(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x @ w.T @ w + b)
+
+
+def train_toy(
+    n: int = 20, m: int = 5, sparsity: float = 0.0, importance=None, steps: int = 5000, batch: int = 1024,
+    lr: float = 1e-3, seed: int = 0, data: torch.Tensor | None = None,
+) -> ToyModel:
+    """Train the ReLU-output toy model. ``importance`` defaults to 0.7^i; ``data`` (N x n) replaces
+    fresh sparse batches with batches drawn from a fixed set of inputs."""
+    if not 0 <= sparsity < 1:
+        raise UserError(f"sparsity must lie in [0, 1), got {sparsity}")
+    if m < 1 or n < 1:
+        raise UserError(f"n and m must be positive, got n={n}, m={m}")
+    imp = torch.as_tensor(np.asarray(importance if importance is not None else 0.7 ** np.arange(n)), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.nn.init.xavier_normal_(torch.empty(m, n), generator=generator).requires_grad_()
+    b = torch.zeros(n, requires_grad=True)
+    optimizer = torch.optim.AdamW([w, b], lr=lr, weight_decay=0.0)
+    recent = []
+    for _ in range(steps):
+        if data is None:
+            x = sparse_batch(batch, n, sparsity, generator)
+        else:
+            x = data[torch.randint(len(data), (min(batch, len(data)),), generator=generator)]
+        loss = (imp * (x - reconstruction(w, b, x)) ** 2).sum(1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recent = (recent + [float(loss.detach())])[-100:]
+    return ToyModel(w.detach().numpy().copy(), b.detach().numpy().copy(), float(np.mean(recent)))
+
+
+def phase_diagram(sparsities, importances, steps: int = 2000, seed: int = 0) -> np.ndarray:
+    """n = 2 features, m = 1 dimension, feature 1 of importance 1, feature 2 of the given relative
+    importances. Entry [s, r]: 0 = feature 2 not represented, 1 = it takes the dimension alone,
+    2 = both share it (superposition, an antipodal pair)."""
+    out = np.zeros((len(sparsities), len(importances)), dtype=np.int64)
+    for i, s in enumerate(sparsities):
+        for j, r in enumerate(importances):
+            model = train_toy(2, 1, s, [1.0, r], steps=steps, seed=seed)
+            first, second = model.norms > 0.5
+            out[i, j] = 2 if (first and second) else (1 if second else 0)
+    return out
+
+
+def selection_experiment(
+    n: int = 20, m: int = 5, sparsity: float = 0.9, pool: int = 20000, budget: int = 2000, initial: int = 500,
+    steps: int = 3000, seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Train on ``budget`` inputs chosen at random or the way uncertainty sampling chooses.
+
+    "Uncertain" inputs are those a model trained on ``initial`` random inputs reconstructs
+    worst (highest importance-weighted loss), a toy counterpart of least-confidence
+    active learning; the rest of the budget is filled with them. Returns the geometry
+    of both trained models, so their superposition can be compared where it is known.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = sparse_batch(pool, n, sparsity, generator)
+    imp = torch.as_tensor(0.7 ** np.arange(n), dtype=torch.float32)
+    perm = torch.randperm(pool, generator=generator)
+    first, rest = perm[:initial], perm[initial:]
+    scout = train_toy(n, m, sparsity, steps=steps, seed=seed, data=x[first])
+    with torch.no_grad():
+        err = (imp * (x[rest] - reconstruction(torch.from_numpy(scout.w), torch.from_numpy(scout.b), x[rest])) ** 2).sum(1)
+    chosen = torch.cat([first, rest[err.argsort(descending=True)[: budget - initial]]])
+    random = perm[:budget]
+    out = {}
+    for name, idx in (("random", random), ("uncertain", chosen)):
+        out[name] = train_toy(n, m, sparsity, steps=steps, seed=seed, data=x[idx]).summary()
+        out[name]["input_density"] = float((x[idx] > 0).float().mean())
+    return out
+
+
+def run_lab(section: dict, seeds: list[int]) -> dict:
+    """The lab a study reports: a sparsity sweep at (n, m), the n=2/m=1 phase diagram, and the
+    random-vs-uncertain selection experiment over ``seeds``."""
+    n, m, steps = section["n"], section["m"], section["steps"]
+    sweep = []
+    for s in section["sparsities"]:
+        model = train_toy(n, m, s, steps=steps, seed=seeds[0])
+        sweep.append({"sparsity": s, "norms": model.norms.tolist(), "dimensionality": feature_dimensionality(model.w).tolist(),
+                      **model.summary()})
+    grid = np.linspace(0.0, 0.99, section["phase_grid"]).tolist()
+    importances = np.geomspace(0.1, 10.0, section["phase_grid"]).tolist()
+    phase = phase_diagram(grid, importances, steps=max(500, steps // 3), seed=seeds[0])
+    sel = section["selection"]
+    selection = [selection_experiment(n, m, sel["sparsity"], sel["pool"], sel["budget"], sel["initial"], steps, seed)
+                 for seed in seeds]
+    return {"n": n, "m": m, "sweep": sweep, "phase": {"sparsity": grid, "importance": importances, "outcome": phase.tolist()},
+            "selection": selection, "selection_settings": sel}
