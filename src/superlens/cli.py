@@ -61,6 +61,12 @@ def _print_summary(summary: dict) -> None:
         aubc = f"{m['aubc']:.4f}" if "aubc" in m else "-"
         eff = f"{m['label_efficiency']:.2f}" if "label_efficiency" in m else "-"
         click.echo(f"{arm:<24} {m['n_labeled']:>7} {acc:>26} {aubc:>7} {eff:>10}")
+    comparison = summary.get("paper_comparison")
+    if comparison:
+        click.echo(f"paper vs this run ({', '.join(comparison['quirks_on']) or 'no quirks'}):")
+        for row in comparison["rows"]:
+            ours = "not computed" if row["ours"] is None else f"{row['ours']:.4f}"
+            click.echo(f"  {row['arm']:<22} {row['metric']:<16} paper {row['paper']:<8} ours {ours}")
 
 
 _out_option = click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -169,7 +175,7 @@ def presets() -> None:
     for name in preset_names():
         text = resources.files("superlens.presets").joinpath(f"{name}.yaml").read_text()
         first = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "")
-        click.echo(f"{name:<16} {first}")
+        click.echo(f"{name:<24} {first}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,13 @@ DEFAULTS: dict[str, Any] = {
     "name": "study",
     "seeds": [0, 1, 2],
     "device": "auto",  # "auto", "cpu", "cuda", "cuda:1", ...
-    "data": {"name": "digits", "root": None, "download": False, "options": {}},
+    "data": {
+        "name": "digits", "root": None, "download": False, "options": {},
+        "train_subset": None,  # a fixed stratified subset of this many training images
+        "test_subset": None,  # likewise for the test split
+        "mean": None,  # override the dataset's normalization mean (3 numbers)
+        "std": None,  # and std
+    },
     "model": {"stem": "cifar", "width": 64, "dropout": 0.0, "pretrained": None},
     "recipe": {"name": "standard"},  # a recipe name plus any Recipe field to override
     "arms": ["baseline", "al-least_confidence", "al-random"],
@@ -33,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "mc_samples": 20,  # dropout masks for bald
         "mc_dropout": 0.5,  # head dropout rate for bald when the model has none
         "strategy_options": {},  # per strategy: keyword arguments of its select()
+        "start_from_baseline": False,  # AL jobs start from the trained baseline's weights and optimizer state
     },
     "analysis": {
         "enabled": True,
@@ -47,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "topk": 100,  # top activating images per unit for the class entropy
         "knn_k": 10,
         "repeat_block": None,  # replays the study notebook's double layer4.1; paper preset only
+        "headline_space": "features",  # where `silhouette` and `davies_bouldin` are computed: features or tsne
     },
     "featvis": {
         "enabled": True,
@@ -63,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
         "stability": True,  # train a second SAE (another seed) and match decoders
         "settings": {},  # any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...
     },
+    "quirks": {name: False for name in ()},  # filled from QUIRKS below
+    "paper": {},  # numbers a published study reports, to print beside this run's
     "toy": {
         "enabled": True,  # the toy-model lab, once per study (it does not use the trained models)
         "n": 20,
@@ -73,7 +83,21 @@ DEFAULTS: dict[str, Any] = {
         "selection": {"sparsity": 0.9, "pool": 20000, "budget": 2000, "initial": 500},
     },
 }
-FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings")
+# Switches that replay what the study's notebooks did (Devkar 2024, arXiv 2412.16168).
+# Each one, when on, sets exactly the config keys listed here and nothing else; when
+# off, those keys keep the values of the preset, the user or the defaults.
+QUIRKS: dict[str, dict[str, Any]] = {
+    "warm_start_from_baseline": {"active.start_from_baseline": True},
+    "metrics_on_tsne": {"analysis.headline_space": "tsne"},
+    "double_layer4": {"analysis.repeat_block": "layer4.1"},
+    "notebook_cifar_std": {"data.mean": [0.4914, 0.4822, 0.4465], "data.std": [0.2023, 0.1994, 0.2010]},
+    "am_no_decorrelation": {"featvis.settings.decorrelate": False},
+    "am_no_normalization": {"featvis.settings.normalize_input": False},
+    "am_upsample_224": {"featvis.settings.upsample_to": 224},
+}
+DEFAULTS["quirks"] = {name: False for name in QUIRKS}
+
+FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings", "paper")
 RESETS = ("warm", "scratch_same_init", "scratch_new_init")
 
 
@@ -127,9 +151,24 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
         except OmegaConfBaseException as exc:
             raise UserError(f"cannot read override {item!r} ({exc})") from None
         cfg = _merge(cfg, dotted, f"override {item!r}")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = apply_quirks(OmegaConf.to_container(cfg, resolve=True))
     validate(resolved)
     return resolved
+
+
+def apply_quirks(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Set the keys of every quirk that is on (see QUIRKS)."""
+    for name, on in cfg["quirks"].items():
+        if name not in QUIRKS:
+            raise UserError(f"unknown quirk {name!r}; known: {', '.join(QUIRKS)}")
+        if on:
+            for dotted, value in QUIRKS[name].items():
+                node = cfg
+                *parents, leaf = dotted.split(".")
+                for key in parents:
+                    node = node[key]
+                node[leaf] = value
+    return cfg
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -177,6 +216,15 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("max_samples", "probe_samples", "topk", "knn_k"):
         need(isinstance(an[key], int) and an[key] >= 1, f"analysis.{key} must be a positive integer, got {an[key]!r}")
     need(an["perplexity"] > 0, f"analysis.perplexity must be positive, got {an['perplexity']!r}")
+    d = cfg["data"]
+    for key in ("train_subset", "test_subset"):
+        need(d[key] is None or (isinstance(d[key], int) and d[key] >= 2), f"data.{key} must be null or an integer >= 2")
+    for key in ("mean", "std"):
+        need(d[key] is None or (isinstance(d[key], list) and len(d[key]) == 3), f"data.{key} must be null or 3 numbers")
+    need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
+    if al["start_from_baseline"]:
+        need("baseline" in cfg["arms"] and cfg["arms"][0] == "baseline",
+             "active.start_from_baseline needs 'baseline' as the first arm (its trained model is where AL starts)")
     fv = cfg["featvis"]
     need(isinstance(fv["units"], list) and fv["units"] and all(isinstance(u, int) for u in fv["units"]),
          f"featvis.units must be a non-empty list of channel indices, got {fv['units']!r}")

@@ -20,7 +20,7 @@ from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
 from superlens.config import query_sizes
-from superlens.data import load
+from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
 from superlens.fileio import write_json
 from superlens.report.html import build_report
@@ -38,8 +38,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(cfg: dict[str, Any]):
+    """The config's dataset, with its subsets and normalization overrides applied."""
+    from dataclasses import replace
+
+    from superlens.analysis.job import fixed_subset
+
     d = cfg["data"]
-    return load(d["name"], root=d["root"], download=d["download"], **d["options"])
+    train, test = load(d["name"], root=d["root"], download=d["download"], **d["options"])
+    if d["train_subset"]:
+        train = fixed_subset(train, d["train_subset"])
+    if d["test_subset"]:
+        test = fixed_subset(test, d["test_subset"])
+    if d["mean"] or d["std"]:
+        stats = {k: tuple(float(v) for v in d[k]) for k in ("mean", "std") if d[k]}
+        train, test = replace(train, **stats), replace(test, **stats)
+    return DatasetSplits(train, test)
 
 
 def check_analysis_layers(cfg: dict[str, Any], num_classes: int, image_size: int) -> None:
@@ -166,6 +179,11 @@ def summarize(run: RunDir) -> dict[str, Any]:
                 stats = mean_ci(values)
                 entry[metric] = stats["mean"]
                 entry[f"{metric}_ci95"] = stats["ci95"]
+        space = cfg["analysis"]["headline_space"]
+        for name in ("silhouette", "davies_bouldin"):
+            if f"{name}_{space}" in entry:  # the headline follows analysis.headline_space
+                entry[name] = entry[f"{name}_{space}"]
+                entry[f"{name}_ci95"] = entry[f"{name}_{space}_ci95"]
         entry["per_seed"] = {k: [v if np.isfinite(v) else None for v in vals] for k, vals in per_seed.items() if vals}
         arms[arm] = entry
     if "baseline" in arms:
@@ -182,8 +200,22 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "name": cfg["name"], "dataset": cfg["data"]["name"], "seeds": cfg["seeds"],
         "complete": len(finished) == len(jobs(cfg)), "arms": arms,
     }
+    if cfg["paper"]:
+        summary["paper_comparison"] = paper_comparison(cfg, arms)
     write_json(run.path / "summary.json", summary)
     return summary
+
+
+def paper_comparison(cfg: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
+    """Each number the paper reports beside this run's (mean and 95% CI over seeds), and the quirks on."""
+    rows = []
+    for arm, numbers in cfg["paper"]["numbers"].items():
+        for metric, value in numbers.items():
+            ours = arms.get(arm, {})
+            rows.append({"arm": arm, "metric": metric, "paper": value, "ours": ours.get(metric),
+                         "ours_ci95": ours.get(f"{metric}_ci95"), "seeds": len(ours.get("seeds", []))})
+    return {"reference": cfg["paper"].get("reference"), "notes": cfg["paper"].get("notes"),
+            "quirks_on": [name for name, on in cfg["quirks"].items() if on], "rows": rows}
 
 
 def _finite(values) -> list[float]:

@@ -24,6 +24,7 @@ from superlens.active import strategies
 from superlens.active.pool import Pool, initial_set
 from superlens.config import query_sizes
 from superlens.data.dataset import DatasetSplits, ImageDataset
+from superlens.errors import UserError
 from superlens.fileio import atomic_path, write_json
 from superlens.models import load_weights, resnet18
 from superlens.training import Recipe, evaluate, fit, make_optimizer, make_recipe
@@ -112,11 +113,13 @@ def run_job(
         return json.loads(done.read_text())["records"]
     started = time.perf_counter()
     if arm == "baseline":
-        records, model = _baseline(cfg, seed, splits, device, progress)
+        records, model, optimizer = _baseline(cfg, seed, splits, device, progress)
     else:
-        records, model = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round)
+        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round)
     with atomic_path(job_dir / "model.pt") as tmp:  # the final weights, for the analyses
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    with atomic_path(job_dir / "optimizer.pt") as tmp:  # for active learning that continues this model
+        torch.save(optimizer.state_dict(), tmp)
     write_json(done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
     (job_dir / "checkpoint.pt").unlink(missing_ok=True)
     return records
@@ -136,13 +139,13 @@ def _baseline(cfg, seed, splits, device, progress):
     model = build_model(cfg, splits.train.num_classes, derive_seed(seed, "init"))
     torch.manual_seed(derive_seed(seed, "baseline", "train"))
     t0 = time.perf_counter()
-    fit(model, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
-        progress=progress, desc=f"baseline seed {seed}")
+    optimizer = fit(model, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
+        progress=progress, desc=f"baseline seed {seed}").optimizer
     train_s = time.perf_counter() - t0
     result = evaluate(model, splits.test, recipe, device=device)
     row = _record("baseline", seed, 0, None, result, 0.0, train_s, np.array([], np.int64), splits.train.num_classes)
     row["n_labeled"] = len(splits.train)
-    return [row], model
+    return [row], model, optimizer
 
 
 def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
@@ -153,6 +156,15 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
     sizes = query_sizes(cfg["active"], len(train))
     reset = cfg["active"]["reset"]
     model = build_model(cfg, train.num_classes, derive_seed(seed, "init"))
+    optimizer = None
+    if cfg["active"]["start_from_baseline"]:
+        # As the study's notebook did: active learning continues the trained baseline model.
+        baseline = job_dir.parent.parent / "baseline" / f"seed{seed}"
+        if not (baseline / "model.pt").exists():
+            raise UserError(f"active.start_from_baseline needs the finished baseline job {baseline}; run the baseline arm first")
+        model.load_state_dict(torch.load(baseline / "model.pt", map_location="cpu", weights_only=True))
+        optimizer = make_optimizer(model.to(device), recipe)
+        optimizer.load_state_dict(torch.load(baseline / "optimizer.pt", map_location="cpu", weights_only=True))
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoint = _load_checkpoint(job_dir)
     if checkpoint is None:
@@ -160,7 +172,7 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
         first = initial_set(labels, cfg["active"]["initial_size"], cfg["active"]["initial"],
                             np.random.default_rng(derive_seed(seed, "initial")))
         pool.acquire(first, 0)
-        optimizer, records, state, start = None, [], {}, 0
+        records, state, start = [], {}, 0
     else:
         pool = Pool(checkpoint["pool"])
         model.load_state_dict(checkpoint["model"])
@@ -201,4 +213,4 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
         write_json(job_dir / "records.json", records)
         if after_round is not None:
             after_round(round_)
-    return records, model
+    return records, model, optimizer

@@ -159,7 +159,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
-        toy=_toy_section(run),
+        toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
         n_seeds=n_seeds, min_p=_fmt(2 / comb(2 * n_seeds, n_seeds)) if n_seeds > 1 else "n/a",
         layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
         filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
@@ -194,6 +194,18 @@ def _featvis_sections(run: RunDir, cfg: dict[str, Any], arms: list[str], classes
     )
     return [{"title": f"Activation maximization ({layer})", "html": Markup("\n".join(imgs) + note)}
             for layer, imgs in by_layer.items()]
+
+
+def _paper_section(summary: dict[str, Any]) -> dict[str, Any] | None:
+    comparison = summary.get("paper_comparison")
+    if not comparison:
+        return None
+    rows = []
+    for row in comparison["rows"]:
+        ci = row["ours_ci95"] if row["seeds"] and row["seeds"] > 1 and row["ours_ci95"] else None
+        rows.append({**row, "ours": _fmt(row["ours"]) if row["ours"] is not None else "not computed",
+                     "ci": [_fmt(ci[0]), _fmt(ci[1])] if ci else None})
+    return {**comparison, "rows": rows}
 
 
 def _toy_section(run: RunDir) -> dict[str, Any] | None:
