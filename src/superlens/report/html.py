@@ -243,8 +243,10 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
         ("recipe", recipe),
         ("arms", ", ".join(cfg["arms"])),
         ("seeds", ", ".join(str(s) for s in cfg["seeds"])),
-        ("active learning", f"{al['initial_size']} initial ({al['initial']}), query {al['query_size']} x {al['rounds']} rounds, reset {al['reset']}"),
-        ("analysis", f"features {cfg['analysis']['layer']} ({cfg['analysis']['pool']}-pooled), "
+        ("active learning", f"{al['initial_size']} initial ({al['initial']}), query {al['query_size']} per round, "
+                            f"{'until the pool is exhausted' if al['rounds'] == 'exhaust' else str(al['rounds']) + ' rounds'}, "
+                            f"reset {al['reset']}" + (", starting from the trained baseline" if al["start_from_baseline"] else "")),
+        ("analysis", f"features {cfg['analysis']['layer']} ({'flattened' if cfg['analysis']['pool'] == 'flatten' else cfg['analysis']['pool'] + '-pooled'}), "
                      f"units {cfg['analysis']['neuron_layer']}, up to {cfg['analysis']['max_samples']} test images"),
     ]
     if manifest:
