@@ -213,3 +213,15 @@ def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "unknown layer 'layer5'; available: conv1, bn1" in err
     assert not (tmp_path / "arms").exists()
+
+
+def test_psi_per_active_learning_round(tmp_path):
+    cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
+                      "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64")
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    sae = json.loads((RunDir(tmp_path).job_dir("al-random", 0) / "sae.json").read_text())
+    assert [r["round"] for r in sae["per_round"]] == [0, 1, 2]
+    assert [r["n_labeled"] for r in sae["per_round"]] == [40, 80, 120]
+    assert all(r["psi"] > 0 for r in sae["per_round"])
+    assert sae["per_round"][-1]["psi"] == pytest.approx(sae["metrics"]["psi"])  # the last round is the final model
+    assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()

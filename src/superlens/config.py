@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "pooled": False,  # one spatially averaged vector per image instead
         "max_images": 5000,  # training images whose activations train the SAE
         "stability": True,  # train a second SAE (another seed) and match decoders
+        "per_round": False,  # also psi for the model of every active-learning round (keeps each round's weights)
         "settings": {},  # any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...
     },
     "quirks": {name: False for name in ()},  # filled from QUIRKS below

@@ -114,18 +114,17 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
             state = "done" if (job_dir / "done.json").exists() else "running"
             log(f"[{i}/{len(todo)}] {arm} seed {seed}: training ({state})")
             run_job(cfg, arm, seed, job_dir, splits, device, progress=progress)
-        if cfg["analysis"]["enabled"]:
+        # Per-job stages after training; each writes one file, so a finished one is never redone.
+        stages = [("analysis", "analysis.json", "analysis", analyze_job),
+                  ("sae", "sae.json", f"sparse autoencoder on {cfg['sae']['layer']}", sae_job)]
+        for section, filename, label, stage in stages:
+            if not cfg[section]["enabled"]:
+                continue
             for i, (arm, seed) in enumerate(todo, start=1):
                 job_dir = run.job_dir(arm, seed)
-                if not (job_dir / "analysis.json").exists():
-                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: analysis")
-                    analyze_job(cfg, job_dir, splits, seed, device)
-        if cfg["sae"]["enabled"]:
-            for i, (arm, seed) in enumerate(todo, start=1):
-                job_dir = run.job_dir(arm, seed)
-                if not (job_dir / "sae.json").exists():
-                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: sparse autoencoder on {cfg['sae']['layer']}")
-                    sae_job(cfg, job_dir, splits, seed, device)
+                if not (job_dir / filename).exists():
+                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: {label}")
+                    stage(cfg, job_dir, splits, seed, device)
         if cfg["toy"]["enabled"] and not (run.path / "toy.json").exists():
             log("toy models of superposition")
             write_json(run.path / "toy.json", run_lab(cfg["toy"], cfg["seeds"]))

@@ -209,6 +209,9 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
             "round": round_, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "pool": pool.acquired, "strategy_state": state, "records": records,
         })
+        if cfg["sae"]["enabled"] and cfg["sae"]["per_round"]:
+            with atomic_path(job_dir / "rounds" / f"model{round_}.pt") as tmp:
+                torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
         pool.save(job_dir / "pool.npy")
         write_json(job_dir / "records.json", records)
         if after_round is not None:

@@ -74,5 +74,25 @@ def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int
     m.update(_side_by_side(pooled_acts, image_latents(sae, test_acts), labels, a["topk"]))
     result = {"layer": layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "metrics": m}
+    if section["per_round"]:
+        result["per_round"] = _per_round_psi(cfg, job_dir, splits, train, test, seed, device)
     write_json(path, result)
     return result
+
+
+def _per_round_psi(cfg, job_dir: Path, splits: DatasetSplits, train, test, seed: int, device) -> list[dict[str, float]]:
+    """psi and FVU of an SAE trained on the model of each active-learning round (saved by the loop)."""
+    records = {r["round"]: r for r in json.loads((job_dir / "records.json").read_text())} if (job_dir / "records.json").exists() else {}
+    layer, recipe = cfg["sae"]["layer"], make_recipe(dict(cfg["recipe"]))
+    pool = "avg" if cfg["sae"]["pooled"] else "none"
+    out = []
+    for path in sorted((job_dir / "rounds").glob("model*.pt"), key=lambda p: int(p.stem[5:])):
+        round_ = int(path.stem[5:])
+        model = load_job_model(cfg, job_dir, splits.train.num_classes, weights=path)
+        train_vectors = conv_vectors(capture(model, train, layer, pool=pool, recipe=recipe, device=device)[layer])
+        test_vectors = conv_vectors(capture(model, test, layer, pool=pool, recipe=recipe, device=device)[layer])
+        sae = train_sae(train_vectors, sae_settings(cfg["sae"], seed), device=device).sae
+        f = effective_features(latent_codes(sae, test_vectors))
+        out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"),
+                    "psi": f / test_vectors.shape[1], "sae_fvu": sae_metrics(sae, test_vectors)["fvu"]})
+    return out

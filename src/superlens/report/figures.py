@@ -189,3 +189,21 @@ def toy_phase(lab: dict[str, Any]) -> bytes:
     ax.legend(handles, ["not represented", "dedicated", "superposition"], fontsize=7, loc="upper left",
               bbox_to_anchor=(1.01, 1))
     return _png(fig)
+
+
+def psi_per_round(per_arm: dict[str, list[list[dict[str, Any]]]]) -> bytes:
+    """psi of each round's model against labelled images; mean over seeds with a 95% band."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    for i, (arm, seeds) in enumerate(per_arm.items()):
+        rounds = sorted({r["round"] for runs in seeds for r in runs})
+        n = [np.mean([r["n_labeled"] for runs in seeds for r in runs if r["round"] == k]) for k in rounds]
+        psi = [[r["psi"] for runs in seeds for r in runs if r["round"] == k] for k in rounds]
+        cis = np.array([bootstrap_ci(p) for p in psi])
+        color = ARM_COLORS[(i + 1) % 10]
+        ax.plot(n, [np.mean(p) for p in psi], "o-", color=color, label=arm, ms=4)
+        ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("psi = F / N")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -148,7 +148,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
             queried[arm] = np.array([np.sum([r["query_class_hist"] for r in mine if r["round"] == k], axis=0) for k in rounds])
     figs["queries"] = _b64(figures.query_histograms(queried, classes)) if queried else None
 
-    sections = list(extra_sections or []) + _featvis_sections(run, cfg, arms, classes)
+    sections = list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
     manifest = _read(run.path / "manifest.json") or {}
     n_seeds = len(cfg["seeds"])
     from math import comb
@@ -170,6 +170,23 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     path = run.path / "report.html"
     write_text(path, html)
     return path
+
+
+def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> list[dict[str, str]]:
+    from markupsafe import Markup
+
+    per_arm = {}
+    for arm in arms:
+        runs = [(_read(run.job_dir(arm, seed) / "sae.json") or {}).get("per_round") for seed in cfg["seeds"]]
+        runs = [r for r in runs if r]
+        if runs:
+            per_arm[arm] = runs
+    if not per_arm:
+        return []
+    html = (f'<img src="data:image/png;base64,{_b64(figures.psi_per_round(per_arm))}" alt="psi per round">'
+            '<p class="note">An SAE trained on the model of every active-learning round (same settings as above); '
+            "psi = effective features / neurons of the layer.</p>")
+    return [{"title": f"Superposition per active-learning round ({cfg['sae']['layer']})", "html": Markup(html)}]
 
 
 def _featvis_sections(run: RunDir, cfg: dict[str, Any], arms: list[str], classes: list[str]) -> list[dict[str, str]]:
