@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -207,9 +207,6 @@ class EvalResult:
     embeddings: np.ndarray  # (N, D) float32 penultimate features
     labels: np.ndarray  # (N,) int64
 
-    def to_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "loss": self.loss}
-
 
 @torch.no_grad()
 def evaluate(
@@ -253,7 +250,3 @@ def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, disable=not enabled, leave=False, mininterval=0.5)
-
-
-def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return asdict(recipe)

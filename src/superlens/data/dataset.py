@@ -61,10 +61,6 @@ class ImageDataset:
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[3])
 
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
 

@@ -88,10 +88,6 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.embed(x)))
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.fc.in_features
-
 
 def resnet18(num_classes: int = 1000, stem: str = "imagenet", width: int = 64, dropout: float = 0.0) -> ResNet:
     """ResNet-18 whose names and state-dict keys are torchvision's ``resnet18``."""
