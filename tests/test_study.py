@@ -225,3 +225,15 @@ def test_psi_per_active_learning_round(tmp_path):
     assert all(r["psi"] > 0 for r in sae["per_round"])
     assert sae["per_round"][-1]["psi"] == pytest.approx(sae["metrics"]["psi"])  # the last round is the final model
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
+
+
+def test_run_dir_from_an_earlier_version_still_loads(tmp_path):
+    import yaml
+
+    cfg = tiny_config("arms=[baseline]", "seeds=[0]")
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del stored["paper"], stored["sae"]["per_round"], stored["data"]["train_subset"]  # keys an earlier version lacked
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert RunDir(tmp_path).read_config() == cfg
+    run_study(RunDir(tmp_path).read_config(), tmp_path, progress=False, log=lambda *_: None)

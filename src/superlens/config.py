@@ -157,6 +157,15 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     return resolved
 
 
+def resolve_stored(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config read back from a run directory, completed with this version's defaults for keys
+    it does not have (so runs made by an earlier version still load) and validated."""
+    cfg = _merge(_strict_defaults(), OmegaConf.create(raw), where)
+    resolved = apply_quirks(OmegaConf.to_container(cfg, resolve=True))
+    validate(resolved)
+    return resolved
+
+
 def apply_quirks(cfg: dict[str, Any]) -> dict[str, Any]:
     """Set the keys of every quirk that is on (see QUIRKS)."""
     for name, on in cfg["quirks"].items():

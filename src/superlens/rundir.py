@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from superlens.config import first_difference, read_yaml, to_yaml, validate
+from superlens.config import first_difference, read_yaml, resolve_stored, to_yaml
 from superlens.errors import UserError
 from superlens.fileio import write_text
 
@@ -62,15 +62,12 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.exists():
             raise UserError(f"{self.path} is not a superlens run directory (no config.yaml)")
-        cfg = read_yaml(self.config_path)
-        validate(cfg)
-        return cfg
+        return resolve_stored(read_yaml(self.config_path), str(self.config_path))
 
     def bind_config(self, cfg: dict[str, Any]) -> None:
         """Write ``config.yaml``, or check that the one already there is the same config."""
         if self.config_path.exists():
-            existing = read_yaml(self.config_path)
-            diff = first_difference(existing, cfg)
+            diff = first_difference(self.read_config(), cfg)
             if diff is not None:
                 raise UserError(
                     f"{self.path} belongs to a different config (they differ at {diff!r}); "

@@ -44,17 +44,22 @@ def accuracy_curves(rows: list[dict[str, Any]], arms: list[str]) -> bytes:
             ax.axhline(np.mean(acc), color=color, ls="--", label=f"baseline ({mine[0]['n_labeled']} labels)")
             ax.axhspan(lo, hi, color=color, alpha=0.15)
             continue
-        rounds = sorted({r["round"] for r in mine})
-        n = [np.mean([r["n_labeled"] for r in mine if r["round"] == k]) for k in rounds]
-        acc = [[r["test_accuracy"] for r in mine if r["round"] == k] for k in rounds]
-        cis = np.array([bootstrap_ci(a) for a in acc])
-        ax.plot(n, [np.mean(a) for a in acc], "o-", color=color, label=arm, ms=4)
-        ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
+        _budget_curve(ax, mine, "test_accuracy", color, arm)
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _budget_curve(ax, rows: list[dict[str, Any]], key: str, color, label: str) -> None:
+    """Mean of ``key`` over seeds against labelled images, round by round, with a 95% CI band."""
+    rounds = sorted({r["round"] for r in rows})
+    n = [np.mean([r["n_labeled"] for r in rows if r["round"] == k]) for k in rounds]
+    values = [[r[key] for r in rows if r["round"] == k] for k in rounds]
+    cis = np.array([bootstrap_ci(v) for v in values])
+    ax.plot(n, [np.mean(v) for v in values], "o-", color=color, label=label, ms=4)
+    ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
 
 
 def tsne_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], classes: list[str]) -> bytes:
@@ -195,13 +200,7 @@ def psi_per_round(per_arm: dict[str, list[list[dict[str, Any]]]]) -> bytes:
     """psi of each round's model against labelled images; mean over seeds with a 95% band."""
     fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
     for i, (arm, seeds) in enumerate(per_arm.items()):
-        rounds = sorted({r["round"] for runs in seeds for r in runs})
-        n = [np.mean([r["n_labeled"] for runs in seeds for r in runs if r["round"] == k]) for k in rounds]
-        psi = [[r["psi"] for runs in seeds for r in runs if r["round"] == k] for k in rounds]
-        cis = np.array([bootstrap_ci(p) for p in psi])
-        color = ARM_COLORS[(i + 1) % 10]
-        ax.plot(n, [np.mean(p) for p in psi], "o-", color=color, label=arm, ms=4)
-        ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
+        _budget_curve(ax, [r for runs in seeds for r in runs], "psi", ARM_COLORS[(i + 1) % 10], arm)
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("psi = F / N")
     ax.grid(alpha=0.3)
