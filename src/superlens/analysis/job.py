@@ -54,8 +54,7 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     kw = dict(recipe=recipe, device=device, repeat_block=a["repeat_block"])
-    feats = capture(model, test, [a["layer"], a["neuron_layer"]], pool=a["pool"], **kw)
-    x = feats[a["layer"]]
+    x = capture(model, test, a["layer"], pool=a["pool"], **kw)[a["layer"]]
     units = capture(model, test, a["neuron_layer"], pool="avg", **kw)[a["neuron_layer"]]
     x_train = capture(model, train, a["layer"], pool=a["pool"], **kw)[a["layer"]]
     timings["features"] = time.perf_counter() - t0
