@@ -15,7 +15,7 @@ import torch
 
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
-from superlens.active.loop import run_job
+from superlens.active.loop import config_model, run_job
 from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
@@ -57,10 +57,8 @@ def load_data(cfg: dict[str, Any]):
 
 def check_analysis_layers(cfg: dict[str, Any], num_classes: int, image_size: int) -> None:
     from superlens.analysis.features import resolve_module
-    from superlens.models import resnet18
 
-    m = cfg["model"]
-    model = resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
+    model = config_model(cfg, num_classes)
     a = cfg["analysis"]
     for name in (a["layer"], a["neuron_layer"], a["filter_layer"], cfg["sae"]["layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
         resolve_module(model, name)
@@ -80,11 +78,7 @@ def _check_units(model, layer, units, settings, image_size: int) -> None:
 
 def check_units_for(cfg: dict[str, Any], train, layer: str, units: list[int], settings) -> None:
     """Raise a UserError when ``layer`` is unknown or a unit lies outside its channels."""
-    from superlens.models import resnet18
-
-    m = cfg["model"]
-    model = resnet18(train.num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
-    _check_units(model, layer, units, settings, train.image_size[0])
+    _check_units(config_model(cfg, train.num_classes), layer, units, settings, train.image_size[0])
 
 
 def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:

@@ -36,10 +36,17 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def build_model(cfg: dict[str, Any], num_classes: int, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
+def config_model(cfg: dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """The config's architecture, freshly initialized from the current torch seed, without weights."""
     m = cfg["model"]
-    model = resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
+    return resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
+
+
+def build_model(cfg: dict[str, Any], num_classes: int, seed: int) -> torch.nn.Module:
+    """The config's model with initial weights drawn from ``seed`` (or the pretrained ones)."""
+    torch.manual_seed(seed)
+    model = config_model(cfg, num_classes)
+    m = cfg["model"]
     if m["pretrained"]:
         load_weights(model, m["pretrained"])
     return model

@@ -134,10 +134,14 @@ def check_units(model: nn.Module, layer: str, units: Sequence[int], sample: torc
         model(sample)
     handle.remove()
     channels = int(seen["shape"][1])
+    _check_range(layer, units, channels)
+    return channels
+
+
+def _check_range(layer: str, units: Sequence[int], channels: int) -> None:
     bad = [u for u in units if not 0 <= u < channels]
     if bad:
         raise UserError(f"unit {bad[0]} is out of range: {layer} has {channels} channels (units 0..{channels - 1})")
-    return channels
 
 
 def visualize(
@@ -224,9 +228,7 @@ def exemplars(model: nn.Module, layer: str, units: Sequence[int], data: ImageDat
     """The ``top`` images of ``data`` that most activate each unit (mean over positions)."""
     acts = capture(model, data, layer, pool="avg", recipe=recipe, device=device)[layer]
     units = list(units)
-    if max(units) >= acts.shape[1] or min(units) < 0:
-        bad = next(u for u in units if not 0 <= u < acts.shape[1])
-        raise UserError(f"unit {bad} is out of range: {layer} has {acts.shape[1]} channels (units 0..{acts.shape[1] - 1})")
+    _check_range(layer, units, acts.shape[1])
     cols = acts[:, units]
     order = np.argsort(-cols, axis=0, kind="stable")[:top].T
     labels = data.labels.cpu().numpy()

@@ -117,9 +117,9 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
 
 def load_job_model(cfg: dict[str, Any], job_dir: Path, num_classes: int, weights: Path | None = None) -> torch.nn.Module:
     """The job's final model (or the one in ``weights``), built from the config (no download)."""
-    from superlens.active.loop import build_model
+    from superlens.active.loop import config_model
 
-    model = build_model({**cfg, "model": {**cfg["model"], "pretrained": None}}, num_classes, 0)
+    model = config_model(cfg, num_classes)
     model.load_state_dict(torch.load(weights or job_dir / "model.pt", map_location="cpu", weights_only=True))
     return model
 
