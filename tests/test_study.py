@@ -89,12 +89,12 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
     real = loop.run_job
     calls = []
 
-    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None):
+    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None, round0_dir=None):
         def stop(round_):
             if arm == "al-coreset" and round_ == 1:
                 raise KeyboardInterrupt
         calls.append(arm)
-        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop)
+        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop, round0_dir)
 
     import superlens.study as study
 
@@ -164,7 +164,8 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
                     "Neuron polysemanticity", "What each strategy queried", "Decoding superposition",
                     "Toy models of superposition"):
         assert section in html, section
-    assert html.count("data:image/png;base64,") == 7
+    assert html.count("data:image/png;base64,") == 8
+    assert "Verdict: each strategy against random sampling" in html
     assert "src=\"http" not in html and "href=\"http" not in html  # self-contained
     assert set(summary["arms"]) == {"baseline", "al-least_confidence", "al-random"}
     for arm, metrics in summary["arms"].items():
@@ -173,6 +174,7 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     assert summary["arms"]["al-random"]["n_labeled"] == 120
     rows = list(csv.DictReader(open(out / "rounds.csv")))
     assert len(rows) == 2 + 2 * 2 * 3  # baseline: one row per seed; AL: 3 rounds per seed
+    assert summary["arms"]["al-least_confidence"]["vs_random"]["test_accuracy"]["seeds"] == [0, 1]
     queried = [r for r in rows if r["arm"] == "al-random" and r["round"] == "1"][0]
     assert sum(int(c) for c in queried["query_class_hist"].split()) == 40
     manifest = json.loads((out / "manifest.json").read_text())

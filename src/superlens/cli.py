@@ -53,14 +53,25 @@ def _run(source: str | None, overrides: tuple[str, ...], out: str | None, quiet:
     click.echo(f"report: {out}/report.html")
 
 
+def _num(v, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def _print_summary(summary: dict) -> None:
-    click.echo(f"{'arm':<24} {'labels':>7} {'test acc (95% CI)':>26} {'AUBC':>7} {'label eff.':>10}")
+    click.echo(f"{'arm':<24} {'labels':>7} {'test acc [95% CI]':>26} {'AUBC':>7} {'acc minus al-random [95% CI], p_adj':>40}")
     for arm, m in summary["arms"].items():
-        lo, hi = m["test_accuracy_ci95"]
-        acc = f"{m['test_accuracy']:.4f} [{lo:.4f}, {hi:.4f}]"
-        aubc = f"{m['aubc']:.4f}" if "aubc" in m else "-"
-        eff = f"{m['label_efficiency']:.2f}" if "label_efficiency" in m else "-"
-        click.echo(f"{arm:<24} {m['n_labeled']:>7} {acc:>26} {aubc:>7} {eff:>10}")
+        lo, hi = m.get("test_accuracy_ci95", [None, None])
+        acc = f"{_num(m['test_accuracy'])} [{_num(lo)}, {_num(hi)}]"
+        aubc = _num(m.get("aubc"))
+        vs = m.get("vs_random", {}).get("test_accuracy")
+        diff = "-"
+        if vs and vs["difference"] is not None:
+            dlo, dhi = vs["difference_ci95"]
+            diff = f"{vs['difference']:+.4f} [{_num(dlo, '+.4f')}, {_num(dhi, '+.4f')}], {_num(vs['p_adjusted'], '.3g')}"
+        click.echo(f"{arm:<24} {m['n_labeled']:>7} {acc:>26} {aubc:>7} {diff:>40}")
+    stats = summary.get("statistics")
+    if stats:
+        click.echo(f"intervals: {stats['interval']}; test: {stats['test']}, Holm-adjusted")
     comparison = summary.get("paper_comparison")
     if comparison:
         click.echo(f"paper vs this run ({', '.join(comparison['quirks_on']) or 'no quirks'}):")

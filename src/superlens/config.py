@@ -55,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
         "knn_k": 10,
         "repeat_block": None,  # replays the study notebook's double layer4.1; paper preset only
         "headline_space": "features",  # where `silhouette` and `davies_bouldin` are computed: features or tsne
+        "per_round": True,  # the headline superposition metrics after every active-learning round (rounds.csv)
+    },
+    "stats": {
+        "test": "t",  # paired test over seeds: "t" (paired t-test) or "signflip" (exact sign-flip permutation)
     },
     "featvis": {
         "enabled": True,
@@ -232,6 +236,9 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("mean", "std"):
         need(d[key] is None or (isinstance(d[key], list) and len(d[key]) == 3), f"data.{key} must be null or 3 numbers")
     need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
+    from superlens.analysis.stats import TESTS
+
+    need(cfg["stats"]["test"] in TESTS, f"stats.test must be one of {', '.join(TESTS)}, got {cfg['stats']['test']!r}")
     if al["start_from_baseline"]:
         need("baseline" in cfg["arms"] and cfg["arms"][0] == "baseline",
              "active.start_from_baseline needs 'baseline' as the first arm (its trained model is where AL starts)")

@@ -16,7 +16,10 @@ from superlens.fileio import write_text
 
 ROUND_COLUMNS = [
     "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
+    "images_seen", "optimizer_steps", "images_seen_total", "optimizer_steps_total",
     "query_seconds", "train_seconds", "query_class_entropy", "query_class_hist",
+    # the per-round superposition metrics (analysis.per_round), named as in summary.json
+    "silhouette_features", "davies_bouldin_features", "cosine_centered_mean", "class_selectivity_mean", "nc1",
 ]
 
 
@@ -30,6 +33,10 @@ class RunDir:
 
     def job_dir(self, arm: str, seed: int) -> Path:
         return self.path / "arms" / arm / f"seed{seed}"
+
+    def round0_dir(self, seed: int) -> Path:
+        """The round 0 every active-learning arm of ``seed`` shares."""
+        return self.path / "round0" / f"seed{seed}"
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -15,10 +15,12 @@ import torch
 
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
-from superlens.active.loop import config_model, run_job
+from superlens.active.loop import run_job, run_round0
+from superlens.models import config_model
 from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
-from superlens.analysis.stats import hedges_g, mean_ci, permutation_test
+from superlens.analysis.snapshot import ROUND_METRICS
+from superlens.analysis.stats import CI_METHOD, TESTS, adjust_family, compare_paired, mean_ci, smallest_p
 from superlens.config import query_sizes
 from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
@@ -58,7 +60,7 @@ def load_data(cfg: dict[str, Any]):
 def check_analysis_layers(cfg: dict[str, Any], num_classes: int, image_size: int) -> None:
     from superlens.analysis.features import resolve_module
 
-    model = config_model(cfg, num_classes)
+    model = config_model(cfg["model"], num_classes)
     a = cfg["analysis"]
     for name in (a["layer"], a["neuron_layer"], a["filter_layer"], cfg["sae"]["layer"]) + ((a["repeat_block"],) if a["repeat_block"] else ()):
         resolve_module(model, name)
@@ -78,11 +80,24 @@ def _check_units(model, layer, units, settings, image_size: int) -> None:
 
 def check_units_for(cfg: dict[str, Any], train, layer: str, units: list[int], settings) -> None:
     """Raise a UserError when ``layer`` is unknown or a unit lies outside its channels."""
-    _check_units(config_model(cfg, train.num_classes), layer, units, settings, train.image_size[0])
+    _check_units(config_model(cfg["model"], train.num_classes), layer, units, settings, train.image_size[0])
 
 
 def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
     return [(arm, seed) for arm in cfg["arms"] for seed in cfg["seeds"]]
+
+
+class StageClock:
+    """Seconds spent per stage and per job, merged with those of earlier invocations on the same run."""
+
+    def __init__(self, earlier: dict[str, dict[str, float]] | None = None) -> None:
+        self.seconds: dict[str, dict[str, float]] = {k: dict(v) for k, v in (earlier or {}).items()}
+
+    def add(self, stage: str, job: str, seconds: float) -> None:
+        self.seconds.setdefault(stage, {})[job] = round(self.seconds.get(stage, {}).get(job, 0.0) + seconds, 3)
+
+    def totals(self) -> dict[str, float]:
+        return {stage: round(sum(per.values()), 3) for stage, per in self.seconds.items()}
 
 
 def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=print) -> dict[str, Any]:
@@ -95,19 +110,32 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
     with run.lock():
         run.bind_config(cfg)
         started = time.time()
+        earlier = (json.loads((run.path / "manifest.json").read_text()) if (run.path / "manifest.json").exists() else {})
+        clock = StageClock(earlier.get("stage_job_seconds"))
+        t0 = time.perf_counter()
         splits = load_data(cfg)
         if any(arm != "baseline" for arm in cfg["arms"]):
             query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
         check_analysis_layers(cfg, splits.train.num_classes, splits.train.image_size[0])  # before training, not after
         device = resolve_device(cfg["device"])
         splits = type(splits)(splits.train.to(device), splits.test.to(device))
+        clock.add("data", "study", time.perf_counter() - t0)
         write_json(run.path / "classes.json", splits.train.classes)
         todo = jobs(cfg)
         for i, (arm, seed) in enumerate(todo, start=1):
             job_dir = run.job_dir(arm, seed)
+            if arm != "baseline" and not (run.round0_dir(seed) / "done.json").exists():
+                log(f"round 0 of seed {seed} (shared by every active-learning arm)")
+                t0 = time.perf_counter()
+                run_round0(cfg, seed, run.round0_dir(seed), splits, device, progress=progress,
+                           baseline_dir=run.job_dir("baseline", seed))
+                clock.add("training", f"round0/seed{seed}", time.perf_counter() - t0)
             state = "done" if (job_dir / "done.json").exists() else "running"
             log(f"[{i}/{len(todo)}] {arm} seed {seed}: training ({state})")
-            run_job(cfg, arm, seed, job_dir, splits, device, progress=progress)
+            t0 = time.perf_counter()
+            run_job(cfg, arm, seed, job_dir, splits, device, progress=progress, round0_dir=run.round0_dir(seed))
+            if state == "running":
+                clock.add("training", f"{arm}/seed{seed}", time.perf_counter() - t0)
         # Per-job stages after training; each writes one file, so a finished one is never redone.
         stages = [("analysis", "analysis.json", "analysis", analyze_job),
                   ("sae", "sae.json", f"sparse autoencoder on {cfg['sae']['layer']}", sae_job)]
@@ -118,21 +146,79 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
                 job_dir = run.job_dir(arm, seed)
                 if not (job_dir / filename).exists():
                     log(f"[{i}/{len(todo)}] {arm} seed {seed}: {label}")
+                    t0 = time.perf_counter()
                     stage(cfg, job_dir, splits, seed, device)
+                    clock.add(section, f"{arm}/seed{seed}", time.perf_counter() - t0)
         if cfg["toy"]["enabled"] and not (run.path / "toy.json").exists():
             log("toy models of superposition")
+            t0 = time.perf_counter()
             write_json(run.path / "toy.json", run_lab(cfg["toy"], cfg["seeds"]))
+            clock.add("toy", "study", time.perf_counter() - t0)
         if cfg["featvis"]["enabled"]:
             fv = cfg["featvis"]
             for arm in cfg["arms"]:
                 job_dir = run.job_dir(arm, cfg["seeds"][0])
                 if not featvis_path(job_dir, fv["layer"]).exists():
                     log(f"{arm} seed {cfg['seeds'][0]}: activation maximization of {len(fv['units'])} units of {fv['layer']}")
+                    t0 = time.perf_counter()
                     featvis_job(cfg, job_dir, splits, fv["layer"], fv["units"], device)
-        write_manifest(run, cfg, device, started)
+                    clock.add("featvis", f"{arm}/seed{cfg['seeds'][0]}", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         summary = summarize(run)
+        clock.add("summary", "study", time.perf_counter() - t0)
+        write_manifest(run, cfg, device, started, clock)
+        t0 = time.perf_counter()
         build_report(run, summary)
+        clock.add("report", "study", time.perf_counter() - t0)
+        write_manifest(run, cfg, device, started, clock)
         return summary
+
+
+# Compared per AL arm with al-random (and with the baseline); Holm's adjustment runs over
+# this family together, and separately over every other metric (the secondary family).
+HEADLINE = ("test_accuracy", "aubc") + ROUND_METRICS + tuple(f"{m}_area" for m in ROUND_METRICS) + ("psi",)
+NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total")
+
+
+def _job_values(run: RunDir, cfg: dict[str, Any], arm: str, seed: int, rows: list[dict[str, Any]],
+                reference: list[dict[str, Any]] | None) -> dict[str, float]:
+    """Every per-seed number of one finished job: final accuracy, areas over the budget, analyses, SAE."""
+    values: dict[str, float] = {}
+    for name in ("analysis.json", "sae.json"):
+        path = run.job_dir(arm, seed) / name
+        if path.exists():
+            values.update(json.loads(path.read_text())["metrics"])
+    n = np.array([r["n_labeled"] for r in rows], dtype=float)
+    acc = np.array([r["test_accuracy"] for r in rows])
+    values["test_accuracy"] = float(acc[-1])
+    values["images_seen_total"] = float(rows[-1].get("images_seen_total", np.nan))
+    values["optimizer_steps_total"] = float(rows[-1].get("optimizer_steps_total", np.nan))
+    if arm != "baseline":
+        values["aubc"] = aubc(n, acc)
+        for metric in ROUND_METRICS:
+            curve = [r.get(metric) for r in rows]
+            if all(v is not None and np.isfinite(v) for v in curve):
+                values[f"{metric}_area"] = aubc(n, np.array(curve))
+                values.setdefault(metric, float(curve[-1]))
+        if reference is not None:
+            ref_n = np.array([r["n_labeled"] for r in reference], dtype=float)
+            ref_acc = np.array([r["test_accuracy"] for r in reference])
+            values["label_efficiency"] = label_efficiency(n, acc, ref_n, ref_acc)
+    elif all(rows[-1].get(m) is not None for m in ROUND_METRICS):
+        for metric in ROUND_METRICS:
+            values.setdefault(metric, float(rows[-1][metric]))
+    return values
+
+
+def _comparisons(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]], method: str) -> dict[str, Any]:
+    keys = [k for k in dict.fromkeys(k for v in mine.values() for k in v) if k not in NOT_COMPARED
+            and any(k in v for v in other.values())]
+    block = {k: {**compare_paired({s: v.get(k) for s, v in mine.items()}, {s: v.get(k) for s, v in other.items()}, method),
+                 "family": "headline" if k in HEADLINE else "secondary"} for k in keys}
+    block = {k: v for k, v in block.items() if v["seeds"]}
+    adjust_family(block, [k for k in block if block[k]["family"] == "headline"])
+    adjust_family(block, [k for k in block if block[k]["family"] == "secondary"])
+    return block
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
@@ -142,56 +228,47 @@ def summarize(run: RunDir) -> dict[str, Any]:
     if not finished:
         raise UserError(f"{run.path} has no finished jobs yet; run `superlens resume {run.path}`")
     run.write_rounds_csv([row for arm, seed in jobs(cfg) for row in finished.get((arm, seed), [])])
+    values: dict[str, dict[int, dict[str, float]]] = {}
     arms: dict[str, Any] = {}
     for arm in cfg["arms"]:
         seeds = [s for s in cfg["seeds"] if (arm, s) in finished]
         if not seeds:
             continue
-        per_seed: dict[str, list[float]] = {"test_accuracy": [], "aubc": [], "label_efficiency": []}
-        for seed in seeds:
-            for name in ("analysis.json", "sae.json"):
-                path = run.job_dir(arm, seed) / name
-                if path.exists():
-                    for key, value in json.loads(path.read_text())["metrics"].items():
-                        per_seed.setdefault(key, []).append(value)
-            rows = finished[(arm, seed)]
-            n = np.array([r["n_labeled"] for r in rows], dtype=float)
-            acc = np.array([r["test_accuracy"] for r in rows])
-            per_seed["test_accuracy"].append(float(acc[-1]))
-            if arm != "baseline":
-                per_seed["aubc"].append(aubc(n, acc))
-                reference = finished.get(("al-random", seed))
-                if reference is not None:
-                    ref_n = np.array([r["n_labeled"] for r in reference], dtype=float)
-                    ref_acc = np.array([r["test_accuracy"] for r in reference])
-                    per_seed["label_efficiency"].append(label_efficiency(n, acc, ref_n, ref_acc))
+        values[arm] = {s: _job_values(run, cfg, arm, s, finished[(arm, s)], finished.get(("al-random", s))) for s in seeds}
         entry: dict[str, Any] = {"seeds": seeds, "n_labeled": finished[(arm, seeds[0])][-1]["n_labeled"]}
-        for metric, values in per_seed.items():
-            values = [v for v in values if np.isfinite(v)]
-            if values:
-                stats = mean_ci(values)
+        keys = list(dict.fromkeys(k for v in values[arm].values() for k in v))
+        per_seed = {k: [_nan_to_none(values[arm][s].get(k, float("nan"))) for s in seeds] for k in keys}
+        for metric, column in per_seed.items():
+            finite = _finite(column)
+            if finite:
+                stats = mean_ci(finite)
                 entry[metric] = stats["mean"]
-                entry[f"{metric}_ci95"] = stats["ci95"]
+                entry[f"{metric}_ci95"] = [_nan_to_none(v) for v in stats["ci95"]]
         space = cfg["analysis"]["headline_space"]
         for name in ("silhouette", "davies_bouldin"):
             if f"{name}_{space}" in entry:  # the headline follows analysis.headline_space
                 entry[name] = entry[f"{name}_{space}"]
                 entry[f"{name}_ci95"] = entry[f"{name}_{space}_ci95"]
-        entry["per_seed"] = {k: [v if np.isfinite(v) else None for v in vals] for k, vals in per_seed.items() if vals}
+        entry["per_seed"] = {k: v for k, v in per_seed.items() if any(x is not None for x in v)}
         arms[arm] = entry
-    if "baseline" in arms:
-        base = arms["baseline"]["per_seed"]
-        for arm, entry in arms.items():
-            if arm == "baseline":
-                continue
-            entry["vs_baseline"] = {
-                key: {"p_value": permutation_test(_finite(values), _finite(base[key])),
-                      "hedges_g": _nan_to_none(hedges_g(_finite(values), _finite(base[key])))}
-                for key, values in entry["per_seed"].items() if key in base
-            }
+    method = cfg["stats"]["test"]
+    for arm, entry in arms.items():
+        if arm == "baseline":
+            continue
+        if "al-random" in values and arm != "al-random":
+            entry["vs_random"] = _comparisons(values[arm], values["al-random"], method)
+        if "baseline" in values:
+            entry["vs_baseline"] = _comparisons(values[arm], values["baseline"], method)
+    n_seeds = len(cfg["seeds"])
     summary = {
         "name": cfg["name"], "dataset": cfg["data"]["name"], "seeds": cfg["seeds"],
-        "complete": len(finished) == len(jobs(cfg)), "arms": arms,
+        "complete": len(finished) == len(jobs(cfg)),
+        "statistics": {
+            "interval": f"95% {CI_METHOD}", "test": TESTS[method], "adjustment": "Holm, within each family",
+            "headline_family": list(HEADLINE), "smallest_p": smallest_p(n_seeds, method),
+            "can_reach_0.05": n_seeds >= 2 and smallest_p(n_seeds, method) < 0.05,
+        },
+        "arms": arms,
     }
     if cfg["paper"]:
         summary["paper_comparison"] = paper_comparison(cfg, arms)
@@ -215,8 +292,8 @@ def _finite(values) -> list[float]:
     return [v for v in values if v is not None and np.isfinite(v)]
 
 
-def _nan_to_none(value: float) -> float | None:
-    return value if np.isfinite(value) else None
+def _nan_to_none(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _git_revision() -> str | None:
@@ -227,7 +304,7 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device, started: float) -> None:
+def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device, started: float, clock: StageClock) -> None:
     import sklearn
 
     jobs_ = {f"{j['arm']}/seed{j['seed']}": round(j["seconds"], 3) for j in run.finished_jobs()}
@@ -239,4 +316,5 @@ def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device, start
         "torch_threads": torch.get_num_threads(), "seeds": cfg["seeds"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "this_invocation_seconds": round(time.time() - started, 3), "job_seconds": jobs_,
+        "stage_seconds": clock.totals(), "stage_job_seconds": clock.seconds,
     })

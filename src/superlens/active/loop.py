@@ -1,12 +1,16 @@
-"""One (arm, seed) job: rounds of score pool -> select -> label -> (re)train -> evaluate.
+"""Active-learning jobs: rounds of score pool -> select -> label -> (re)train -> evaluate.
+
+The arms of one seed are paired. Round 0 (initial weights, initial labelled set, the
+model trained on it) is one job of its own per seed, ``round0/seed<k>``, whose
+outputs every AL arm of that seed starts from, so their round-0 records are
+identical. After it, every random draw of round r (training order, augmentation,
+new initial weights, the strategy's generator) comes from a seed derived from
+(seed, r) alone, so arms differ only by what their strategy chooses.
 
 A job reads only the resolved config and the data, and writes only its own folder:
 ``checkpoint.pt`` (model, optimizer, pool, strategy state, records) after every round,
 ``pool.npy`` and ``records.json`` beside it, and ``done.json`` when it has finished.
-Every random draw of a round comes from a seed derived from (seed, arm, round), so a
-job resumed from its last checkpoint makes exactly the draws an uninterrupted one makes.
-The model's initial weights and the initial labelled set depend on the seed alone,
-so all arms of one seed start from the same point and can be compared pairwise.
+A job resumed from its last checkpoint makes exactly the draws an uninterrupted one makes.
 """
 
 from __future__ import annotations
@@ -26,30 +30,14 @@ from superlens.config import query_sizes
 from superlens.data.dataset import DatasetSplits, ImageDataset
 from superlens.errors import UserError
 from superlens.fileio import atomic_path, write_json
-from superlens.models import load_weights, resnet18
-from superlens.training import Recipe, evaluate, fit, make_optimizer, make_recipe
+from superlens.models import build_model
+from superlens.training import Recipe, TrainResult, evaluate, fit, make_optimizer, make_recipe
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed that depends only on ``seed`` and the labels in ``parts``."""
     words = [seed] + [zlib.crc32(str(p).encode()) for p in parts]
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
-def config_model(cfg: dict[str, Any], num_classes: int) -> torch.nn.Module:
-    """The config's architecture, freshly initialized from the current torch seed, without weights."""
-    m = cfg["model"]
-    return resnet18(num_classes, stem=m["stem"], width=m["width"], dropout=m["dropout"])
-
-
-def build_model(cfg: dict[str, Any], num_classes: int, seed: int) -> torch.nn.Module:
-    """The config's model with initial weights drawn from ``seed`` (or the pretrained ones)."""
-    torch.manual_seed(seed)
-    model = config_model(cfg, num_classes)
-    m = cfg["model"]
-    if m["pretrained"]:
-        load_weights(model, m["pretrained"])
-    return model
 
 
 def class_histogram(labels: np.ndarray, num_classes: int) -> tuple[list[int], float]:
@@ -70,7 +58,7 @@ def query_inputs(
     if not needs:
         return inputs
     scored = np.concatenate([unlabeled, pool.labeled]) if "labeled_embeddings" in needs else unlabeled
-    result = evaluate(model, train.subset(scored), recipe, device=device)
+    result = evaluate(model, train, recipe, device=device, indices=scored)  # gathered per batch, no pool copy
     n = len(unlabeled)
     inputs.probs = result.probs[:n]
     inputs.embeddings = result.embeddings[:n]
@@ -109,11 +97,22 @@ def _load_checkpoint(job_dir: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
+def _save_state_dict(path: Path, module_or_optimizer) -> None:
+    state = module_or_optimizer.state_dict()
+    if isinstance(module_or_optimizer, torch.nn.Module):
+        state = {k: v.cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
 def run_job(
     cfg: dict[str, Any], arm: str, seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
-    progress: bool = True, after_round: Callable[[int], None] | None = None,
+    progress: bool = True, after_round: Callable[[int], None] | None = None, round0_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) one job and return its per-round records."""
+    """Run (or finish) one job and return its per-round records.
+
+    An AL arm needs ``round0_dir``, the finished round-0 job of its seed (see ``run_round0``).
+    """
     job_dir.mkdir(parents=True, exist_ok=True)
     done = job_dir / "done.json"
     if done.exists():
@@ -122,64 +121,129 @@ def run_job(
     if arm == "baseline":
         records, model, optimizer = _baseline(cfg, seed, splits, device, progress)
     else:
-        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round)
-    with atomic_path(job_dir / "model.pt") as tmp:  # the final weights, for the analyses
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    with atomic_path(job_dir / "optimizer.pt") as tmp:  # for active learning that continues this model
-        torch.save(optimizer.state_dict(), tmp)
+        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir)
+    _save_state_dict(job_dir / "model.pt", model)  # the final weights, for the analyses
+    _save_state_dict(job_dir / "optimizer.pt", optimizer)  # for active learning that continues this model
     write_json(done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
     (job_dir / "checkpoint.pt").unlink(missing_ok=True)
     return records
 
 
-def _record(arm, seed, round_, pool, test_result, query_s, train_s, queried_labels, num_classes) -> dict[str, Any]:
+def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained: TrainResult | None,
+            queried_labels, num_classes, previous: dict[str, Any] | None) -> dict[str, Any]:
     hist, ent = class_histogram(queried_labels, num_classes) if len(queried_labels) else ([], None)
+    images = trained.images_seen if trained else 0
+    steps = trained.steps if trained else 0
     return {
-        "arm": arm, "seed": seed, "round": round_, "n_labeled": int(len(pool.labeled)) if pool else None,
+        "arm": arm, "seed": seed, "round": round_, "n_labeled": int(n_labeled),
         "n_queried": int(len(queried_labels)), "test_accuracy": test_result.accuracy, "test_loss": test_result.loss,
+        "images_seen": images, "optimizer_steps": steps,
+        "images_seen_total": images + (previous["images_seen_total"] if previous else 0),
+        "optimizer_steps_total": steps + (previous["optimizer_steps_total"] if previous else 0),
         "query_seconds": query_s, "train_seconds": train_s, "query_class_hist": hist, "query_class_entropy": ent,
     }
 
 
+def _snapshot(cfg, model, splits: DatasetSplits, recipe, device) -> dict[str, float]:
+    """The per-round superposition metrics (``analysis.per_round``), or nothing when off."""
+    a = cfg["analysis"]
+    if not (a["enabled"] and a["per_round"]):
+        return {}
+    from superlens.analysis.snapshot import analysis_subset, snapshot_metrics
+
+    return snapshot_metrics(model, analysis_subset(splits.test, a), a, recipe, device)
+
+
 def _baseline(cfg, seed, splits, device, progress):
     recipe = make_recipe(dict(cfg["recipe"]))
-    model = build_model(cfg, splits.train.num_classes, derive_seed(seed, "init"))
+    model = build_model(cfg["model"], splits.train.num_classes, derive_seed(seed, "init"))
     torch.manual_seed(derive_seed(seed, "baseline", "train"))
     t0 = time.perf_counter()
-    optimizer = fit(model, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
-        progress=progress, desc=f"baseline seed {seed}").optimizer
+    trained = fit(model, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
+                  progress=progress, desc=f"baseline seed {seed}")
     train_s = time.perf_counter() - t0
     result = evaluate(model, splits.test, recipe, device=device)
-    row = _record("baseline", seed, 0, None, result, 0.0, train_s, np.array([], np.int64), splits.train.num_classes)
-    row["n_labeled"] = len(splits.train)
-    return [row], model, optimizer
+    row = _record("baseline", seed, 0, len(splits.train), result, 0.0, train_s, trained, np.array([], np.int64),
+                  splits.train.num_classes, None)
+    row.update(_snapshot(cfg, model, splits, recipe, device))
+    return [row], model, trained.optimizer
 
 
-def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
-    strategy = strategies.get(arm[3:])
-    options = cfg["active"]["strategy_options"].get(strategy.name, {})
-    recipe = make_recipe(dict(cfg["recipe"]))
-    train, labels = splits.train, splits.train.labels.numpy()
-    sizes = query_sizes(cfg["active"], len(train))
-    reset = cfg["active"]["reset"]
-    model = build_model(cfg, train.num_classes, derive_seed(seed, "init"))
+def _start_model(cfg, seed, splits, device, recipe, baseline_dir: Path | None):
+    """Round 0's model before training: the seed's initial weights, or the trained baseline's
+    weights and optimizer state (``active.start_from_baseline``)."""
+    model = build_model(cfg["model"], splits.train.num_classes, derive_seed(seed, "init"))
     optimizer = None
     if cfg["active"]["start_from_baseline"]:
         # As the study's notebook did: active learning continues the trained baseline model.
-        baseline = job_dir.parent.parent / "baseline" / f"seed{seed}"
-        if not (baseline / "model.pt").exists():
-            raise UserError(f"active.start_from_baseline needs the finished baseline job {baseline}; run the baseline arm first")
-        model.load_state_dict(torch.load(baseline / "model.pt", map_location="cpu", weights_only=True))
+        if baseline_dir is None or not (baseline_dir / "model.pt").exists():
+            raise UserError(f"active.start_from_baseline needs the finished baseline job {baseline_dir}; run the baseline arm first")
+        model.load_state_dict(torch.load(baseline_dir / "model.pt", map_location="cpu", weights_only=True))
         optimizer = make_optimizer(model.to(device), recipe)
-        optimizer.load_state_dict(torch.load(baseline / "optimizer.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(torch.load(baseline_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+    return model, optimizer
+
+
+def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
+               progress: bool = True, baseline_dir: Path | None = None) -> dict[str, Any]:
+    """The round 0 shared by every AL arm of ``seed``: initial set, model trained on it, its record.
+
+    Writes ``model.pt``, ``optimizer.pt``, ``pool.npy`` and ``done.json`` (with the
+    record) into ``job_dir``; a finished job is read back, not redone.
+    """
+    done = job_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    job_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    recipe = make_recipe(dict(cfg["recipe"]))
+    train, labels = splits.train, splits.train.labels.cpu().numpy()
+    model, optimizer = _start_model(cfg, seed, splits, device, recipe, baseline_dir)
+    pool = Pool.empty(len(train))
+    first = initial_set(labels, cfg["active"]["initial_size"], cfg["active"]["initial"],
+                        np.random.default_rng(derive_seed(seed, "initial")))
+    pool.acquire(first, 0)
+    torch.manual_seed(derive_seed(seed, "round", 0))
+    t0 = time.perf_counter()
+    trained = None
+    if len(pool.labeled) >= 2:
+        trained = fit(model, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", 0), device=device,
+                      optimizer=optimizer, progress=progress, desc=f"round 0 seed {seed}")
+        optimizer = trained.optimizer
+    train_s = time.perf_counter() - t0
+    result = evaluate(model, splits.test, recipe, device=device)
+    record = _record(None, seed, 0, len(pool.labeled), result, 0.0, train_s, trained, np.array([], np.int64),
+                     train.num_classes, None)
+    record.update(_snapshot(cfg, model, splits, recipe, device))
+    _save_state_dict(job_dir / "model.pt", model)
+    _save_state_dict(job_dir / "optimizer.pt", optimizer or make_optimizer(model.to(device), recipe))
+    pool.save(job_dir / "pool.npy")
+    out = {"seed": seed, "seconds": time.perf_counter() - started, "record": record}
+    write_json(done, out)
+    return out
+
+
+def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir):
+    strategy = strategies.get(arm[3:])
+    options = cfg["active"]["strategy_options"].get(strategy.name, {})
+    recipe = make_recipe(dict(cfg["recipe"]))
+    train, labels = splits.train, splits.train.labels.cpu().numpy()
+    sizes = query_sizes(cfg["active"], len(train))
+    reset = cfg["active"]["reset"]
+    if round0_dir is None or not (round0_dir / "done.json").exists():
+        raise UserError(f"{arm} seed {seed} needs the finished round-0 job of its seed ({round0_dir})")
+    baseline_dir = job_dir.parent.parent / "baseline" / f"seed{seed}"
+    model, _ = _start_model(cfg, seed, splits, device, recipe, baseline_dir if cfg["active"]["start_from_baseline"] else None)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoint = _load_checkpoint(job_dir)
     if checkpoint is None:
-        pool = Pool.empty(len(train))
-        first = initial_set(labels, cfg["active"]["initial_size"], cfg["active"]["initial"],
-                            np.random.default_rng(derive_seed(seed, "initial")))
-        pool.acquire(first, 0)
-        records, state, start = [], {}, 0
+        round0 = json.loads((round0_dir / "done.json").read_text())
+        pool = Pool(np.load(round0_dir / "pool.npy"))
+        model.load_state_dict(torch.load(round0_dir / "model.pt", map_location="cpu", weights_only=True))
+        optimizer = make_optimizer(model.to(device), recipe)
+        optimizer.load_state_dict(torch.load(round0_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+        records, state, start = [{**round0["record"], "arm": arm}], {}, 1
+        _keep_round_model(cfg, job_dir, 0, model)
     else:
         pool = Pool(checkpoint["pool"])
         model.load_state_dict(checkpoint["model"])
@@ -187,40 +251,42 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round):
         optimizer.load_state_dict(checkpoint["optimizer"])
         records, state, start = checkpoint["records"], checkpoint["strategy_state"], checkpoint["round"] + 1
     for round_ in range(start, len(sizes) + 1):
-        torch.manual_seed(derive_seed(seed, arm, "round", round_))
-        queried, query_s = np.array([], dtype=np.int64), 0.0
-        if round_ > 0:
-            t0 = time.perf_counter()
-            inputs = query_inputs(model, train, pool, strategy.needs, recipe, cfg, device, state)
-            rng = np.random.default_rng(derive_seed(seed, arm, "query", round_))
-            picked = np.asarray(strategy.select(inputs, sizes[round_ - 1], rng, **options))
-            queried = inputs.pool_ids[picked]
-            pool.acquire(queried, round_)
-            query_s = time.perf_counter() - t0
-            if reset == "scratch_same_init":
-                model.load_state_dict(init_state)
-                optimizer = None
-            elif reset == "scratch_new_init":
-                model = build_model(cfg, train.num_classes, derive_seed(seed, "init", round_))
-                optimizer = None
+        torch.manual_seed(derive_seed(seed, "round", round_))
         t0 = time.perf_counter()
-        labeled = train.subset(pool.labeled)
-        if len(labeled) >= 2:
-            optimizer = fit(model, labeled, recipe, seed=derive_seed(seed, arm, "train", round_), device=device,
-                            optimizer=optimizer, progress=progress, desc=f"{arm} seed {seed} round {round_}").optimizer
+        inputs = query_inputs(model, train, pool, strategy.needs, recipe, cfg, device, state)
+        rng = np.random.default_rng(derive_seed(seed, "query", round_))
+        picked = np.asarray(strategy.select(inputs, sizes[round_ - 1], rng, **options))
+        queried = inputs.pool_ids[picked]
+        pool.acquire(queried, round_)
+        query_s = time.perf_counter() - t0
+        if reset == "scratch_same_init":
+            model.load_state_dict(init_state)
+            optimizer = None
+        elif reset == "scratch_new_init":
+            model = build_model(cfg["model"], train.num_classes, derive_seed(seed, "init", round_))
+            optimizer = None
+        t0 = time.perf_counter()
+        trained = fit(model, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", round_), device=device,
+                      optimizer=optimizer, progress=progress, desc=f"{arm} seed {seed} round {round_}")
+        optimizer = trained.optimizer
         train_s = time.perf_counter() - t0
         result = evaluate(model, splits.test, recipe, device=device)
-        records.append(_record(arm, seed, round_, pool, result, query_s, train_s, labels[queried], train.num_classes))
-        optimizer = optimizer or make_optimizer(model.to(device), recipe)
+        row = _record(arm, seed, round_, len(pool.labeled), result, query_s, train_s, trained, labels[queried],
+                      train.num_classes, records[-1])
+        row.update(_snapshot(cfg, model, splits, recipe, device))
+        records.append(row)
         _save_checkpoint(job_dir, {
             "round": round_, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "pool": pool.acquired, "strategy_state": state, "records": records,
         })
-        if cfg["sae"]["enabled"] and cfg["sae"]["per_round"]:
-            with atomic_path(job_dir / "rounds" / f"model{round_}.pt") as tmp:
-                torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+        _keep_round_model(cfg, job_dir, round_, model)
         pool.save(job_dir / "pool.npy")
         write_json(job_dir / "records.json", records)
         if after_round is not None:
             after_round(round_)
     return records, model, optimizer
+
+
+def _keep_round_model(cfg, job_dir: Path, round_: int, model) -> None:
+    if cfg["sae"]["enabled"] and cfg["sae"]["per_round"]:
+        _save_state_dict(job_dir / "rounds" / f"model{round_}.pt", model)

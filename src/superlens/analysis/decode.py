@@ -12,7 +12,7 @@ import torch
 from superlens.analysis import neurons
 from superlens.analysis.features import capture
 from superlens.analysis.job import fixed_subset, load_job_model
-from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, image_latents, latent_codes,
+from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, image_latents, latent_activity,
                                     matched_decoder_cosine, sae_metrics, spliced_accuracies, train_sae)
 from superlens.data.dataset import DatasetSplits
 from superlens.errors import UserError
@@ -61,12 +61,12 @@ def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int
     sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
     m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
     mean_act = torch.from_numpy(test_acts.mean(0))
-    spliced = spliced_accuracies(model, layer, sae, test, mean_act, recipe=recipe, device=device)
+    spliced = spliced_accuracies(model, layer, sae, test, mean_act, recipe=recipe, device=device, pooled=section["pooled"])
     m.update({f"sae_{k}": v for k, v in spliced.items()})
     if section["stability"]:
         second = train_sae(train_vectors, sae_settings(section, seed + 10_000), device=device).sae
         m["sae_stability"] = matched_decoder_cosine(sae, second)
-    f = effective_features(latent_codes(sae, test_vectors))
+    f = effective_features(activity=latent_activity(sae, test_vectors))
     m["sae_effective_features"] = f
     m["psi"] = f / test_vectors.shape[1]
     labels = test.labels.cpu().numpy()
@@ -92,7 +92,7 @@ def _per_round_psi(cfg, job_dir: Path, splits: DatasetSplits, train, test, seed:
         train_vectors = conv_vectors(capture(model, train, layer, pool=pool, recipe=recipe, device=device)[layer])
         test_vectors = conv_vectors(capture(model, test, layer, pool=pool, recipe=recipe, device=device)[layer])
         sae = train_sae(train_vectors, sae_settings(cfg["sae"], seed), device=device).sae
-        f = effective_features(latent_codes(sae, test_vectors))
+        f = effective_features(activity=latent_activity(sae, test_vectors))
         out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"),
                     "psi": f / test_vectors.shape[1], "sae_fvu": sae_metrics(sae, test_vectors)["fvu"]})
     return out

@@ -105,20 +105,31 @@ class ImageParam(nn.Module):
         return torch.sigmoid(x)
 
 
-def random_transform(images: torch.Tensor, settings: FeatVisSettings, generator) -> torch.Tensor:
-    """Pad (grey), then one random affine map per image: rotation, scale and translation."""
+def random_transform(images: torch.Tensor, settings: FeatVisSettings, generator: torch.Generator,
+                     options: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Pad (grey), then one random affine map per image: rotation, scale and translation.
+
+    ``generator`` lives on the images' device and ``options`` (the angles in radians and
+    the scales as tensors there) can be made once by ``transform_options``: then no step
+    waits for the host.
+    """
     n, _, h, _ = images.shape
     pad = int(round(settings.pad * h))
     if pad:
         images = F.pad(images, (pad, pad, pad, pad), value=0.5)
-    choice = lambda options: torch.tensor(options)[torch.randint(len(options), (n,), generator=generator)]  # noqa: E731
-    angle = choice(settings.angles) * math.pi / 180
-    scale = choice(settings.scales)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * settings.jitter * 2  # normalized coordinates
+    angles, scales = options if options is not None else transform_options(settings, images.device)
+    dev = images.device
+    angle = angles[torch.randint(len(angles), (n,), generator=generator, device=dev)]
+    scale = scales[torch.randint(len(scales), (n,), generator=generator, device=dev)]
+    shift = (torch.rand(n, 2, generator=generator, device=dev) * 2 - 1) * settings.jitter * 2  # normalized coordinates
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def transform_options(settings: FeatVisSettings, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(settings.angles, device=device) * math.pi / 180, torch.tensor(settings.scales, device=device))
 
 
 def check_units(model: nn.Module, layer: str, units: Sequence[int], sample: torch.Tensor) -> int:
@@ -171,16 +182,19 @@ def visualize(
     channel = torch.tensor(units, device=device).repeat_interleave(k)
     module = resolve_module(model, layer)
     out: dict[str, torch.Tensor] = {}
-    handle = module.register_forward_hook(lambda m, i, o: out.__setitem__("act", o))
-    losses = []
+    # A copy: a following in-place ReLU (e.g. after a BatchNorm) would otherwise overwrite it.
+    handle = module.register_forward_hook(lambda m, i, o: out.__setitem__("act", o.clone()))
+    losses = torch.zeros(settings.steps, device=device)
+    draws = torch.Generator(device=device).manual_seed(settings.seed + 1)  # the transforms' own stream, on the device
+    options = transform_options(settings, device)
     try:
-        for _ in range(settings.steps):
-            images = random_transform(param(), settings, generator)
+        for step in range(settings.steps):
+            images = random_transform(param(), settings, draws, options)
             loss, _ = _objective(model, images, channel, settings, data, out, k)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses[step] = loss.detach()
         with torch.no_grad():
             final = param()
             _, activation = _objective(model, final, channel, settings, data, out, k)
@@ -190,7 +204,7 @@ def visualize(
             p.requires_grad_(True)
     shape = (len(units), k) + tuple(final.shape[1:])
     return FeatVisResult(layer, units, final.detach().cpu().numpy().reshape(shape),
-                         activation.detach().cpu().numpy().reshape(len(units), k), losses)
+                         activation.detach().cpu().numpy().reshape(len(units), k), losses.cpu().tolist())
 
 
 def _model_input(images: torch.Tensor, settings: FeatVisSettings, data: ImageDataset) -> torch.Tensor:
@@ -204,7 +218,7 @@ def _model_input(images: torch.Tensor, settings: FeatVisSettings, data: ImageDat
 def _objective(model, images, channel, settings, data, out, k):
     model(_model_input(images, settings, data))
     act = out["act"]
-    per_image = act[torch.arange(len(channel)), channel]
+    per_image = act[torch.arange(len(channel), device=act.device), channel]
     activation = per_image.flatten(1).mean(1) if per_image.ndim > 1 else per_image
     loss = -activation.mean()
     if settings.diversity > 0 and k > 1 and act.ndim == 4:

@@ -85,9 +85,9 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
     t0 = time.perf_counter()
     hists = {}
     views = {
-        "cosine": cosine.pairwise_cosine_stats(x),
-        "cosine_centered": cosine.pairwise_cosine_stats(x, center=True),
-        "neuron_correlation": cosine.neuron_correlation_stats(units),
+        "cosine": cosine.pairwise_cosine_stats(x, device=geo_device),
+        "cosine_centered": cosine.pairwise_cosine_stats(x, center=True, device=geo_device),
+        "neuron_correlation": cosine.neuron_correlation_stats(units, device=geo_device),
         "filter_cosine": cosine.filter_cosine_stats(_conv_weight(model, a["filter_layer"])),
     }
     for name, stats in views.items():
@@ -117,11 +117,21 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
 
 def load_job_model(cfg: dict[str, Any], job_dir: Path, num_classes: int, weights: Path | None = None) -> torch.nn.Module:
     """The job's final model (or the one in ``weights``), built from the config (no download)."""
-    from superlens.active.loop import config_model
+    from superlens.models import config_model
 
-    model = config_model(cfg, num_classes)
+    model = config_model(cfg["model"], num_classes)
     model.load_state_dict(torch.load(weights or job_dir / "model.pt", map_location="cpu", weights_only=True))
     return model
+
+
+def model_input_settings(settings, recipe):
+    """Optimize images at the size the model was trained on (``recipe.input_size``) unless the
+    settings name a size, so the optimized images and the exemplars are measured alike."""
+    from dataclasses import replace
+
+    if recipe.input_size and settings.size is None and settings.upsample_to is None:
+        return replace(settings, size=recipe.input_size)
+    return settings
 
 
 def featvis_path(job_dir: Path, layer: str) -> Path:
@@ -134,7 +144,7 @@ def featvis_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, layer
     from superlens.analysis.featvis import exemplars, visualize
     from superlens.config import featvis_settings
 
-    settings = settings or featvis_settings(cfg["featvis"])
+    settings = model_input_settings(settings or featvis_settings(cfg["featvis"]), make_recipe(dict(cfg["recipe"])))
     model = load_job_model(cfg, job_dir, splits.train.num_classes)
     t0 = time.perf_counter()
     result = visualize(model, layer, units, splits.train, settings, device=device)

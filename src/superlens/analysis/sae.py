@@ -112,10 +112,15 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
     with torch.no_grad():
         sae.b_dec.copy_((x * sae.scale).mean(0))
     optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr)
-    since_fired = torch.zeros(sae.W_dec.shape[0], device=device)
-    result = SAETraining(sae)
-    for _ in range(settings.steps):
-        idx = torch.randint(n, (min(settings.batch_size, n),), generator=generator).to(device)
+    latents = sae.W_dec.shape[0]
+    since_fired = torch.zeros(latents, device=device)
+    batch = min(settings.batch_size, n)
+    k_aux = min(settings.aux_k, latents)
+    # Batches are drawn on the device; nothing in the loop waits for the host.
+    draws = torch.Generator(device=device).manual_seed(settings.seed)
+    losses = torch.zeros(settings.steps, device=device)
+    for step in range(settings.steps):
+        idx = torch.randint(n, (batch,), generator=draws, device=device)
         xb = x[idx] * sae.scale
         pre = sae.pre(xb)
         z = sae.activate(pre)
@@ -127,27 +132,39 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
         fired = (z > 0).any(0)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(xb))
         dead = since_fired >= settings.dead_after
-        if dead.any():
-            k_aux = min(settings.aux_k, int(dead.sum()))
-            dead_pre = F.relu(pre[:, dead])
-            vals, j = dead_pre.topk(k_aux, dim=1)
-            e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec[dead]
-            err = residual.detach()
-            aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
-            loss = loss + settings.aux_coef * aux
+        # Auxiliary loss on the top-k_aux dead latents. Live latents are masked to 0, so they are
+        # picked only when fewer than k_aux are dead and then add nothing; with none dead the term is 0.
+        dead_pre = torch.where(dead, F.relu(pre), torch.zeros_like(pre))
+        vals, j = dead_pre.topk(k_aux, dim=1)
+        e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec
+        err = residual.detach()
+        aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
+        loss = loss + settings.aux_coef * aux * dead.any()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sae.normalize_decoder()
-        result.losses.append(float(loss.detach()))
-    return result
+        losses[step] = loss.detach()
+    return SAETraining(sae, losses.cpu().tolist())
 
 
 @torch.no_grad()
 def latent_codes(sae: SparseAutoencoder, vectors, chunk: int = 65536) -> np.ndarray:
-    """(n, latents) codes of raw vectors, chunked."""
+    """(n, latents) codes of raw vectors, chunked. Dense: for small inputs; the study uses
+    ``latent_activity`` and ``image_latents``, which never hold every code at once."""
     x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=sae.W_dec.device)
-    return torch.cat([sae.encode(x[i : i + chunk] * sae.scale).cpu() for i in range(0, len(x), chunk)]).numpy()
+    return torch.cat([sae.encode(x[i : i + chunk] * sae.scale) for i in range(0, len(x), chunk)]).cpu().numpy()
+
+
+@torch.no_grad()
+def latent_activity(sae: SparseAutoencoder, vectors, chunk: int = 65536) -> np.ndarray:
+    """(latents,) mean absolute code of each latent over ``vectors``, streamed in chunks (float64 sums)."""
+    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+    total = torch.zeros(sae.W_dec.shape[0], dtype=torch.float64, device=sae.W_dec.device)
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk].to(sae.W_dec.device, non_blocking=True)
+        total += sae.encode(xb * sae.scale).abs().sum(0, dtype=torch.float64)
+    return (total / max(1, len(x))).cpu().numpy()
 
 
 @torch.no_grad()
@@ -184,9 +201,15 @@ def matched_decoder_cosine(a: SparseAutoencoder | np.ndarray, b: SparseAutoencod
     return float(sim[rows, cols].mean())
 
 
-def effective_features(codes) -> float:
-    """F = exp(H(p)), p the normalized mean absolute activity of each latent (Bereska et al. 2025)."""
-    activity = np.abs(np.asarray(codes, dtype=np.float64)).mean(0)
+def effective_features(codes=None, activity=None) -> float:
+    """F = exp(H(p)), p the normalized mean absolute activity of each latent (Bereska et al. 2025).
+
+    Pass the (n, latents) ``codes``, or their per-latent mean absolute ``activity``
+    (``latent_activity``), which is all F depends on.
+    """
+    if activity is None:
+        activity = np.abs(np.asarray(codes, dtype=np.float64)).mean(0)
+    activity = np.asarray(activity, dtype=np.float64)
     if activity.sum() <= 0:
         return 0.0
     p = activity / activity.sum()
@@ -203,17 +226,33 @@ def conv_vectors(acts: np.ndarray) -> np.ndarray:
     return acts.transpose(0, 2, 3, 1).reshape(-1, acts.shape[1])
 
 
-def image_latents(sae: SparseAutoencoder, acts: np.ndarray) -> np.ndarray:
-    """(images, latents) latent activity per image: the mean over its positions."""
-    codes = latent_codes(sae, conv_vectors(acts))
+@torch.no_grad()
+def image_latents(sae: SparseAutoencoder, acts: np.ndarray, images_per_chunk: int = 256) -> np.ndarray:
+    """(images, latents) latent activity per image: the mean of its codes over its positions.
+
+    Streamed a few images at a time, so the codes of every position are never held at once.
+    """
     positions = 1 if acts.ndim == 2 else acts.shape[2] * acts.shape[3]
-    return codes.reshape(len(acts), positions, -1).mean(1)
+    out = []
+    for i in range(0, len(acts), images_per_chunk):
+        block = acts[i : i + images_per_chunk]
+        x = torch.as_tensor(conv_vectors(block), dtype=torch.float32).to(sae.W_dec.device)
+        out.append(sae.encode(x * sae.scale).view(len(block), positions, -1).mean(1))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, sae.W_dec.shape[0]), np.float32)
 
 
 def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, data, mean_activation: torch.Tensor,
-                       recipe=None, device=None) -> dict[str, float]:
+                       recipe=None, device=None, pooled: bool = False) -> dict[str, float]:
     """Test accuracy with the layer's output clean, replaced by its SAE reconstruction,
-    by zeros, and by its mean over the data; plus the fraction recovered against each ablation."""
+    by zeros, and by its mean over the data; plus the fraction recovered against each ablation.
+
+    ``pooled``: the SAE was trained on spatially averaged vectors, so only that average
+    is replaced: each image's output becomes out - mean_hw(out) + sae(mean_hw(out)),
+    its spatial deviations kept (exact for a layer read through global average pooling,
+    as ResNet's last block is). ``mean_activation`` is (C,) or (C, H, W); a (C,) mean
+    ablates every position with the channel's mean. The SAE always runs in float32,
+    outside any autocast, so spliced accuracy means the same on every device.
+    """
     from superlens.analysis.features import resolve_module
     from superlens.training import evaluate
 
@@ -228,16 +267,26 @@ def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, dat
                 handle.remove()
 
     def through_sae(m, i, out):
-        if out.ndim == 4:
-            b, c, h, w = out.shape
-            flat = out.permute(0, 2, 3, 1).reshape(-1, c).float()
-            return sae(flat).view(b, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
-        return sae(out.float()).to(out.dtype)
+        with torch.autocast(device_type=out.device.type, enabled=False):
+            if out.ndim == 4 and pooled:
+                avg = out.float().mean((2, 3))
+                return (out.float() - avg[:, :, None, None] + sae(avg)[:, :, None, None]).to(out.dtype)
+            if out.ndim == 4:
+                b, c, h, w = out.shape
+                flat = out.permute(0, 2, 3, 1).reshape(-1, c).float()
+                return sae(flat).view(b, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
+            return sae(out.float()).to(out.dtype)
+
+    def mean_ablation(m, i, out):
+        mean = mean_activation.to(out)
+        if out.ndim == 4 and mean.ndim == 1:
+            mean = mean[:, None, None]
+        return mean.expand_as(out)
 
     clean = run(None)
     spliced = run(through_sae)
     zero = run(lambda m, i, out: torch.zeros_like(out))
-    mean = run(lambda m, i, out: mean_activation.to(out).expand_as(out))
+    mean = run(mean_ablation)
 
     def recovered(ablated: float) -> float:
         return (spliced - ablated) / (clean - ablated) if clean != ablated else float("nan")

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from superlens.analysis.stats import bootstrap_ci  # noqa: E402
+from superlens.analysis.stats import t_interval  # noqa: E402
 
 ARM_COLORS = plt.get_cmap("tab10").colors
 
@@ -33,14 +33,14 @@ def _png(fig) -> bytes:
 
 
 def accuracy_curves(rows: list[dict[str, Any]], arms: list[str]) -> bytes:
-    """Test accuracy against labelled images: mean over seeds with a 95% CI band per arm."""
+    """Test accuracy against labelled images: mean over seeds with a 95% t-interval band per arm."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, arm in enumerate(arms):
         color = ARM_COLORS[i % 10]
         mine = [r for r in rows if r["arm"] == arm]
         if arm == "baseline":
             acc = [r["test_accuracy"] for r in mine]
-            lo, hi = bootstrap_ci(acc)
+            lo, hi = t_interval(acc)
             ax.axhline(np.mean(acc), color=color, ls="--", label=f"baseline ({mine[0]['n_labeled']} labels)")
             ax.axhspan(lo, hi, color=color, alpha=0.15)
             continue
@@ -53,11 +53,11 @@ def accuracy_curves(rows: list[dict[str, Any]], arms: list[str]) -> bytes:
 
 
 def _budget_curve(ax, rows: list[dict[str, Any]], key: str, color, label: str) -> None:
-    """Mean of ``key`` over seeds against labelled images, round by round, with a 95% CI band."""
+    """Mean of ``key`` over seeds against labelled images, round by round, with a 95% t-interval band."""
     rounds = sorted({r["round"] for r in rows})
     n = [np.mean([r["n_labeled"] for r in rows if r["round"] == k]) for k in rounds]
-    values = [[r[key] for r in rows if r["round"] == k] for k in rounds]
-    cis = np.array([bootstrap_ci(v) for v in values])
+    values = [[r[key] for r in rows if r["round"] == k and r.get(key) is not None] for k in rounds]
+    cis = np.array([t_interval(v) for v in values])
     ax.plot(n, [np.mean(v) for v in values], "o-", color=color, label=label, ms=4)
     ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
 
@@ -205,4 +205,43 @@ def psi_per_round(per_arm: dict[str, list[list[dict[str, Any]]]]) -> bytes:
     ax.set_ylabel("psi = F / N")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def round_metric_curves(rows: list[dict[str, Any]], arms: list[str], metrics: list[str], reference: str = "al-random") -> bytes:
+    """Top row: each metric against labelled images per AL arm (mean, 95% t band over seeds).
+    Bottom row (when ``reference`` ran): each arm minus ``reference`` at the same round,
+    paired by seed, with its 95% t band; the dashed line is no difference."""
+    al = [a for a in arms if a != "baseline"]
+    paired = reference in al and len(al) > 1
+    fig, axes = plt.subplots(2 if paired else 1, len(metrics), figsize=(3.6 * len(metrics), 6.2 if paired else 3.3),
+                             squeeze=False)
+    for j, metric in enumerate(metrics):
+        ax = axes[0][j]
+        for i, arm in enumerate(arms):
+            if arm == "baseline":
+                continue
+            _budget_curve(ax, [r for r in rows if r["arm"] == arm], metric, ARM_COLORS[i % 10], arm)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+        if paired:
+            ax = axes[1][j]
+            ref = {(r["seed"], r["round"]): r.get(metric) for r in rows if r["arm"] == reference}
+            for i, arm in enumerate(arms):
+                if arm in ("baseline", reference):
+                    continue
+                diffs = [{**r, metric: r[metric] - ref[(r["seed"], r["round"])]} for r in rows
+                         if r["arm"] == arm and r.get(metric) is not None and ref.get((r["seed"], r["round"])) is not None]
+                if diffs:
+                    _budget_curve(ax, diffs, metric, ARM_COLORS[i % 10], f"{arm} - {reference}")
+            ax.axhline(0, color="k", ls="--", lw=0.8)
+            ax.set_title(f"{metric}: minus {reference}", fontsize=9)
+            ax.set_xlabel("labelled training images")
+            ax.grid(alpha=0.3)
+        else:
+            ax.set_xlabel("labelled training images")
+    axes[0][-1].legend(fontsize=7)
+    if paired:
+        axes[1][-1].legend(fontsize=7)
+    fig.tight_layout()
     return _png(fig)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from superlens.analysis.snapshot import ROUND_METRICS
+from superlens.analysis.stats import t_interval
 from superlens.report import figures
 from superlens.rundir import RunDir
 
@@ -70,6 +72,53 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
+def _signed(v: float) -> str:
+    return ("+" if v > 0 else "") + _fmt(v)
+
+
+VERDICT_METRICS = ("test_accuracy", "aubc") + ROUND_METRICS + ("psi",)
+
+
+def _verdict(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per AL arm against al-random, per headline metric: the difference, its interval, adjusted p, in words."""
+    stats = summary.get("statistics", {})
+    out = []
+    for arm, entry in summary["arms"].items():
+        block = entry.get("vs_random")
+        if not block:
+            continue
+        lines = []
+        for key in VERDICT_METRICS:
+            vs = block.get(key)
+            if not vs or vs["difference"] is None:
+                continue
+            lo, hi = vs["difference_ci95"]
+            n = len(vs["seeds"])
+            interval = f"[{_fmt(lo)}, {_fmt(hi)}]"
+            if vs["p_adjusted"] is None:
+                words = f"not testable with {n} seed{'s' if n != 1 else ''} (difference {_signed(vs['difference'])})"
+            elif vs["p_adjusted"] < 0.05:
+                words = f"{'higher' if vs['difference'] > 0 else 'lower'} by {_fmt(abs(vs['difference']))} {interval}"
+            else:
+                words = f"no detectable difference with {n} seeds ({_signed(vs['difference'])} {interval})"
+            lines.append({"metric": key, "words": words, "p": _fmt(vs["p_adjusted"]),
+                          "sig": vs["p_adjusted"] is not None and vs["p_adjusted"] < 0.05})
+        out.append({"arm": arm, "lines": lines})
+    if out and stats and not stats.get("can_reach_0.05", True):
+        out[0]["warning"] = (f"With {len(summary['seeds'])} seeds the {stats['test']} cannot reach p < 0.05 "
+                             f"(smallest attainable p = {_fmt(stats['smallest_p'])}); no difference can be called significant.")
+    return out
+
+
+def _compute_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for arm, entry in summary["arms"].items():
+        if "images_seen_total" in entry:
+            rows.append({"arm": arm, "labels": str(entry["n_labeled"]), "accuracy": _fmt(entry.get("test_accuracy")),
+                         "images": f"{entry['images_seen_total']:,.0f}", "steps": f"{entry['optimizer_steps_total']:,.0f}"})
+    return rows
+
+
 def _metric_rows(summary: dict[str, Any], which: str) -> list[dict[str, Any]]:
     """Table rows: ``main`` headline metrics, ``sae`` decoding metrics, or ``other`` (everything else)."""
     arms = list(summary["arms"])
@@ -94,12 +143,16 @@ def _metric_rows(summary: dict[str, Any], which: str) -> list[dict[str, Any]]:
                 cells.append(None)
                 continue
             lo, hi = entry.get(f"{key}_ci95", [None, None])
-            vs = entry.get("vs_baseline", {}).get(key)
-            cells.append({
-                "mean": _fmt(entry[key]), "lo": _fmt(lo), "hi": _fmt(hi),
-                "p": _fmt(vs["p_value"]) if vs else None, "g": _fmt(vs["hedges_g"]) if vs else None,
-                "sig": bool(vs and vs["p_value"] is not None and vs["p_value"] < 0.05),
-            })
+            against, vs = "random", entry.get("vs_random", {}).get(key)
+            if vs is None:
+                against, vs = "baseline", entry.get("vs_baseline", {}).get(key)
+            cell = {"mean": _fmt(entry[key]), "lo": _fmt(lo), "hi": _fmt(hi), "vs": None}
+            if vs and vs["difference"] is not None:
+                dlo, dhi = vs["difference_ci95"]
+                cell["vs"] = (f"vs {against}: {_signed(vs['difference'])} [{_fmt(dlo)}, {_fmt(dhi)}], "
+                              f"p_adj={_fmt(vs['p_adjusted'])}")
+                cell["sig"] = vs["p_adjusted"] is not None and vs["p_adjusted"] < 0.05
+            cells.append(cell)
         rows.append({"key": key, "doc": docs.get(key, ""), "cells": cells})
     return rows
 
@@ -113,6 +166,8 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     rows = [row for job in run.finished_jobs() for row in job["records"]]
     classes = _class_names(run)
     figs: dict[str, str | None] = {"accuracy": _b64(figures.accuracy_curves(rows, arms))}
+    per_round = [m for m in ROUND_METRICS if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
+    figs["rounds"] = _b64(figures.round_metric_curves(rows, arms, per_round)) if per_round else None
     analyses = {arm: {seed: _read(run.job_dir(arm, seed) / "analysis.json") for seed in cfg["seeds"]} for arm in arms}
     analyses = {arm: {s: a for s, a in per.items() if a} for arm, per in analyses.items()}
 
@@ -151,7 +206,6 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     sections = list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
     manifest = _read(run.path / "manifest.json") or {}
     n_seeds = len(cfg["seeds"])
-    from math import comb
 
     env = Environment(loader=PackageLoader("superlens.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
@@ -160,7 +214,8 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
-        n_seeds=n_seeds, min_p=_fmt(2 / comb(2 * n_seeds, n_seeds)) if n_seeds > 1 else "n/a",
+        n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
+        compute=_compute_rows(summary), per_round_metrics=per_round,
         layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
         filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
         tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=sections,
@@ -234,7 +289,7 @@ def _toy_section(run: RunDir) -> dict[str, Any] | None:
         row = {"arm": arm}
         for key in ("represented", "dims_per_feature", "mean_interference", "input_density", "loss"):
             values = [s[arm][key] for s in lab["selection"]]
-            lo, hi = figures.bootstrap_ci(values)
+            lo, hi = t_interval(values)
             row[key] = f"{_fmt(float(np.mean(values)))} [{_fmt(lo)}, {_fmt(hi)}]"
         selection.append(row)
     return {"lab": lab, "selection": selection, "n_seeds": len(lab["selection"]),
@@ -272,6 +327,8 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
             ("software", f"superlens {manifest.get('superlens')}, torch {manifest.get('torch')}, "
                          f"numpy {manifest.get('numpy')}, scikit-learn {manifest.get('scikit_learn')}"),
             ("git revision", str(manifest.get("git_revision"))),
-            ("seconds per job", ", ".join(f"{k}: {v:.0f}" for k, v in manifest.get("job_seconds", {}).items())),
+            ("seconds per stage", ", ".join(f"{k}: {v:.1f}" for k, v in manifest.get("stage_seconds", {}).items())),
+            ("seconds per job (training)", ", ".join(f"{k}: {v:.1f}" for k, v in
+                                                     manifest.get("stage_job_seconds", {}).get("training", {}).items())),
         ]
     return rows
