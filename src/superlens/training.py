@@ -1,15 +1,18 @@
 """Recipes as data, one short training loop, one evaluation pass.
 
 The whole training set sits on the device as uint8; each step gathers a batch by
-index, augments it there, normalizes it, and runs the model (bf16 autocast and
+index, augments it there, normalizes it, and runs the model (mixed precision and
 channels_last on CUDA). Shuffling and augmentation draw from one seeded generator,
-so a seeded run on CPU is bit-for-bit repeatable.
+so a seeded run on CPU is bit-for-bit repeatable. No step reads a value back to the
+host: losses and counts are accumulated on the device and copied once at the end.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
+import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -34,12 +37,15 @@ class Recipe:
     weight_decay: float = 5e-4
     batch_size: int = 256
     epochs: int = 30
+    steps: int | None = None  # a fixed number of optimizer steps per training call (overrides epochs): equal compute
     schedule: str = "warmup_cosine"  # "constant", "warmup_cosine" or "warmup_linear"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     crop_padding: int = 4  # 0 turns random crops off
     flip: bool = True
-    amp: bool = True  # bf16 autocast, on CUDA only
+    amp: bool | str = True  # True: mixed precision on CUDA (bf16, or fp16 + loss scaling where bf16 is not
+    # supported); False: off; "bf16" / "fp16": that dtype on any device, the CPU included
+    compile: bool | str = False  # torch.compile the model (True: the default backend, or a backend name)
     input_size: int | None = None  # resize inputs on the device (e.g. 224); None keeps them
     eval_batch_size: int = 1024
 
@@ -50,10 +56,13 @@ class Recipe:
             "lr": self.lr > 0,
             "batch_size": self.batch_size >= 1,
             "epochs": self.epochs >= 0,
+            "steps": self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
             "warmup_epochs": self.warmup_epochs >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "crop_padding": self.crop_padding >= 0,
             "eval_batch_size": self.eval_batch_size >= 1,
+            "amp": self.amp in (True, False, "bf16", "fp16"),
+            "compile": isinstance(self.compile, (bool, str)),
         }
         for key, ok in checks.items():
             if not ok:
@@ -99,12 +108,43 @@ def default_device() -> torch.device:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay,
-    )
+    """The recipe's optimizer; fused kernels (one launch for all parameters) when they sit on CUDA."""
+    on_cuda = all(p.is_cuda for p in model.parameters())
+    kind = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.SGD
+    kwargs: dict[str, Any] = {"lr": recipe.lr, "weight_decay": recipe.weight_decay}
+    if recipe.optimizer == "sgd":
+        kwargs.update(momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
+    if on_cuda:
+        try:
+            return kind(model.parameters(), fused=True, **kwargs)
+        except (TypeError, RuntimeError):  # a torch without a fused kernel for this optimizer
+            pass
+    return kind(model.parameters(), **kwargs)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"superlens: warning: {message}", file=sys.stderr)
+
+
+def amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``recipe`` on ``device``, or None for full precision."""
+    if recipe.amp is False:
+        return None
+    cuda = device.type == "cuda"
+    bf16_ok = not cuda or torch.cuda.is_bf16_supported()
+    if recipe.amp is True:
+        if not cuda:
+            return None
+        return torch.bfloat16 if bf16_ok else torch.float16
+    if recipe.amp == "bf16" and not bf16_ok:
+        warn_once(f"{torch.cuda.get_device_name(device)} has no fast bf16; recipe.amp=bf16 runs in fp16 with loss scaling")
+        return torch.float16
+    return torch.bfloat16 if recipe.amp == "bf16" else torch.float16
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -120,8 +160,24 @@ def lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int)
     return max(0.0, 1.0 - progress)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in ``dtype`` on ``device``; a no-op for None."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def compiled(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """``model`` itself, or its torch.compile'd wrapper (made once per model and reused every round)."""
+    if recipe.compile is False:
+        return model
+    if not hasattr(torch, "compile"):
+        raise UserError("recipe.compile needs torch.compile (torch >= 2.0); set recipe.compile=false")
+    if model not in _COMPILED:
+        backend = "inductor" if recipe.compile is True else recipe.compile
+        _COMPILED[model] = torch.compile(model, backend=backend)
+    return _COMPILED[model]
 
 
 def prepare_batch(images: torch.Tensor, data: ImageDataset, recipe: Recipe, train: bool, generator=None) -> torch.Tensor:
@@ -141,6 +197,7 @@ class TrainResult:
     optimizer: torch.optim.Optimizer
     losses: list[float]  # mean training loss per epoch
     images_seen: int
+    steps: int  # optimizer steps taken
 
 
 def fit(
@@ -166,37 +223,51 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     data = data.to(device)
     optimizer = optimizer or make_optimizer(model, recipe)
+    dtype = amp_dtype(recipe, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # fp16 needs loss scaling
+    net = compiled(model, recipe)
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(data)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    bar = _bar(total=n * recipe.epochs, desc=desc, enabled=progress)
+    batch = min(recipe.batch_size, n)
+    # A compiled model keeps one batch shape (no recompilation): the ragged last batch is dropped.
+    ragged = n % batch == 1 or (recipe.compile is not False and n % batch != 0)
+    steps_per_epoch = n // batch if ragged else math.ceil(n / batch)
+    total_steps = recipe.steps if recipe.steps is not None else steps_per_epoch * recipe.epochs
+    bar = _bar(total=total_steps * batch, desc=desc, enabled=progress)
     model.train()
-    losses, step = [], 0
-    for _ in range(recipe.epochs):
+    epoch_losses, step, seen = [], 0, 0
+    while step < total_steps:  # one pass of this loop is one epoch (a fresh shuffle)
         order = torch.randperm(n, device=device, generator=generator)
-        epoch_loss = torch.zeros((), device=device)
-        for start in range(0, n, recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            for group in optimizer.param_groups:
+        epoch_loss, epoch_seen = torch.zeros((), device=device), 0
+        for start in range(0, steps_per_epoch * batch, batch):
+            if step >= total_steps:
+                break
+            idx = order[start : start + batch]
+            for group in optimizer.param_groups:  # a Python float: no host sync
                 group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps, steps_per_epoch)
             x = prepare_batch(data.images[idx], data, recipe, train=True, generator=generator)
-            with _autocast(device, recipe.amp):
-                loss = F.cross_entropy(model(x), data.labels[idx], label_smoothing=recipe.label_smoothing)
+            with autocast(device, dtype):
+                loss = F.cross_entropy(net(x), data.labels[idx], label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             epoch_loss += loss.detach() * len(idx)
+            epoch_seen += len(idx)
             step += 1
             bar.update(len(idx))
-        losses.append(float(epoch_loss) / n)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        seen += epoch_seen
+        epoch_losses.append(epoch_loss / max(1, epoch_seen))
     bar.close()
-    return TrainResult(optimizer, losses, n * recipe.epochs)
+    losses = torch.stack(epoch_losses).cpu().tolist() if epoch_losses else []
+    return TrainResult(optimizer, losses, seen, step)
 
 
 @dataclass
@@ -216,34 +287,51 @@ def evaluate(
     *,
     device: torch.device | str | None = None,
     progress: bool = False,
+    indices: np.ndarray | torch.Tensor | None = None,
 ) -> EvalResult:
     """One pass in eval mode: accuracy, mean cross-entropy, probabilities and embeddings.
 
     ``model`` needs ``embed(x)`` (penultimate features) and ``fc``, as ``superlens``'s
     ResNet has. Normalization and input size follow ``recipe`` (default: the standard one).
+    ``indices`` evaluates those images of ``data`` only, gathered batch by batch (no copy
+    of the subset). The backbone runs in the recipe's mixed precision; the head in
+    float32, so uncertainty scores are not coarsened into ties. Results stay on the
+    device until one copy at the end.
     """
     recipe = recipe or RECIPES["standard"]
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
-    probs, embeds, loss_sum = [], [], 0.0
-    bar = _bar(total=len(data), desc="eval", enabled=progress)
-    for start in range(0, len(data), recipe.eval_batch_size):
-        images = data.images[start : start + recipe.eval_batch_size].to(device, non_blocking=True)
-        labels = data.labels[start : start + recipe.eval_batch_size].to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(recipe, device)
+    order = (torch.arange(len(data), device=data.images.device) if indices is None
+             else torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices,
+                                  dtype=torch.long).to(data.images.device))
+    probs, embeds = [], []
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = _bar(total=len(order), desc="eval", enabled=progress)
+    for start in range(0, len(order), recipe.eval_batch_size):
+        idx = order[start : start + recipe.eval_batch_size]
+        images = data.images[idx].to(device, non_blocking=True)
+        labels = data.labels[idx].to(device, non_blocking=True)
         x = prepare_batch(images, data, recipe, train=False)
-        with _autocast(device, recipe.amp):
+        with autocast(device, dtype):
             emb = model.embed(x)
-            logits = model.fc(emb).float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        probs.append(logits.softmax(1).cpu())
-        embeds.append(emb.float().cpu())
-        bar.update(len(labels))
+        emb = emb.float()
+        logits = model.fc(emb)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+        probs.append(logits.softmax(1))
+        embeds.append(emb)
+        bar.update(len(idx))
     bar.close()
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, data.num_classes), np.float32)
-    e = torch.cat(embeds).numpy() if embeds else np.zeros((0, 0), np.float32)
-    y = data.labels.cpu().numpy()
-    n = max(1, len(y))
-    return EvalResult(float((p.argmax(1) == y).sum() / n), loss_sum / n, p, e, y)
+    n = len(order)
+    p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, data.num_classes), np.float32)
+    e = torch.cat(embeds).cpu().numpy() if embeds else np.zeros((0, 0), np.float32)
+    y = data.labels[order].cpu().numpy()
+    totals = torch.stack([loss_sum, correct.double()]).cpu().tolist()
+    return EvalResult(totals[1] / max(1, n), totals[0] / max(1, n), p, e, y)
 
 
 def _bar(total: int, desc: str, enabled: bool):

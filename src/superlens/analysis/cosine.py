@@ -38,29 +38,32 @@ class CosineStats:
 
 
 class _Accumulator:
-    def __init__(self, bins: int) -> None:
-        self.counts = torch.zeros(bins, dtype=torch.float64)
+    """Running sums of a stream of values in [-1, 1], kept where the values are (no host sync per block)."""
+
+    def __init__(self, bins: int, device: torch.device) -> None:
+        self.counts = torch.zeros(bins, dtype=torch.float64, device=device)
         self.bins = bins
-        self.total = self.total_sq = 0.0
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # sum, sum of squares
+        self.extremes = torch.full((2,), -np.inf, dtype=torch.float64, device=device)  # -min, max
         self.n = 0
-        self.lo, self.hi = np.inf, -np.inf
 
     def add(self, values: torch.Tensor) -> None:
         if values.numel() == 0:
             return
         v = values.double().clamp_(-1.0, 1.0)
-        self.total += float(v.sum())
-        self.total_sq += float((v * v).sum())
+        self.sums += torch.stack([v.sum(), (v * v).sum()])
+        self.extremes = torch.maximum(self.extremes, torch.stack([(-v).max(), v.max()]))
         self.n += v.numel()
-        self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
         idx = ((v + 1.0) * (self.bins / 2.0)).long().clamp_(0, self.bins - 1)
-        self.counts += torch.bincount(idx.flatten().cpu(), minlength=self.bins).double()
+        self.counts += torch.bincount(idx.flatten(), minlength=self.bins).double()
 
     def result(self) -> CosineStats:
-        counts = self.counts.numpy()
+        counts = self.counts.cpu().numpy()
+        total, total_sq = self.sums.cpu().tolist()
+        neg_min, hi = self.extremes.cpu().tolist()
         edges = np.linspace(-1.0, 1.0, self.bins + 1)
-        mean = self.total / self.n
-        std = float(np.sqrt(max(0.0, self.total_sq / self.n - mean * mean)))
+        mean = total / self.n
+        std = float(np.sqrt(max(0.0, total_sq / self.n - mean * mean)))
         cdf = np.cumsum(counts) / counts.sum()
 
         def quantile(q: float) -> float:
@@ -69,41 +72,54 @@ class _Accumulator:
             frac = (q - prev) / max(cdf[i] - prev, 1e-300)
             return float(edges[i] + frac * (edges[i + 1] - edges[i]))
 
-        return CosineStats(counts, edges, float(mean), std, self.lo, self.hi,
+        return CosineStats(counts, edges, float(mean), std, -neg_min, hi,
                            quantile(0.25), quantile(0.5), quantile(0.75), self.n)
 
 
-def _unit_rows(x: np.ndarray, center: bool) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64)
-    if center:
-        t = t - t.mean(0, keepdim=True)
-    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def pairwise_cosine_stats(x, center: bool = False, chunk: int = 1024, bins: int = 2000) -> CosineStats:
+def pairwise_cosine_stats(x, center: bool = False, chunk: int | None = None, bins: int = 2000,
+                          device: torch.device | str | None = None) -> CosineStats:
     """Cosine similarity of every pair of rows of ``x`` (samples x features).
 
     ``center`` subtracts the mean row first: for non-negative features (after ReLU)
     raw cosines are all positive and mostly measure the shared mean direction.
+    The features are moved to ``device`` (default: the CPU) once in their own dtype;
+    blocks of ``chunk`` rows (default: at most 2^25 values each) are converted to
+    float64, centred and normalized there, so memory stays O((n + d) * chunk) beyond x.
     """
     x, _ = features_and_labels(x)
-    u = _unit_rows(x, center)
-    acc = _Accumulator(bins)
-    for start in range(0, len(u), chunk):
-        block = u[start : start + chunk] @ u[start:].T  # rows i >= start: upper triangle only
-        keep = torch.ones_like(block, dtype=torch.bool).triu_(1)
-        acc.add(block[keep])
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    xs = torch.as_tensor(x).to(device)
+    n, d = xs.shape
+    chunk = chunk or max(1, min(4096, 2**25 // max(n, d)))
+    mean = torch.zeros(d, dtype=torch.float64, device=device)
+    if center:
+        for start in range(0, n, chunk):
+            mean += xs[start : start + chunk].sum(0, dtype=torch.float64)
+        mean /= n
+
+    def block(start: int) -> torch.Tensor:
+        b = xs[start : start + chunk].to(torch.float64) - mean
+        return b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    acc = _Accumulator(bins, device)
+    for start in range(0, n, chunk):
+        rows = block(start)
+        for col in range(start, n, chunk):  # the upper triangle only: each pair once
+            sims = rows @ (rows if col == start else block(col)).T
+            if col == start:
+                sims = sims[torch.ones_like(sims, dtype=torch.bool).triu_(1)]
+            acc.add(sims)
     return acc.result()
 
 
-def neuron_correlation_stats(x, bins: int = 2000) -> CosineStats:
+def neuron_correlation_stats(x, bins: int = 2000, device: torch.device | str | None = None) -> CosineStats:
     """Pearson correlation between every pair of units (columns) over samples.
 
     Units that never vary (dead or constant) have no defined correlation and are left out.
     """
     x, _ = features_and_labels(x)
     alive = x.std(0) > 0
-    return pairwise_cosine_stats(x[:, alive].T - x[:, alive].mean(0)[:, None], bins=bins)
+    return pairwise_cosine_stats(x[:, alive].T - x[:, alive].mean(0)[:, None], bins=bins, device=device)
 
 
 def filter_cosine_stats(weight, bins: int = 2000) -> CosineStats:

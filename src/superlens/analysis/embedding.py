@@ -19,8 +19,8 @@ def tsne(x, seed: int = 0, pca_dims: int = 50, perplexity: float = 30.0, n_jobs:
     from sklearn.decomposition import PCA
 
     x, _ = features_and_labels(x)
-    x = x.astype(np.float64)
     if x.shape[1] > pca_dims and len(x) > pca_dims:
-        x = PCA(pca_dims, random_state=seed).fit_transform(x)
+        x = PCA(pca_dims, random_state=seed).fit_transform(x)  # in the features' own dtype: no float64 copy
+    x = x.astype(np.float64)
     perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
     return np.asarray(TSNE(2, perplexity=perplexity, random_state=seed, n_jobs=n_jobs, verbose=False).fit(x))

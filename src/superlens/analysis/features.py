@@ -10,7 +10,7 @@ from torch import nn
 
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
-from superlens.training import Recipe, RECIPES, default_device, prepare_batch
+from superlens.training import RECIPES, Recipe, amp_dtype, autocast, default_device, prepare_batch
 
 POOLINGS = ("avg", "max", "flatten", "none")
 
@@ -65,6 +65,9 @@ def capture(
     recipe = recipe or RECIPES["standard"]
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(recipe, device)
     store: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     latest: dict[str, torch.Tensor] = {}
     handles = [module.register_forward_hook(_keeper(name, latest)) for name, module in modules.items()]
@@ -73,12 +76,16 @@ def capture(
     try:
         for start in range(0, len(data), batch_size):
             images = data.images[start : start + batch_size].to(device)
-            model(prepare_batch(images, data, recipe, train=False))
+            with autocast(device, dtype):
+                model(prepare_batch(images, data, recipe, train=False))
             for name in names:
-                store[name].append(_reduce(latest.pop(name).float(), pool).cpu())
+                # reduced in float32 on the device; copied to the host without waiting for it
+                store[name].append(_reduce(latest.pop(name).float(), pool).to("cpu", non_blocking=device.type == "cuda"))
     finally:
         for handle in handles:
             handle.remove()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return {name: torch.cat(chunks).numpy() for name, chunks in store.items()}
 
 

@@ -5,6 +5,10 @@ members of its class and b(i) the smallest mean distance to another class,
 s(i) = (b - a) / max(a, b), and 0 for a class of one sample; the score is the mean.
 It is computed in row chunks with one matrix product per chunk, so memory is
 O(n x chunk), and on the GPU when the features are given there or ``device`` says so.
+
+Every function here keeps the features in the dtype they come in (float32 from a
+capture) and converts one block at a time to float64, so a 10,000 x 25,088 feature
+matrix (1 GB) is never copied whole; no function forms a d x d matrix.
 """
 
 from __future__ import annotations
@@ -29,30 +33,38 @@ def silhouette_score(
 ) -> float:
     """Mean silhouette coefficient; ``metric`` is ``euclidean`` or ``cosine`` (1 - cosine similarity).
 
-    ``chunk`` rows are processed at a time (default: blocks of at most 2^25 distances,
-    256 MiB in float64). ``device`` defaults to the CPU.
+    ``chunk`` rows (and columns) are processed at a time, converted to ``dtype`` block by
+    block (default: blocks of at most 2^25 values, 256 MiB in float64). ``device``
+    defaults to the CPU; the features are moved there once in their own dtype.
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     x, y = features_and_labels(x, labels)
     _, codes = np.unique(y, return_inverse=True)
-    chunk = chunk or max(64, min(2048, 2**25 // len(x)))
+    n, d = x.shape
+    chunk = chunk or max(64, min(2048, 2**25 // max(n, d)))
     device = torch.device(device) if device is not None else torch.device("cpu")
-    xt = torch.as_tensor(x, dtype=dtype, device=device)
-    if metric == "cosine":
-        xt = xt / xt.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    x_sq = (xt * xt).sum(1)
+    xs = torch.as_tensor(x).to(device)
+
+    def block(start: int) -> torch.Tensor:
+        b = xs[start : start + chunk].to(dtype)
+        return b / b.norm(dim=1, keepdim=True).clamp_min(1e-12) if metric == "cosine" else b
+
+    x_sq = torch.cat([(lambda b: (b * b).sum(1))(block(s)) for s in range(0, n, chunk)])
     codes_t = torch.as_tensor(codes, device=device)
     n_classes = int(codes.max()) + 1
     onehot = torch.nn.functional.one_hot(codes_t, n_classes).to(dtype)
     sizes = onehot.sum(0)
     total = torch.zeros((), dtype=dtype, device=device)
-    for start in range(0, len(xt), chunk):
-        rows = xt[start : start + chunk]
-        d = _distances(rows, xt, x_sq, metric)
-        idx = torch.arange(start, start + len(rows), device=device)
-        d[torch.arange(len(rows), device=device), idx] = 0.0  # exact zero to itself
-        sums = d @ onehot  # (rows, classes): summed distance to each class
+    for start in range(0, n, chunk):
+        rows = block(start)
+        sums = torch.zeros(len(rows), n_classes, dtype=dtype, device=device)  # summed distance to each class
+        for col in range(0, n, chunk):
+            cols = rows if col == start else block(col)
+            dist = _distances(rows, cols, x_sq[col : col + chunk], metric)
+            if col == start:
+                dist.fill_diagonal_(0.0)  # exact zero to itself
+            sums += dist @ onehot[col : col + chunk]
         own = codes_t[start : start + len(rows)]
         own_size = sizes[own]
         a = sums.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
@@ -62,17 +74,26 @@ def silhouette_score(
         s = (b - a) / torch.maximum(a, b)
         s = torch.where((own_size > 1) & (torch.maximum(a, b) > 0), s, torch.zeros_like(s))
         total += s.sum()
-    return float(total / len(xt))
+    return float(total / n)
 
 
-def davies_bouldin_score(x, labels) -> float:
+def _class_means(x: np.ndarray, codes: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """(k, d) float64 class means, summed block by block."""
+    sums = np.zeros((k, x.shape[1]))
+    for start in range(0, len(x), chunk):
+        np.add.at(sums, codes[start : start + chunk], x[start : start + chunk].astype(np.float64))
+    return sums / np.bincount(codes, minlength=k)[:, None]
+
+
+def davies_bouldin_score(x, labels, chunk: int = 1024) -> float:
     """Mean over classes of max_j (s_i + s_j) / ||c_i - c_j||, s_i the mean distance to centroid c_i."""
     x, y = features_and_labels(x, labels)
-    x = x.astype(np.float64)
     classes, codes = np.unique(y, return_inverse=True)
     k = len(classes)
-    centroids = np.stack([x[codes == c].mean(0) for c in range(k)])
-    spread = np.array([np.linalg.norm(x[codes == c] - centroids[c], axis=1).mean() for c in range(k)])
+    centroids = _class_means(x, codes, k, chunk)
+    dist = np.concatenate([np.linalg.norm(x[s : s + chunk].astype(np.float64) - centroids[codes[s : s + chunk]], axis=1)
+                           for s in range(0, len(x), chunk)])
+    spread = np.bincount(codes, weights=dist, minlength=k) / np.bincount(codes, minlength=k)
     gaps = np.linalg.norm(centroids[:, None] - centroids[None], axis=2)
     if np.allclose(spread, 0) or np.allclose(gaps, 0):
         return 0.0
@@ -83,22 +104,32 @@ def davies_bouldin_score(x, labels) -> float:
     return float(ratio.max(1).mean())
 
 
-def nc1(x, labels) -> float:
+def nc1(x, labels, chunk: int = 1024) -> float:
     """Within-class variability collapse (Papyan et al. 2020): tr(S_W S_B^+) / C.
 
     S_W is the within-class covariance (around class means, averaged over all
     samples), S_B the covariance of the class means around the global mean (classes
-    weighted equally), ^+ the pseudo-inverse. 0 when every class collapses to a point.
+    weighted equally), ^+ the pseudo-inverse (eigenvalues below 1e-10 of the largest
+    dropped). 0 when every class collapses to a point.
+
+    S_B has rank < C, so with S_B = V diag(l) V^T (the SVD of the C x d centred class
+    means) the trace is sum_i v_i^T S_W v_i / l_i, and v_i^T S_W v_i is the mean
+    squared projection of the centred samples on v_i: O(n d C) time and no d x d matrix.
     """
     x, y = features_and_labels(x, labels)
-    x = x.astype(np.float64)
     classes, codes = np.unique(y, return_inverse=True)
-    means = np.stack([x[codes == c].mean(0) for c in range(len(classes))])
-    centered = x - means[codes]
-    s_w = centered.T @ centered / len(x)
-    between = means - means.mean(0)
-    s_b = between.T @ between / len(classes)
-    return float(np.trace(s_w @ np.linalg.pinv(s_b, rcond=1e-10, hermitian=True)) / len(classes))
+    k = len(classes)
+    means = _class_means(x, codes, k, chunk)
+    between = (means - means.mean(0)) / np.sqrt(k)  # S_B = between^T between
+    _, sv, vt = np.linalg.svd(between, full_matrices=False)
+    eig = sv**2
+    keep = eig > 1e-10 * eig.max() if eig.max() > 0 else np.zeros_like(eig, dtype=bool)
+    v, eig = vt[keep].T, eig[keep]
+    projected = np.zeros(len(eig))
+    for start in range(0, len(x), chunk):
+        centred = x[start : start + chunk].astype(np.float64) - means[codes[start : start + chunk]]
+        projected += ((centred @ v) ** 2).sum(0)
+    return float((projected / len(x) / eig).sum() / k)
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 10, metric: str = "cosine") -> float:

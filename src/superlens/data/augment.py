@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
 
+@lru_cache(maxsize=64)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype):
+    """(1, C, 1, 1) scale and shift on ``device``, made once per (statistics, device, dtype), not per batch."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1) * 255
+    return (1 / s).to(device=device, dtype=dtype), (-m / s).to(device=device, dtype=dtype)
+
+
 def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> ``dtype`` with per-channel (x/255 - mean) / std."""
-    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
-    return (images.to(dtype) - m) / s
+    """uint8 (N, 3, H, W) (or float on the 0..255 scale) -> ``dtype`` with per-channel (x/255 - mean) / std."""
+    scale, shift = _constants(tuple(float(v) for v in mean), tuple(float(v) for v in std), images.device, dtype)
+    return torch.addcmul(shift, images.to(dtype), scale)
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:

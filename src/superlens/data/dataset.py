@@ -89,9 +89,15 @@ class DatasetSplits(NamedTuple):
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the 0..1 scale."""
-    x = images.to(torch.float64).div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3))
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(images), 1024):  # float64 one block at a time, never the whole split
+        x = images[start : start + 1024].to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3)).cpu()
+        total_sq += (x * x).sum(dim=(0, 2, 3)).cpu()
+    count = images.numel() // images.shape[1]
+    mean = total / count
+    std = ((total_sq - count * mean * mean) / max(1, count - 1)).clamp_min(0).sqrt()
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
