@@ -176,6 +176,98 @@ def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | Non
     click.echo(f"report: {path}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, required=True)
+@click.option("--data", "data_name", default=None, help="Dataset to analyse on: digits, cifar10, tinyimagenet, imagefolder:<path>, ...")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset or its archive.")
+@click.option("--weights", multiple=True, help="A state-dict file (.pt, .pth, .safetensors) per MODEL, in order (repeatable).")
+@click.option("--layers", default=None, help="Comma-separated module names (default: layer4 for resnet18). See --list-layers.")
+@click.option("--units", default=None, help="Comma-separated channels of conv layers to visualize (activation maximization).")
+@click.option("--labels", default=None, help="Comma-separated names of the models in the report (default: from --weights).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/analyze).")
+@click.option("--list-layers", is_flag=True, help="Print every module name with its output shape for one input, then stop.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects (runs code from the file).")
+@click.option("--strict", type=click.BOOL, default=True, show_default=True, help="Refuse weights whose keys or shapes do not match.")
+@click.option("--input-size", type=int, default=None, help="Resize inputs to this many pixels (default: the dataset's size).")
+@click.option("--mean", default=None, help="Normalization mean, 3 comma-separated numbers (default: the dataset's).")
+@click.option("--std", default=None, help="Normalization std, 3 comma-separated numbers (default: the dataset's).")
+def analyze(args, data_name, root, weights, layers, units, labels, out, list_layers, trust_pickle, strict, input_size,
+            mean, std) -> None:
+    """The superposition lens on trained models: MODEL [MODEL ...] [key=value ...].
+
+    MODEL is resnet18, torchvision:<name>, timm:<name>, path/to/file.py:function or
+    package.module:function. key=value options: device, seed, model.stem/width (resnet18),
+    analysis.*, sae.*, featvis.* (see docs/analyze.md).
+    """
+    from dataclasses import replace
+
+    from superlens.lens import analyze as run_lens, list_layers as layer_table, options_from
+    from superlens.models.loading import build, load_state, read_state
+
+    specs = [a for a in args if "=" not in a]
+    options = options_from([a for a in args if "=" in a])
+    if not specs:
+        raise UserError("name at least one MODEL (resnet18, torchvision:<name>, timm:<name>, file.py:function)")
+    if weights and len(weights) != len(specs):
+        raise UserError(f"give one --weights per MODEL: {len(specs)} models but {len(weights)} weight files")
+
+    def numbers(text, what):
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise UserError(f"--{what} must be 3 comma-separated numbers, got {text!r}")
+        return values
+
+    splits = None
+    if data_name:
+        from superlens.data import DatasetSplits, load
+
+        splits = load(data_name, root=root)
+        stats = {k: numbers(v, k) for k, v in (("mean", mean), ("std", std)) if v}
+        if stats:
+            splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))
+    elif not list_layers:
+        raise UserError("--data is required (e.g. --data cifar10 --root /path/to/data)")
+    num_classes = splits.train.num_classes if splits else None
+    models, notes = [], []
+    for i, spec in enumerate(specs):
+        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None)
+        if weights:
+            notes += load_state(model, read_state(weights[i], trust_pickle), weights[i], strict)
+        models.append(model)
+    for note in notes:
+        click.echo(f"note: {note}")
+    if list_layers:
+        side = input_size or (splits.train.image_size[0] if splits else 224)
+        x = torch_zeros(side)
+        for name, kind, shape in layer_table(models[0], x):
+            click.echo(f"{name:<40} {kind:<22} {'x'.join(str(d) for d in shape[1:])}")
+        return
+    layer_list = [l for l in (layers or "").split(",") if l] or (["layer4"] if specs[0] == "resnet18" else [])
+    if not layer_list:
+        raise UserError("name the layers to analyse with --layers (see --list-layers for their names)")
+    try:
+        unit_list = [int(u) for u in units.split(",")] if units else []
+    except ValueError:
+        raise UserError(f"--units must be comma-separated integers, got {units!r}") from None
+    out = out or "runs/analyze"
+    names = labels.split(",") if labels else (None if weights else [spec.rsplit(":", 1)[-1] for spec in specs])
+    summary = run_lens(models, splits, layer_list, weights=list(weights) or None, labels=names, units=unit_list, out=out, options=options,
+                       input_size=input_size, progress=click.echo)
+    for label, entry in summary["arms"].items():
+        acc = entry.get("test_accuracy")
+        click.echo(f"{label}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")
+    click.echo(f"report: {out}/report.html")
+
+
+def torch_zeros(side: int):
+    import torch
+
+    return torch.zeros(1, 3, side, side)
+
+
 @cli.command()
 def presets() -> None:
     """List the built-in presets."""

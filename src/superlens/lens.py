@@ -1,0 +1,379 @@
+"""The superposition lens on any trained vision model: ``superlens analyze`` and ``superlens.analyze``.
+
+No training. For each model and each named layer: activation capture (conv outputs
+(N, C, H, W), linear (N, D) and token (N, T, D) outputs; the channels or features are
+the units), test accuracy when the model's output is (N, classes), the geometry of
+the features and their t-SNE, the cosine views, the neuron polysemanticity metrics
+(when the layer's activations are non-negative), an SAE with psi, and activation
+maximization with dataset exemplars for chosen units of conv layers. Every number is
+computed by the same functions, and carries the same name, as in a study.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from superlens.data.dataset import DatasetSplits, ImageDataset
+from superlens.errors import UserError
+
+DEFAULTS: dict[str, Any] = {
+    "device": "auto",
+    "seed": 0,
+    "model": {"stem": "cifar", "width": 64, "dropout": 0.0},  # for MODEL=resnet18
+    "analysis": {"pool": "avg", "max_samples": 10000, "probe_samples": 10000, "tsne": True, "perplexity": 30.0,
+                 "topk": 100, "knn_k": 10, "eval_batch_size": 256},
+    "sae": {"enabled": True, "max_images": 5000, "stability": False, "settings": {}},
+    "featvis": {"top": 9, "settings": {}},
+}
+
+
+@dataclass
+class LayerResult:
+    metrics: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    histograms: dict[str, list[float]] = field(default_factory=dict)
+    per_unit: dict[str, np.ndarray] = field(default_factory=dict)
+    tsne: np.ndarray | None = None
+    labels: np.ndarray | None = None  # of the analysed test images, for the t-SNE panels
+    featvis: dict[str, np.ndarray] | None = None
+    shape: tuple[int, ...] = ()
+
+
+@dataclass
+class ModelResult:
+    label: str
+    layers: dict[str, LayerResult]
+    accuracy: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS merged with ``key=value`` overrides; an unknown key is an error that names it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.create(DEFAULTS)
+    OmegaConf.set_struct(cfg, True)
+    for key in ("sae.settings", "featvis.settings"):
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
+    if base:
+        cfg = OmegaConf.merge(cfg, base)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"option {item!r} must look like key=value (e.g. analysis.max_samples=2000)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or item.split("=")[0]
+            raise UserError(f"unknown or invalid option {key!r}; known: device, seed, model.*, analysis.*, sae.*, featvis.*") from None
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Size]:
+    """Output shape of every named module (or of ``names``) for the batch ``x``."""
+    shapes: dict[str, torch.Size] = {}
+    handles = []
+
+    def keep(name):
+        def hook(module, inputs, output) -> None:  # returns nothing: the output is left alone
+            t = _first_tensor(output)
+            if t is not None:
+                shapes.setdefault(name, t.shape)
+        return hook
+
+    for name, module in model.named_modules():
+        if name and (names is None or name in names):
+            handles.append(module.register_forward_hook(keep(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def list_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, module type, output shape) of every named module for one input batch ``x``."""
+    shapes = _outputs(model, x)
+    return [(name, type(module).__name__, tuple(shapes[name])) for name, module in model.named_modules()
+            if name in shapes]
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    import difflib
+
+    names = [n for n, _ in model.named_modules() if n]
+    for layer in layers:
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise UserError(f"unknown layer {layer!r}{hint}. `superlens analyze MODEL --list-layers` prints every name")
+
+
+def _recipe(options: dict[str, Any], input_size: int | None):
+    from superlens.training import make_recipe
+
+    return make_recipe("standard", input_size=input_size, eval_batch_size=options["analysis"]["eval_batch_size"])
+
+
+@torch.no_grad()
+def output_accuracy(model: nn.Module, data: ImageDataset, recipe, device) -> tuple[float | None, str | None]:
+    """Accuracy of ``argmax model(x)`` when the output is (N, classes); else None and why."""
+    from superlens.training import amp_dtype, autocast, prepare_batch
+
+    model.to(device).eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    dtype = amp_dtype(recipe, device)
+    for start in range(0, len(data), recipe.eval_batch_size):
+        images = data.images[start : start + recipe.eval_batch_size].to(device)
+        with autocast(device, dtype):
+            out = _first_tensor(model(prepare_batch(images, data, recipe, train=False)))
+        if out is None or out.ndim != 2 or out.shape[1] != data.num_classes:
+            shape = "not a tensor" if out is None else f"shape {tuple(out.shape)}"
+            return None, f"the model's output is {shape}, not (N, {data.num_classes}): test accuracy skipped"
+        correct += (out.argmax(1) == data.labels[start : start + recipe.eval_batch_size].to(device)).sum()
+    return float(correct.cpu()) / max(1, len(data)), None
+
+
+def _units_view(acts: np.ndarray) -> np.ndarray:
+    """(N, units): channels averaged over positions (conv), features averaged over tokens (N, T, D)."""
+    if acts.ndim == 4:
+        return acts.mean(axis=(2, 3))
+    if acts.ndim == 3:
+        return acts.mean(axis=1)
+    return acts
+
+
+def _sae_vectors(acts: np.ndarray) -> np.ndarray:
+    from superlens.analysis.sae import conv_vectors
+
+    if acts.ndim == 3:  # tokens: one vector per token
+        return acts.reshape(-1, acts.shape[2])
+    return conv_vectors(acts)
+
+
+def _layer(model, name, test, train, recipe, options, device, accuracy_known, units_to_show, seed) -> LayerResult:
+    from superlens.analysis.features import capture, resolve_module
+    from superlens.analysis.job import representation_metrics
+
+    a = options["analysis"]
+    raw = capture(model, test, name, pool="none", recipe=recipe, device=device)[name]
+    result = LayerResult({}, shape=tuple(raw.shape[1:]))
+    if not np.isfinite(raw).all():
+        result.notes.append(f"{name}: activations contain NaN or inf on the analysed images; layer skipped")
+        return result
+    if not raw.any():
+        result.notes.append(f"{name}: every activation is zero on the analysed images; layer skipped")
+        return result
+    if raw.ndim not in (2, 3, 4):
+        result.notes.append(f"{name}: output of shape {raw.shape[1:]} per image is not (C, H, W), (T, D) or (D,); skipped")
+        return result
+    x = _reduce(raw, a["pool"])
+    units = _units_view(raw)
+    if (units < 0).any():
+        result.notes.append(f"{name}: activations take negative values (not after a ReLU), so the neuron "
+                            "polysemanticity metrics, which need non-negative units, are skipped")
+        units = None
+    x_train = _reduce(capture(model, train, name, pool="none", recipe=recipe, device=device)[name], a["pool"])
+    module = resolve_module(model, name)
+    weight = getattr(module, "weight", None)
+    n_units = raw.shape[1] if raw.ndim == 4 else raw.shape[-1]
+    if not (isinstance(weight, torch.Tensor) and weight.ndim in (2, 4) and weight.shape[0] == n_units):
+        weight = None
+    out = representation_metrics(x, test.labels.cpu().numpy(), x_train, train.labels.cpu().numpy(), units,
+                                 weight, a, seed, device)
+    result.metrics, result.histograms, result.tsne = out["metrics"], out["histograms"], out["tsne"]
+    result.labels = out["labels"]
+    if units is not None:
+        alive = np.asarray(out["alive_units"], bool)
+        result.per_unit = {k: np.asarray(v)[alive] for k, v in out["per_unit"].items()}
+    if options["sae"]["enabled"]:
+        result.metrics.update(_sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed))
+    if units_to_show:
+        if raw.ndim != 4:
+            result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
+        else:
+            result.featvis = _featvis(model, name, units_to_show, train, recipe, options, device)
+    return result
+
+
+def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
+    if acts.ndim == 2:
+        return acts
+    if pool == "flatten":
+        return acts.reshape(len(acts), -1)
+    axes = (2, 3) if acts.ndim == 4 else (1,)
+    return acts.mean(axis=axes) if pool == "avg" else acts.max(axis=axes)
+
+
+def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed) -> dict[str, float]:
+    from superlens.analysis.decode import sae_settings
+    from superlens.analysis.features import capture
+    from superlens.analysis.job import fixed_subset
+    from superlens.analysis.sae import (effective_features, latent_activity, matched_decoder_cosine, sae_metrics,
+                                        spliced_accuracies, train_sae)
+
+    section = options["sae"]
+    sae_train = fixed_subset(train, section["max_images"])
+    train_vectors = _sae_vectors(capture(model, sae_train, name, pool="none", recipe=recipe, device=device)[name])
+    test_vectors = _sae_vectors(raw)
+    sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
+    m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
+    if accuracy_known:
+        mean_act = torch.from_numpy(test_vectors.mean(0))
+        spliced = spliced_accuracies(model, name, sae, test, mean_act, recipe=recipe, device=device,
+                                     accuracy=lambda: output_accuracy(model, test, recipe, device)[0])
+        m.update({f"sae_{k}": v for k, v in spliced.items()})
+    if section["stability"]:
+        m["sae_stability"] = matched_decoder_cosine(sae, train_sae(train_vectors, sae_settings(section, seed + 10_000),
+                                                                   device=device).sae)
+    f = effective_features(activity=latent_activity(sae, test_vectors))
+    m["sae_effective_features"] = f
+    m["psi"] = f / test_vectors.shape[1]
+    return m
+
+
+def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:
+    from superlens.analysis.featvis import check_units, exemplars, visualize
+    from superlens.analysis.job import model_input_settings
+    from superlens.config import featvis_settings
+
+    settings = model_input_settings(featvis_settings({"settings": options["featvis"]["settings"]}), recipe)
+    side = settings.upsample_to or settings.size or train.image_size[0]
+    check_units(model.to(device), name, units, torch.zeros(1, 3, side, side, device=device))
+    result = visualize(model, name, units, train, settings, device=device)
+    ex = exemplars(model, name, units, train, top=options["featvis"]["top"], recipe=recipe, device=device)
+    return {"layer": name, "units": np.asarray(units), "images": result.images, "activation": result.activation,
+            "exemplar_images": train.images[torch.as_tensor(ex.indices.reshape(-1))].cpu().numpy()
+            .reshape(ex.indices.shape + tuple(train.images.shape[1:])).astype(np.float32) / 255.0,
+            "exemplar_labels": ex.labels, "exemplar_activation": ex.activation}
+
+
+def _label(i: int, model: nn.Module, weights: str | None, labels: Sequence[str] | None, taken: set[str]) -> str:
+    if labels and i < len(labels):
+        label = labels[i]
+    elif weights:
+        p = Path(weights)
+        generic = p.stem in ("model", "checkpoint", "weights", "state_dict", "best", "last")
+        label = "/".join(p.with_suffix("").parts[-3:]) if generic else p.stem
+        label = label.removeprefix("arms/")
+    else:
+        label = type(model).__name__
+    base, k = label, 2
+    while label in taken:
+        label, k = f"{base} ({k})", k + 1
+    taken.add(label)
+    return label
+
+
+def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str | None] | None = None,
+            labels: Sequence[str] | None = None, units: Sequence[int] | None = None, out: str | Path | None = None,
+            options: dict[str, Any] | None = None, input_size: int | None = None, progress=print) -> dict[str, Any]:
+    """The lens on one or several trained models, side by side.
+
+    ``models``: an ``nn.Module`` or a list of them (built and with weights loaded);
+    ``data``: a dataset name (``"cifar10"``, ``"digits"``, ...), ``DatasetSplits``, or a
+    (train, test) pair of ``ImageDataset``; ``layers``: module names (see
+    ``list_layers``); ``units``: channels of conv layers to visualize. ``options``
+    overrides ``DEFAULTS`` (e.g. ``{"analysis": {"max_samples": 2000}}``). Returns the
+    summary dict (as ``summary.json``); with ``out``, also writes the run directory
+    and its ``report.html``.
+    """
+    from superlens.analysis.job import fixed_subset
+    from superlens.data import load
+    from superlens.study import resolve_device
+
+    options = options_from((), options)
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if isinstance(data, str):
+        data = load(data)
+    train, test = data
+    device = resolve_device(options["device"])
+    recipe = _recipe(options, input_size)
+    a = options["analysis"]
+    test_sub = fixed_subset(test, a["max_samples"]).to(device)
+    train_sub = fixed_subset(train, a["probe_samples"]).to(device)
+    taken: set[str] = set()
+    results: list[ModelResult] = []
+    started = time.time()
+    for i, model in enumerate(models):
+        check_layers(model, layers)
+        label = _label(i, model, (weights or [None] * len(models))[i] if weights else None, labels, taken)
+        model.to(device).eval()
+        accuracy, why = output_accuracy(model, test_sub, recipe, device)
+        result = ModelResult(label, {}, accuracy, [why] if why else [])
+        for layer in layers:
+            progress(f"{label}: {layer}")
+            result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
+                                          list(units or []), options["seed"])
+        results.append(result)
+    summary = lens_summary(results, layers, test, options, input_size)
+    if out is not None:
+        write_run(Path(out), results, summary, layers, test.classes, options, device, started)
+    return summary
+
+
+def lens_summary(results: list[ModelResult], layers: list[str], test: ImageDataset, options, input_size) -> dict[str, Any]:
+    arms: dict[str, Any] = {}
+    for r in results:
+        per_layer = {}
+        for layer, lr in r.layers.items():
+            metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in lr.metrics.items()}
+            if r.accuracy is not None:
+                metrics = {"test_accuracy": r.accuracy, **metrics}
+            per_layer[layer] = metrics
+        entry: dict[str, Any] = per_layer[layers[0]] if len(layers) == 1 else {"layers": per_layer}
+        if len(layers) > 1 and r.accuracy is not None:
+            entry = {"test_accuracy": r.accuracy, **entry}
+        notes = r.notes + [n for lr in r.layers.values() for n in lr.notes]
+        if notes:
+            entry = {**entry, "notes": notes}
+        arms[r.label] = entry
+    return {"name": "analyze", "dataset": test.name, "layers": layers, "test_images": min(len(test), options["analysis"]["max_samples"]),
+            "input_size": input_size, "arms": arms}
+
+
+def write_run(out: Path, results: list[ModelResult], summary: dict[str, Any], layers: list[str], classes: list[str],
+              options: dict[str, Any], device, started: float) -> Path:
+    import json
+    import platform
+
+    from superlens import __version__
+    from superlens.fileio import atomic_path, write_json
+    from superlens.report.lens import build_lens_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    write_json(out / "options.json", options)
+    for r in results:
+        for layer, lr in r.layers.items():
+            folder = out / "models" / r.label.replace("/", "_") / layer
+            write_json(folder / "analysis.json", {"metrics": summary_metrics(lr), "notes": lr.notes,
+                                                  "histograms": lr.histograms, "shape": list(lr.shape)})
+            if lr.tsne is not None:
+                with atomic_path(folder / "tsne.npz") as tmp, open(tmp, "wb") as f:
+                    np.savez(f, coords=lr.tsne.astype(np.float32))
+    write_json(out / "manifest.json", {"superlens": __version__, "torch": torch.__version__, "device": str(device),
+                                       "python": platform.python_version(), "seconds": round(time.time() - started, 2)})
+    return build_lens_report(out, results, summary, layers, classes)
+
+
+def summary_metrics(lr: LayerResult) -> dict[str, float | None]:
+    return {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in lr.metrics.items()}

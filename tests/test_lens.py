@@ -1,0 +1,137 @@
+"""`superlens analyze`: the lens on models superlens did not train."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+
+FACTORIES = Path(__file__).parent / "lens_models.py"
+QUICK = ["analysis.max_samples=150", "analysis.probe_samples=200", "sae.max_images=60", "sae.settings.steps=20",
+         "sae.settings.batch_size=128", "featvis.settings.steps=4", "featvis.top=3"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    import lens_models
+
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for name in ("small_cnn", "tiny_vit"):
+        model = getattr(lens_models, name)(num_classes=10)
+        with torch.no_grad():  # weights that differ from a fresh factory call, so loading them matters
+            for p in model.parameters():
+                p.mul_(1.5)
+        paths[name] = folder / f"{name}.pt"
+        torch.save(model.state_dict(), paths[name])
+        paths[f"{name}_model"] = model
+    return paths
+
+
+def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
+    out = tmp_path / "cnn"
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", "--weights", saved["small_cnn"], "--data", "digits",
+                                 "--layers", "3,8", "--units", "0,5", "--out", out, *QUICK], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["arms"]["small_cnn"]
+    assert set(entry["layers"]) == {"3", "8"} and 0 <= entry["test_accuracy"] <= 1
+    for layer in ("3", "8"):
+        m = entry["layers"][layer]
+        for key in ("silhouette_features", "davies_bouldin_features", "nc1", "cosine_mean",
+                    "silhouette_tsne", "psi", "sae_fvu", "sae_accuracy_spliced", "knn_accuracy"):
+            assert key in m, (layer, key)
+    assert "class_selectivity_mean" in entry["layers"]["8"]  # a ReLU output
+    assert "class_selectivity_mean" not in entry["layers"]["3"]  # a convolution, before its ReLU
+    assert "filter_cosine_mean" in entry["layers"]["3"] and "filter_cosine_mean" not in entry["layers"]["8"]
+    # the metrics are the study's functions on the loaded weights, not on a fresh model
+    from superlens.analysis import geometry
+    from superlens.analysis.features import capture
+    from superlens.analysis.job import fixed_subset
+    from superlens.data import load
+
+    test = fixed_subset(load("digits").test, 150)
+    x = capture(saved["small_cnn_model"], test, "3", device="cpu")["3"]
+    assert entry["layers"]["3"]["silhouette_features"] == pytest.approx(geometry.silhouette_score(x, test.labels.numpy()))
+    html = (out / "report.html").read_text()
+    for text in ("Layer 3", "Layer 8", "Sparse autoencoder", "t-SNE", "Activation maximization", "Neuron polysemanticity"):
+        assert text in html, text
+    assert "src=\"http" not in html
+
+    out = tmp_path / "vit"
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:tiny_vit", "--weights", saved["tiny_vit"], "--data", "digits",
+                                 "--layers", "block,mlp", "--out", out, *QUICK], capsys)
+    assert code == 0, err
+    entry = json.loads((out / "summary.json").read_text())["arms"]["tiny_vit"]
+    assert "psi" in entry["layers"]["block"] and "class_selectivity_mean" not in entry["layers"]["block"]
+    assert any("negative values" in n for n in entry["notes"])  # the block's output is not post-ReLU
+    assert "class_selectivity_mean" in entry["layers"]["mlp"]  # the MLP's ReLU output is
+
+
+def test_two_checkpoints_side_by_side_and_the_python_api(saved, tmp_path):
+    import lens_models
+
+    import superlens
+
+    fresh = lens_models.small_cnn()
+    summary = superlens.analyze([saved["small_cnn_model"], fresh], "digits", ["8"], labels=["trained", "fresh"],
+                                out=tmp_path, options={"analysis": {"max_samples": 120, "probe_samples": 150, "tsne": False},
+                                                       "sae": {"enabled": False}}, progress=lambda *_: None)
+    assert list(summary["arms"]) == ["trained", "fresh"]
+    assert summary["arms"]["trained"]["silhouette_features"] != summary["arms"]["fresh"]["silhouette_features"]
+    html = (tmp_path / "report.html").read_text()
+    assert "<th>trained</th><th>fresh</th>" in html
+
+
+def test_list_layers(capsys):
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:tiny_vit", "--list-layers", "--data", "digits"], capsys)
+    assert code == 0, err
+    lines = {line.split()[0]: line.split()[-1] for line in stdout.splitlines()}
+    assert lines["embed"] == "24x4x4" and lines["block"] == "16x24" and lines["head"] == "10"
+
+
+def test_bad_inputs_are_one_line(saved, tmp_path, capsys):
+    def fails(args, message):
+        code, _, err = run_cli(["analyze", *args, "--out", tmp_path / "x", *QUICK], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+
+    cnn = f"{FACTORIES}:small_cnn"
+    fails([cnn, "--data", "digits", "--layers", "block.mlp"], "unknown layer 'block.mlp'")
+    code, _, err = run_cli(["analyze", f"{FACTORIES}:tiny_vit", "--data", "digits", "--layers", "blok"], capsys)
+    assert code == 2 and "close names: block" in err
+    fails([f"{tmp_path}/missing.py:f", "--data", "digits"], "model factory file")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    fails([f"{broken}:f", "--data", "digits", "--layers", "x"], "cannot import the model factory")
+    fails([f"{FACTORIES}:not_a_model", "--data", "digits", "--layers", "x"], "returned str, not a torch nn.Module")
+    fails([cnn, "--weights", saved["tiny_vit"], "--data", "digits", "--layers", "3"], "missing")
+    code, _, err = run_cli(["analyze", cnn, "--weights", saved["tiny_vit"], "--data", "digits", "--layers", "3"], capsys)
+    assert "unexpected" in err and "--strict false" in err
+    pickled = tmp_path / "whole.pt"
+    torch.save(saved["small_cnn_model"], pickled)
+    fails([cnn, "--weights", pickled, "--data", "digits", "--layers", "3"], "--trust-pickle")
+    code, _, err = run_cli(["analyze", cnn, "--weights", pickled, "--trust-pickle", "--data", "digits", "--layers", "3",
+                            "--out", tmp_path / "trusted", "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err
+    fails([cnn, "--data", "digits", "--layers", "3", "analysis.bogus=1"], "unknown or invalid option 'analysis.bogus'")
+
+
+def test_loose_weights_dead_layers_and_feature_outputs_become_notes(saved, tmp_path, capsys):
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", "--weights", saved["tiny_vit"], "--strict", "false",
+                                 "--data", "digits", "--layers", "8", "--out", tmp_path / "a", "sae.enabled=false",
+                                 "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err and "loaded the rest" in stdout
+    code, _, err = run_cli(["analyze", f"{FACTORIES}:dead_layer", "--data", "digits", "--layers", "1,8", "--out",
+                            tmp_path / "b", "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert any("every activation is zero" in n for n in summary["arms"]["dead_layer"]["notes"])
+    assert "every activation is zero" in (tmp_path / "b" / "report.html").read_text()
+    code, _, err = run_cli(["analyze", f"{FACTORIES}:features_only", "--data", "digits", "--layers", "1", "--out",
+                            tmp_path / "c", "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err
+    entry = json.loads((tmp_path / "c" / "summary.json").read_text())["arms"]["features_only"]
+    assert "test_accuracy" not in entry and any("accuracy skipped" in n for n in entry["notes"])
