@@ -250,7 +250,16 @@ def fit(
                 group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps, steps_per_epoch)
             x = prepare_batch(data.images[idx], data, recipe, train=True, generator=generator)
             with autocast(device, dtype):
-                loss = F.cross_entropy(net(x), data.labels[idx], label_smoothing=recipe.label_smoothing)
+                try:
+                    logits = net(x)
+                except Exception as exc:  # e.g. the compiler fails at its first call (no C compiler)
+                    if net is model:
+                        raise
+                    warn_once(f"recipe.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                              "training continues without torch.compile")
+                    net = _COMPILED[model] = model
+                    logits = net(x)
+                loss = F.cross_entropy(logits, data.labels[idx], label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()

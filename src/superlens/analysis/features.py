@@ -31,6 +31,10 @@ def _reduce(x: torch.Tensor, pool: str) -> torch.Tensor:
         return x.mean(dim=(2, 3))
     if x.ndim == 4 and pool == "max":
         return x.amax(dim=(2, 3))
+    if x.ndim == 3 and pool == "avg":  # tokens (N, T, D): the features are the units
+        return x.mean(dim=1)
+    if x.ndim == 3 and pool == "max":
+        return x.amax(dim=1)
     if pool in ("flatten", "avg", "max"):
         return x.flatten(1)
     return x
@@ -68,7 +72,7 @@ def capture(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(recipe, device)
-    store: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    store: dict[str, torch.Tensor] = {}  # one preallocated host buffer per layer (pinned on CUDA), filled in place
     latest: dict[str, torch.Tensor] = {}
     handles = [module.register_forward_hook(_keeper(name, latest)) for name, module in modules.items()]
     if repeat_block is not None:
@@ -80,17 +84,23 @@ def capture(
                 model(prepare_batch(images, data, recipe, train=False))
             for name in names:
                 # reduced in float32 on the device; copied to the host without waiting for it
-                store[name].append(_reduce(latest.pop(name).float(), pool).to("cpu", non_blocking=device.type == "cuda"))
+                out = _reduce(latest.pop(name).float(), pool)
+                if name not in store:
+                    store[name] = torch.empty((len(data),) + tuple(out.shape[1:]), dtype=torch.float32,
+                                              pin_memory=device.type == "cuda")
+                store[name][start : start + len(out)].copy_(out, non_blocking=device.type == "cuda")
     finally:
         for handle in handles:
             handle.remove()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {name: torch.cat(chunks).numpy() for name, chunks in store.items()}
+    return {name: store[name].numpy() if name in store else np.zeros((0,), np.float32) for name in names}
 
 
 def _keeper(name: str, latest: dict[str, torch.Tensor]):
     def hook(module, inputs, output):
+        if isinstance(output, (tuple, list)):  # e.g. attention blocks: their first output
+            output = output[0]
         latest[name] = output.detach().clone()  # a later in-place ReLU must not change it
 
     return hook

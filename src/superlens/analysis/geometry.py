@@ -79,10 +79,11 @@ def silhouette_score(
 
 def _class_means(x: np.ndarray, codes: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """(k, d) float64 class means, summed block by block."""
-    sums = np.zeros((k, x.shape[1]))
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64)
+    codes_t = torch.as_tensor(codes)
     for start in range(0, len(x), chunk):
-        np.add.at(sums, codes[start : start + chunk], x[start : start + chunk].astype(np.float64))
-    return sums / np.bincount(codes, minlength=k)[:, None]
+        sums.index_add_(0, codes_t[start : start + chunk], torch.as_tensor(x[start : start + chunk]).to(torch.float64))
+    return sums.numpy() / np.bincount(codes, minlength=k)[:, None]
 
 
 def davies_bouldin_score(x, labels, chunk: int = 1024) -> float:
@@ -94,7 +95,9 @@ def davies_bouldin_score(x, labels, chunk: int = 1024) -> float:
     dist = np.concatenate([np.linalg.norm(x[s : s + chunk].astype(np.float64) - centroids[codes[s : s + chunk]], axis=1)
                            for s in range(0, len(x), chunk)])
     spread = np.bincount(codes, weights=dist, minlength=k) / np.bincount(codes, minlength=k)
-    gaps = np.linalg.norm(centroids[:, None] - centroids[None], axis=2)
+    sq = (centroids * centroids).sum(1)  # distances between centroids from their Gram matrix: no k x k x d array
+    gaps = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * centroids @ centroids.T, 0.0))
+    np.fill_diagonal(gaps, 0.0)
     if np.allclose(spread, 0) or np.allclose(gaps, 0):
         return 0.0
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -46,24 +46,42 @@ def _conv_weight(model: torch.nn.Module, name: str) -> torch.Tensor:
 
 
 def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, Any], seed: int, device) -> dict[str, Any]:
+    """Every analysis of a study's model: features of ``analysis.layer``, units of
+    ``analysis.neuron_layer``, filters of ``analysis.filter_layer``."""
     a = cfg["analysis"]
     recipe = make_recipe(dict(cfg["recipe"]))
     test = fixed_subset(splits.test, a["max_samples"])
     train = fixed_subset(splits.train, a["probe_samples"])
-    y_test, y_train = test.labels.cpu().numpy(), train.labels.cpu().numpy()
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     kw = dict(recipe=recipe, device=device, repeat_block=a["repeat_block"])
     x = capture(model, test, a["layer"], pool=a["pool"], **kw)[a["layer"]]
     units = capture(model, test, a["neuron_layer"], pool="avg", **kw)[a["neuron_layer"]]
     x_train = capture(model, train, a["layer"], pool=a["pool"], **kw)[a["layer"]]
-    timings["features"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if (units < 0).any():
         raise UserError(
             f"analysis.neuron_layer={a['neuron_layer']!r} has negative activations; the neuron metrics need "
             "non-negative (post-ReLU) ones, e.g. a block output such as 'layer4.1'"
         )
+    result = representation_metrics(
+        x, test.labels.cpu().numpy(), x_train, train.labels.cpu().numpy(), units,
+        _conv_weight(model, a["filter_layer"]), a, seed, device,
+    )
+    result["timings"]["features"] = seconds
+    return result
 
+
+def representation_metrics(x: np.ndarray, y_test: np.ndarray, x_train: np.ndarray | None, y_train: np.ndarray | None,
+                           units: np.ndarray | None, weight: torch.Tensor | None, a: dict[str, Any], seed: int,
+                           device) -> dict[str, Any]:
+    """The analysis of one representation, shared by studies and ``superlens analyze``.
+
+    ``x``: (n, d) features of the test images; ``x_train``: of training images, for the
+    probes (skipped when None); ``units``: (n, units) non-negative unit activations for
+    the neuron metrics (skipped when None); ``weight``: filters for their cosines
+    (skipped when None). ``a`` holds ``tsne``, ``perplexity``, ``knn_k`` and ``topk``.
+    """
+    timings: dict[str, float] = {}
     m: dict[str, Any] = {}
     t0 = time.perf_counter()
     geo_device = device if torch.device(device).type == "cuda" else None
@@ -71,8 +89,9 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
     m["silhouette_features_cosine"] = geometry.silhouette_score(x, y_test, metric="cosine", device=geo_device)
     m["davies_bouldin_features"] = geometry.davies_bouldin_score(x, y_test)
     m["nc1"] = geometry.nc1(x, y_test)
-    m["knn_accuracy"] = geometry.knn_accuracy(x_train, y_train, x, y_test, k=a["knn_k"])
-    m["linear_probe_accuracy"] = geometry.linear_probe_accuracy(x_train, y_train, x, y_test)
+    if x_train is not None:
+        m["knn_accuracy"] = geometry.knn_accuracy(x_train, y_train, x, y_test, k=a["knn_k"])
+        m["linear_probe_accuracy"] = geometry.linear_probe_accuracy(x_train, y_train, x, y_test)
     timings["geometry"] = time.perf_counter() - t0
     coords = None
     if a["tsne"]:
@@ -85,33 +104,38 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, cfg: dict[str, 
     t0 = time.perf_counter()
     hists = {}
     views = {
-        "cosine": cosine.pairwise_cosine_stats(x, device=geo_device),
-        "cosine_centered": cosine.pairwise_cosine_stats(x, center=True, device=geo_device),
-        "neuron_correlation": cosine.neuron_correlation_stats(units, device=geo_device),
-        "filter_cosine": cosine.filter_cosine_stats(_conv_weight(model, a["filter_layer"])),
+        "cosine": lambda: cosine.pairwise_cosine_stats(x, device=geo_device),
+        "cosine_centered": lambda: cosine.pairwise_cosine_stats(x, center=True, device=geo_device),
+        "neuron_correlation": None if units is None else lambda: cosine.neuron_correlation_stats(units, device=geo_device),
+        "filter_cosine": None if weight is None else lambda: cosine.filter_cosine_stats(weight),
     }
-    for name, stats in views.items():
+    for name, view in views.items():
+        if view is None:
+            continue
+        stats = view()
         for key, value in stats.summary().items():
             if key != "pairs":
                 m[f"{name}_{key}"] = value
         hists[name] = stats.coarse_counts(HIST_BINS).tolist()
     timings["cosine"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    per_unit = {
-        "class_selectivity": neurons.class_selectivity(units, y_test),
-        "topk_class_entropy": neurons.topk_class_entropy(units, y_test, k=a["topk"]),
-        "classes_for_90_mass": neurons.classes_for_mass(units, y_test, 0.9),
-    }
-    alive = units.max(0) > 0
-    m["dead_unit_fraction"] = float(1 - alive.mean())
-    for name, values in per_unit.items():
-        m[f"{name}_mean"] = float(values[alive].mean()) if alive.any() else float("nan")
-    timings["neurons"] = time.perf_counter() - t0
+    per_unit, alive = {}, np.zeros(0, bool)
+    if units is not None:
+        t0 = time.perf_counter()
+        per_unit = {
+            "class_selectivity": neurons.class_selectivity(units, y_test),
+            "topk_class_entropy": neurons.topk_class_entropy(units, y_test, k=a["topk"]),
+            "classes_for_90_mass": neurons.classes_for_mass(units, y_test, 0.9),
+        }
+        alive = units.max(0) > 0
+        m["dead_unit_fraction"] = float(1 - alive.mean())
+        for name, values in per_unit.items():
+            m[f"{name}_mean"] = float(values[alive].mean()) if alive.any() else float("nan")
+        timings["neurons"] = time.perf_counter() - t0
     return {
         "metrics": m, "histograms": hists, "per_unit": {k: v.tolist() for k, v in per_unit.items()},
         "alive_units": alive.tolist(), "tsne": coords, "labels": y_test, "timings": timings,
-        "n_samples": len(test), "feature_dim": int(x.shape[1]),
+        "n_samples": len(y_test), "feature_dim": int(x.shape[1]),
     }
 
 

@@ -119,6 +119,9 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
     # Batches are drawn on the device; nothing in the loop waits for the host.
     draws = torch.Generator(device=device).manual_seed(settings.seed)
     losses = torch.zeros(settings.steps, device=device)
+    # On the CPU, asking whether any latent is dead costs nothing, and skipping the auxiliary
+    # term when none is saves a top-k per step; on a GPU the question would wait for the device.
+    host_checks = x.device.type == "cpu"
     for step in range(settings.steps):
         idx = torch.randint(n, (batch,), generator=draws, device=device)
         xb = x[idx] * sae.scale
@@ -132,14 +135,15 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
         fired = (z > 0).any(0)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(xb))
         dead = since_fired >= settings.dead_after
-        # Auxiliary loss on the top-k_aux dead latents. Live latents are masked to 0, so they are
-        # picked only when fewer than k_aux are dead and then add nothing; with none dead the term is 0.
-        dead_pre = torch.where(dead, F.relu(pre), torch.zeros_like(pre))
-        vals, j = dead_pre.topk(k_aux, dim=1)
-        e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec
-        err = residual.detach()
-        aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
-        loss = loss + settings.aux_coef * aux * dead.any()
+        if not host_checks or dead.any():
+            # Auxiliary loss on the top-k_aux dead latents. Live latents are masked to 0, so they are
+            # picked only when fewer than k_aux are dead and then add nothing; with none dead the term is 0.
+            dead_pre = torch.where(dead, F.relu(pre), torch.zeros_like(pre))
+            vals, j = dead_pre.topk(k_aux, dim=1)
+            e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec
+            err = residual.detach()
+            aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
+            loss = loss + settings.aux_coef * aux * dead.any()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,7 +246,7 @@ def image_latents(sae: SparseAutoencoder, acts: np.ndarray, images_per_chunk: in
 
 
 def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, data, mean_activation: torch.Tensor,
-                       recipe=None, device=None, pooled: bool = False) -> dict[str, float]:
+                       recipe=None, device=None, pooled: bool = False, accuracy=None) -> dict[str, float]:
     """Test accuracy with the layer's output clean, replaced by its SAE reconstruction,
     by zeros, and by its mean over the data; plus the fraction recovered against each ablation.
 
@@ -252,16 +256,24 @@ def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, dat
     as ResNet's last block is). ``mean_activation`` is (C,) or (C, H, W); a (C,) mean
     ablates every position with the channel's mean. The SAE always runs in float32,
     outside any autocast, so spliced accuracy means the same on every device.
+    ``accuracy``: a function of no arguments that measures the model's accuracy on
+    ``data`` (default: ``evaluate``, for models with ``embed`` and ``fc``); token outputs
+    (N, T, D) are spliced token by token.
     """
     from superlens.analysis.features import resolve_module
     from superlens.training import evaluate
 
     module = resolve_module(model, layer)
 
+    def first(fn):  # modules that return a tuple (attention blocks): replace its first tensor
+        def hook(m, i, out):
+            return (fn(m, i, out[0]),) + tuple(out[1:]) if isinstance(out, (tuple, list)) else fn(m, i, out)
+        return hook
+
     def run(replace) -> float:
-        handle = module.register_forward_hook(replace) if replace else None
+        handle = module.register_forward_hook(first(replace)) if replace else None
         try:
-            return evaluate(model, data, recipe, device=device).accuracy
+            return accuracy() if accuracy is not None else evaluate(model, data, recipe, device=device).accuracy
         finally:
             if handle:
                 handle.remove()
@@ -275,7 +287,8 @@ def spliced_accuracies(model: nn.Module, layer: str, sae: SparseAutoencoder, dat
                 b, c, h, w = out.shape
                 flat = out.permute(0, 2, 3, 1).reshape(-1, c).float()
                 return sae(flat).view(b, h, w, c).permute(0, 3, 1, 2).to(out.dtype)
-            return sae(out.float()).to(out.dtype)
+            flat = out.reshape(-1, out.shape[-1]).float()
+            return sae(flat).view(out.shape).to(out.dtype)
 
     def mean_ablation(m, i, out):
         mean = mean_activation.to(out)

@@ -1,0 +1,169 @@
+"""The GPU path, checked without a GPU.
+
+The harness makes every tensor the study moves "to the device" behave towards the
+host as a CUDA tensor does: numpy conversion is refused until the tensor is brought
+back with ``.cpu()`` or ``.to("cpu")``, and results computed from it (activations,
+probabilities, embeddings) inherit that. A tiny study then runs every strategy arm,
+the per-round metrics, the analysis, the SAE and featvis through it. A second test
+runs the mixed-precision path on the CPU (bf16 autocast), so a bf16 tensor that
+reaches numpy or float64 code fails here, not on a user's GPU.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from superlens.active.strategies import REGISTRY
+from superlens.config import load_config
+from superlens.data.dataset import ImageDataset
+from superlens.study import run_study
+
+CUDA_NUMPY = "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first."
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor that refuses the host conversions a CUDA tensor refuses."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError(CUDA_NUMPY)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(CUDA_NUMPY)
+
+    def cpu(self, *args, **kwargs):
+        return super().cpu(*args, **kwargs).as_subclass(torch.Tensor)
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        target = kwargs.get("device", args[0] if args else None)
+        return out.as_subclass(torch.Tensor) if isinstance(target, str) and target == "cpu" else out
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    return t.as_subclass(OnDevice)
+
+
+def test_the_harness_refuses_what_cuda_refuses():
+    t = on_device(torch.arange(4.0))
+    with pytest.raises(TypeError, match="can't convert cuda"):
+        t.numpy()
+    with pytest.raises(TypeError, match="can't convert cuda"):
+        np.asarray(t * 2)  # results of device tensors are device tensors
+    assert t.cpu().numpy().tolist() == [0, 1, 2, 3]
+    assert type(torch.nn.functional.relu(t)) is OnDevice and type(t.to("cpu")) is torch.Tensor
+    assert float(t.sum()) == 6.0  # reading a scalar is allowed on CUDA (it synchronizes)
+
+
+@pytest.fixture
+def harness(monkeypatch):
+    def to(self, device):
+        return ImageDataset(on_device(self.images), on_device(self.labels), self.classes, self.mean, self.std,
+                            self.name, self.split, {k: on_device(v) for k, v in self.attributes.items()}, self.meta)
+
+    monkeypatch.setattr(ImageDataset, "to", to)
+
+
+TINY = [
+    "seeds=[0]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=64", "data.train_subset=400",
+    "active.initial_size=40", "active.query_size=30", "active.rounds=1",
+    "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false",
+    "sae.max_images=40", "sae.stability=false", "sae.settings.steps=5", "sae.settings.batch_size=64",
+    "featvis.units=[1,2]", "featvis.settings.steps=3", "toy.enabled=false",
+    "active.strategy_options.cluster_margin.n_clusters=5", "active.mc_samples=3",
+]
+
+
+def test_every_stage_runs_with_data_on_a_device(harness, tmp_path):
+    arms = ",".join(["baseline"] + [f"al-{name}" for name in REGISTRY])
+    cfg = load_config("demo", [*TINY, f"arms=[{arms}]", "sae.per_round=true"])
+    summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    assert set(summary["arms"]) == {"baseline"} | {f"al-{name}" for name in REGISTRY}
+    for arm, entry in summary["arms"].items():
+        assert 0 <= entry["test_accuracy"] <= 1 and "silhouette_features" in entry and "psi" in entry, arm
+    assert (tmp_path / "arms" / "baseline" / "seed0" / "featvis-layer4.1.conv2.npz").exists()
+
+
+def test_mixed_precision_path_on_the_cpu(tmp_path):
+    cfg = load_config("demo", [*TINY, "arms=[baseline,al-margin,al-random]", "recipe.amp=bf16"])
+    summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    for entry in summary["arms"].values():
+        assert np.isfinite(entry["test_accuracy"]) and np.isfinite(entry["psi"]) and np.isfinite(entry["nc1"])
+    records = json.loads((tmp_path / "arms" / "al-margin" / "seed0" / "done.json").read_text())["records"]
+    assert [r["n_labeled"] for r in records] == [40, 70]
+
+
+def test_bf16_backbone_keeps_a_float32_head():
+    from superlens.data import load
+    from superlens.models import resnet18
+    from superlens.training import evaluate, make_recipe
+
+    test = load("digits").test
+    torch.manual_seed(0)
+    model = resnet18(10, stem="cifar", width=4)
+    result = evaluate(model, test, make_recipe("standard", amp="bf16"), device="cpu")
+    assert result.probs.dtype == np.float32 and result.embeddings.dtype == np.float32
+    top = np.sort(result.probs, axis=1)[:, -1]
+    assert len(np.unique(top)) > len(top) // 2  # bf16 logits would collapse the scores into a few ties
+
+
+def test_bad_precision_and_compile_settings(monkeypatch, capsys):
+    from superlens.errors import UserError
+    from superlens.models import resnet18
+    from superlens.study import resolve_device
+    from superlens import training
+    from superlens.training import amp_dtype, compiled, make_recipe
+
+    with pytest.raises(UserError, match="recipe.amp has an invalid value 'fp8'"):
+        make_recipe("standard", amp="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device='cuda' but this torch has no CUDA device"):
+            resolve_device("cuda")
+    # a GPU without bf16 (V100, T4): fp16 with loss scaling, and one warning line when bf16 was asked for
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    cuda = torch.device("cuda")
+    assert amp_dtype(make_recipe("standard"), cuda) == torch.float16
+    assert amp_dtype(make_recipe("standard", amp="bf16"), cuda) == torch.float16
+    assert amp_dtype(make_recipe("standard", amp="bf16"), cuda) == torch.float16
+    assert capsys.readouterr().err.count("Tesla T4 has no fast bf16") == 1
+    assert amp_dtype(make_recipe("standard"), torch.device("cpu")) is None  # amp=true means CUDA only
+    assert amp_dtype(make_recipe("standard", amp="bf16"), torch.device("cpu")) == torch.bfloat16
+    monkeypatch.delattr(torch, "compile")
+    with pytest.raises(UserError, match="recipe.compile needs torch.compile"):
+        compiled(resnet18(10, width=4), make_recipe("standard", compile=True))
+
+
+def test_a_compiler_that_fails_falls_back_with_one_warning(monkeypatch, capsys):
+    from superlens.data import load
+    from superlens.models import resnet18
+    from superlens.training import fit, make_recipe
+
+    def broken_compile(model, backend=None):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no C compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    train = load("digits").train.subset(np.arange(100))
+    result = fit(resnet18(10, stem="cifar", width=4), train, make_recipe("standard", epochs=1, batch_size=50, compile=True),
+                 device="cpu", progress=False)
+    assert result.steps == 2
+    assert capsys.readouterr().err.count("recipe.compile failed (RuntimeError: no C compiler found)") == 1
+
+
+def test_compiled_training_keeps_one_batch_shape():
+    from superlens.data import load
+    from superlens.models import resnet18
+    from superlens.training import fit, make_recipe
+
+    train = load("digits").train.subset(np.arange(150))
+    torch.manual_seed(0)
+    model = resnet18(10, stem="cifar", width=4)
+    shapes = []
+    model.conv1.register_forward_pre_hook(lambda m, i: shapes.append(tuple(i[0].shape)))
+    result = fit(model, train, make_recipe("standard", epochs=2, batch_size=64, compile="eager"), device="cpu",
+                 progress=False)
+    assert result.steps == 4 and result.images_seen == 256  # 150 = 2 x 64 + 22: the ragged 22 are dropped
+    assert len(set(shapes)) == 1 and shapes[0][0] == 64
