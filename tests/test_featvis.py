@@ -99,7 +99,7 @@ def test_featvis_command_on_a_finished_run(tmp_path, capsys):
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     z = np.load(out / "arms" / "baseline" / "seed0" / "featvis-layer4.1.conv2.npz")
-    assert z["images"].shape == (2, 1, 3, 32, 32) and z["exemplar_images"].shape == (2, 9, 3, 32, 32)
+    assert z["images"].shape == (2, 1, 3, 16, 16) and z["exemplar_images"].shape == (2, 9, 3, 16, 16)  # the demo: 16 px
     assert "Activation maximization (layer4.1.conv2)" in (out / "report.html").read_text()
     code, stdout, err = run_cli(["featvis", out, "--layer", "layer3.1.conv2", "--units", "0,3", "--steps", "2"], capsys)
     assert code == 0, err

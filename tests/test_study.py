@@ -96,14 +96,14 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
         calls.append(arm)
         return real(cfg_, arm, seed, job_dir, splits, device, progress, stop, round0_dir)
 
-    import superlens.study as study
+    import superlens.jobs as jobs
 
-    study.run_job = interrupting
+    jobs.run_job = interrupting
     try:
         with pytest.raises(KeyboardInterrupt):
             run_study(cfg, tmp_path / "cut", progress=False, log=lambda *_: None)
     finally:
-        study.run_job = real
+        jobs.run_job = real
     cut = RunDir(tmp_path / "cut")
     assert (cut.job_dir("al-least_confidence", 0) / "done.json").exists()
     import torch

@@ -53,11 +53,22 @@ def _run(source: str | None, overrides: tuple[str, ...], out: str | None, quiet:
     click.echo(f"report: {out}/report.html")
 
 
+def _placement(overrides: tuple[str, ...]) -> list[str]:
+    from superlens.rundir import PLACEMENT
+
+    for item in overrides:
+        if item.split("=", 1)[0].split(".", 1)[0] not in PLACEMENT:
+            raise UserError(f"resume takes only executor and ray.* settings, got {item!r}; the rest of a run's config is fixed")
+    return list(overrides)
+
+
 def _num(v, spec: str = ".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict | None) -> None:
+    if summary is None:
+        return
     click.echo(f"{'arm':<24} {'labels':>7} {'test acc [95% CI]':>26} {'AUBC':>7} {'acc minus al-random [95% CI], p_adj':>40}")
     for arm, m in summary["arms"].items():
         lo, hi = m.get("test_accuracy_ci95", [None, None])
@@ -103,15 +114,20 @@ def run(preset_or_yaml: str, overrides: tuple[str, ...], out: str | None, quiet:
     _run(preset_or_yaml, overrides, out, quiet)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("overrides", nargs=-1)
 @_quiet_option
-def resume(run_dir: str, quiet: bool) -> None:
-    """Finish an interrupted run; finished jobs and rounds are not recomputed."""
+def resume(run_dir: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Finish an interrupted run; finished jobs and rounds are not recomputed.
+
+    OVERRIDES may change where jobs run (executor=ray, ray.address=..., ray.gpus_per_job=...).
+    """
+    from superlens.config import apply_overrides
     from superlens.rundir import RunDir
     from superlens.study import run_study
 
-    cfg = RunDir(run_dir).read_config()
+    cfg = apply_overrides(RunDir(run_dir).read_config(), _placement(overrides))
     _print_summary(run_study(cfg, run_dir, progress=not quiet, log=click.echo))
 
 
@@ -287,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"superlens: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from superlens.study import JobsFailed
+
+        if not isinstance(exc, JobsFailed):
+            raise
+        for failure in exc.failures:
+            print(f"superlens: job {failure['job']} failed: {failure['error']}", file=sys.stderr)
+        print(f"superlens: the others finished; tracebacks are in error.txt of each failed job's folder; fix the cause "
+              f"and run `superlens resume {exc.run_dir}`", file=sys.stderr)
+        return 1
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

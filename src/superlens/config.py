@@ -20,6 +20,13 @@ DEFAULTS: dict[str, Any] = {
     "name": "study",
     "seeds": [0, 1, 2],
     "device": "auto",  # "auto", "cpu", "cuda", "cuda:1", ...
+    "executor": "local",  # "local": jobs one after another in this process; "ray": Ray tasks, in parallel
+    "ray": {
+        "address": None,  # null: start Ray on this machine (or join RAY_ADDRESS when set); "host:port": that cluster
+        "gpus_per_job": None,  # null: 1 when the cluster has GPUs, else 0; fractions share a GPU
+        "cpus_per_job": 1,  # CPUs reserved per job; torch in the job uses as many threads
+        "max_retries": 2,  # times a job is rerun when its worker process dies (killed, out of memory, node lost)
+    },
     "data": {
         "name": "digits", "root": None, "download": False, "options": {},
         "train_subset": None,  # a fixed stratified subset of this many training images
@@ -32,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "arms": ["baseline", "al-least_confidence", "al-random"],
     "active": {
         "initial_size": 1000,
-        "initial": "random",  # "random" or "balanced"
+        "initial": "random",  # "random", "balanced", or chosen by "typiclust" / "probcover" on the initial model
         "query_size": 1000,  # one number, or a list with one size per round
         "rounds": 5,  # a number, or "exhaust" to query until the pool is empty
         "reset": "warm",  # "warm", "scratch_same_init" or "scratch_new_init"
@@ -161,6 +168,18 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     return resolved
 
 
+def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``cfg`` (already resolved) with ``key=value`` overrides merged in and validated again."""
+    merged = _merge(_strict_defaults(), OmegaConf.create(cfg), "the stored config")
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value (e.g. executor=ray)")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    resolved = OmegaConf.to_container(merged, resolve=True)
+    validate(resolved)
+    return resolved
+
+
 def resolve_stored(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """A config read back from a run directory, completed with this version's defaults for keys
     it does not have (so runs made by an earlier version still load) and validated."""
@@ -193,6 +212,12 @@ def validate(cfg: dict[str, Any]) -> None:
         if not ok:
             raise UserError(message)
 
+    need(cfg["executor"] in ("local", "ray"), f"executor must be 'local' or 'ray', got {cfg['executor']!r}")
+    r = cfg["ray"]
+    need(r["gpus_per_job"] is None or (isinstance(r["gpus_per_job"], (int, float)) and r["gpus_per_job"] >= 0),
+         f"ray.gpus_per_job must be null or a number >= 0, got {r['gpus_per_job']!r}")
+    need(isinstance(r["cpus_per_job"], (int, float)) and r["cpus_per_job"] > 0, "ray.cpus_per_job must be a positive number")
+    need(isinstance(r["max_retries"], int) and r["max_retries"] >= 0, "ray.max_retries must be an integer >= 0")
     seeds = cfg["seeds"]
     need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
          f"seeds must be a non-empty list of integers, got {seeds!r}")
@@ -213,7 +238,8 @@ def validate(cfg: dict[str, Any]) -> None:
     al = cfg["active"]
     need(isinstance(al["initial_size"], int) and al["initial_size"] >= 0,
          f"active.initial_size must be an integer >= 0, got {al['initial_size']!r}")
-    need(al["initial"] in ("random", "balanced"), f"active.initial must be 'random' or 'balanced', got {al['initial']!r}")
+    initials = ("random", "balanced", "typiclust", "probcover")
+    need(al["initial"] in initials, f"active.initial must be one of {', '.join(initials)}, got {al['initial']!r}")
     rounds = al["rounds"]
     need(rounds == "exhaust" or (isinstance(rounds, int) and rounds >= 1),
          f"active.rounds must be a positive integer or 'exhaust', got {rounds!r} (zero rounds query nothing)")
@@ -247,8 +273,6 @@ def validate(cfg: dict[str, Any]) -> None:
          f"featvis.units must be a non-empty list of channel indices, got {fv['units']!r}")
     need(isinstance(fv["top"], int) and fv["top"] >= 1, f"featvis.top must be a positive integer, got {fv['top']!r}")
     featvis_settings(fv)
-    from superlens.analysis.decode import sae_settings
-
     sae_settings(cfg["sae"])
     need(isinstance(cfg["sae"]["max_images"], int) and cfg["sae"]["max_images"] >= 1, "sae.max_images must be a positive integer")
     toy = cfg["toy"]
@@ -275,6 +299,19 @@ def featvis_settings(featvis: dict[str, Any]):
             raise UserError(f"unknown featvis.settings key {key!r}; known: {', '.join(sorted(known))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in featvis["settings"].items()}
     return FeatVisSettings(**values)
+
+
+def sae_settings(section: dict[str, Any], seed: int = 0):
+    """The SAESettings of a config's ``sae`` section (with ``seed``); unknown fields are an error."""
+    from dataclasses import fields
+
+    from superlens.analysis.sae import SAESettings  # a leaf module: it imports no other stage
+
+    known = {f.name for f in fields(SAESettings)}
+    for key in section["settings"]:
+        if key not in known:
+            raise UserError(f"unknown sae.settings key {key!r}; known: {', '.join(sorted(known))}")
+    return SAESettings(**{**section["settings"], "seed": seed})
 
 
 def query_sizes(active: dict[str, Any], pool_size: int) -> list[int]:

@@ -223,9 +223,9 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 
 
 def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed) -> dict[str, float]:
-    from superlens.analysis.decode import sae_settings
     from superlens.analysis.features import capture
     from superlens.analysis.job import fixed_subset
+    from superlens.config import sae_settings
     from superlens.analysis.sae import (effective_features, latent_activity, matched_decoder_cosine, sae_metrics,
                                         spliced_accuracies, train_sae)
 

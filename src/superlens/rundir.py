@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from superlens.config import first_difference, read_yaml, resolve_stored, to_yaml
 from superlens.errors import UserError
-from superlens.fileio import write_text
+from superlens.fileio import read_json, write_text
 
 ROUND_COLUMNS = [
     "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
@@ -21,6 +21,9 @@ ROUND_COLUMNS = [
     # the per-round superposition metrics (analysis.per_round), named as in summary.json
     "silhouette_features", "davies_bouldin_features", "cosine_centered_mean", "class_selectivity_mean", "nc1",
 ]
+
+
+PLACEMENT = ("executor", "ray")  # config keys that say where jobs run, not what they compute
 
 
 class RunDir:
@@ -74,7 +77,9 @@ class RunDir:
     def bind_config(self, cfg: dict[str, Any]) -> None:
         """Write ``config.yaml``, or check that the one already there is the same config."""
         if self.config_path.exists():
-            diff = first_difference(self.read_config(), cfg)
+            # where jobs run does not change their results: the stored executor settings may differ
+            stored = {k: v for k, v in self.read_config().items() if k not in PLACEMENT}
+            diff = first_difference(stored, {k: v for k, v in cfg.items() if k not in PLACEMENT})
             if diff is not None:
                 raise UserError(
                     f"{self.path} belongs to a different config (they differ at {diff!r}); "
@@ -84,7 +89,7 @@ class RunDir:
         write_text(self.config_path, to_yaml(cfg))
 
     def finished_jobs(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.path.glob("arms/*/seed*/done.json"))]
+        return [read_json(p) for p in sorted(self.path.glob("arms/*/seed*/done.json"))]
 
     def write_rounds_csv(self, records: list[dict[str, Any]]) -> None:
         buf = io.StringIO()

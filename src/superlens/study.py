@@ -15,19 +15,15 @@ import torch
 
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
-from superlens.active.loop import run_job, run_round0
 from superlens.models import config_model
-from superlens.analysis.decode import sae_job
-from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import CI_METHOD, TESTS, adjust_family, compare_paired, mean_ci, smallest_p
 from superlens.config import query_sizes
 from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
-from superlens.fileio import write_json
+from superlens.fileio import read_json, write_json
 from superlens.report.html import build_report
 from superlens.rundir import RunDir
-from superlens.toy import run_lab
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,77 +96,64 @@ class StageClock:
         return {stage: round(sum(per.values()), 3) for stage, per in self.seconds.items()}
 
 
+class JobsFailed(Exception):
+    """Some jobs of a study failed; the others finished and the summary covers them."""
+
+    def __init__(self, failures: list[dict[str, Any]], run_dir: Path) -> None:
+        self.failures, self.run_dir = failures, run_dir
+        super().__init__(f"{len(failures)} job(s) failed")
+
+
 def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=print) -> dict[str, Any]:
     """Run every unfinished job of ``cfg`` into ``out`` and write its summary files.
 
     Jobs already done are skipped and an interrupted one continues from its last
-    round, so calling this again on the same directory finishes what is left.
+    round, so calling this again on the same directory finishes what is left. Jobs run
+    where ``cfg["executor"]`` says. When some fail, the summary and report of the others
+    are written and ``JobsFailed`` is raised.
     """
+    from superlens.executors import run_local, run_ray
+    from superlens.jobs import plan
+
     run = RunDir(out)
     with run.lock():
         run.bind_config(cfg)
         started = time.time()
-        earlier = (json.loads((run.path / "manifest.json").read_text()) if (run.path / "manifest.json").exists() else {})
+        earlier = read_json(run.path / "manifest.json") if (run.path / "manifest.json").exists() else {}
         clock = StageClock(earlier.get("stage_job_seconds"))
         t0 = time.perf_counter()
         splits = load_data(cfg)
         if any(arm != "baseline" for arm in cfg["arms"]):
             query_sizes(cfg["active"], len(splits.train))  # a budget larger than the pool fails here
         check_analysis_layers(cfg, splits.train.num_classes, splits.train.image_size[0])  # before training, not after
-        device = resolve_device(cfg["device"])
-        splits = type(splits)(splits.train.to(device), splits.test.to(device))
-        clock.add("data", "study", time.perf_counter() - t0)
         write_json(run.path / "classes.json", splits.train.classes)
-        todo = jobs(cfg)
-        for i, (arm, seed) in enumerate(todo, start=1):
-            job_dir = run.job_dir(arm, seed)
-            if arm != "baseline" and not (run.round0_dir(seed) / "done.json").exists():
-                log(f"round 0 of seed {seed} (shared by every active-learning arm)")
-                t0 = time.perf_counter()
-                run_round0(cfg, seed, run.round0_dir(seed), splits, device, progress=progress,
-                           baseline_dir=run.job_dir("baseline", seed))
-                clock.add("training", f"round0/seed{seed}", time.perf_counter() - t0)
-            state = "done" if (job_dir / "done.json").exists() else "running"
-            log(f"[{i}/{len(todo)}] {arm} seed {seed}: training ({state})")
+        specs, deps = plan(cfg, run.path)
+        if cfg["executor"] == "ray":
+            device = None  # each Ray worker resolves cfg["device"] and loads the data itself
+            del splits
+            clock.add("data", "study", time.perf_counter() - t0)
+            results = run_ray(specs, deps, cfg["ray"], log)
+        else:
+            device = resolve_device(cfg["device"])
+            splits = type(splits)(splits.train.to(device), splits.test.to(device))
+            clock.add("data", "study", time.perf_counter() - t0)
+            results = run_local(specs, deps, splits, device, progress, log)
+        for result in results:
+            for stage, seconds in result["seconds"].items():
+                clock.add(stage, result["job"], seconds)
+        failures = [r for r in results if not r["ok"]]
+        summary = None
+        if run.finished_jobs():
             t0 = time.perf_counter()
-            run_job(cfg, arm, seed, job_dir, splits, device, progress=progress, round0_dir=run.round0_dir(seed))
-            if state == "running":
-                clock.add("training", f"{arm}/seed{seed}", time.perf_counter() - t0)
-        # Per-job stages after training; each writes one file, so a finished one is never redone.
-        stages = [("analysis", "analysis.json", "analysis", analyze_job),
-                  ("sae", "sae.json", f"sparse autoencoder on {cfg['sae']['layer']}", sae_job)]
-        for section, filename, label, stage in stages:
-            if not cfg[section]["enabled"]:
-                continue
-            for i, (arm, seed) in enumerate(todo, start=1):
-                job_dir = run.job_dir(arm, seed)
-                if not (job_dir / filename).exists():
-                    log(f"[{i}/{len(todo)}] {arm} seed {seed}: {label}")
-                    t0 = time.perf_counter()
-                    stage(cfg, job_dir, splits, seed, device)
-                    clock.add(section, f"{arm}/seed{seed}", time.perf_counter() - t0)
-        if cfg["toy"]["enabled"] and not (run.path / "toy.json").exists():
-            log("toy models of superposition")
+            summary = summarize(run)
+            clock.add("summary", "study", time.perf_counter() - t0)
+            write_manifest(run, cfg, device, started, clock)
             t0 = time.perf_counter()
-            write_json(run.path / "toy.json", run_lab(cfg["toy"], cfg["seeds"]))
-            clock.add("toy", "study", time.perf_counter() - t0)
-        if cfg["featvis"]["enabled"]:
-            fv = cfg["featvis"]
-            for arm in cfg["arms"]:
-                job_dir = run.job_dir(arm, cfg["seeds"][0])
-                if not featvis_path(job_dir, fv["layer"]).exists():
-                    log(f"{arm} seed {cfg['seeds'][0]}: activation maximization of {len(fv['units'])} units of {fv['layer']}")
-                    t0 = time.perf_counter()
-                    featvis_job(cfg, job_dir, splits, fv["layer"], fv["units"], device)
-                    clock.add("featvis", f"{arm}/seed{cfg['seeds'][0]}", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        summary = summarize(run)
-        clock.add("summary", "study", time.perf_counter() - t0)
+            build_report(run, summary)
+            clock.add("report", "study", time.perf_counter() - t0)
         write_manifest(run, cfg, device, started, clock)
-        t0 = time.perf_counter()
-        build_report(run, summary)
-        clock.add("report", "study", time.perf_counter() - t0)
-        write_manifest(run, cfg, device, started, clock)
+        if failures:
+            raise JobsFailed(failures, run.path)
         return summary
 
 
@@ -187,7 +170,7 @@ def _job_values(run: RunDir, cfg: dict[str, Any], arm: str, seed: int, rows: lis
     for name in ("analysis.json", "sae.json"):
         path = run.job_dir(arm, seed) / name
         if path.exists():
-            values.update(json.loads(path.read_text())["metrics"])
+            values.update(read_json(path)["metrics"])
     n = np.array([r["n_labeled"] for r in rows], dtype=float)
     acc = np.array([r["test_accuracy"] for r in rows])
     values["test_accuracy"] = float(acc[-1])
@@ -304,15 +287,17 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device, started: float, clock: StageClock) -> None:
+def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock) -> None:
     import sklearn
 
     jobs_ = {f"{j['arm']}/seed{j['seed']}": round(j["seconds"], 3) for j in run.finished_jobs()}
     write_json(run.path / "manifest.json", {
         "superlens": __version__, "git_revision": _git_revision(), "python": platform.python_version(),
         "torch": torch.__version__, "numpy": np.__version__, "scikit_learn": sklearn.__version__,
-        "platform": platform.platform(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "platform": platform.platform(), "executor": cfg["executor"],
+        "device": str(device) if device is not None else "per Ray worker (see worker.json in each job folder)",
+        "device_name": (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
+                        else platform.processor() or "cpu"),
         "torch_threads": torch.get_num_threads(), "seeds": cfg["seeds"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "this_invocation_seconds": round(time.time() - started, 3), "job_seconds": jobs_,

@@ -29,7 +29,7 @@ from superlens.active.pool import Pool, initial_set
 from superlens.config import query_sizes
 from superlens.data.dataset import DatasetSplits, ImageDataset
 from superlens.errors import UserError
-from superlens.fileio import atomic_path, write_json
+from superlens.fileio import atomic_path, read_json, write_json
 from superlens.models import build_model
 from superlens.training import Recipe, TrainResult, evaluate, fit, make_optimizer, make_recipe
 
@@ -54,7 +54,7 @@ def query_inputs(
 ) -> strategies.QueryInputs:
     """Everything ``needs`` asks for, from one evaluation pass (no augmentation) over the pool."""
     unlabeled = pool.unlabeled
-    inputs = strategies.QueryInputs(pool_ids=unlabeled, state=state)
+    inputs = strategies.QueryInputs(pool_ids=unlabeled, labeled_ids=pool.labeled, state=state)
     if not needs:
         return inputs
     scored = np.concatenate([unlabeled, pool.labeled]) if "labeled_embeddings" in needs else unlabeled
@@ -116,7 +116,7 @@ def run_job(
     job_dir.mkdir(parents=True, exist_ok=True)
     done = job_dir / "done.json"
     if done.exists():
-        return json.loads(done.read_text())["records"]
+        return read_json(done)["records"]
     started = time.perf_counter()
     if arm == "baseline":
         records, model, optimizer = _baseline(cfg, seed, splits, device, progress)
@@ -184,6 +184,24 @@ def _start_model(cfg, seed, splits, device, recipe, baseline_dir: Path | None):
     return model, optimizer
 
 
+def _initial(cfg, model, train: ImageDataset, labels: np.ndarray, recipe, device, seed: int) -> np.ndarray:
+    """The initial labelled set: ``random``, ``balanced``, or chosen by a low-budget strategy
+    (``typiclust``, ``probcover``) on the embeddings of the model before any training."""
+    a = cfg["active"]
+    rng = np.random.default_rng(derive_seed(seed, "initial"))
+    if a["initial"] in ("random", "balanced"):
+        return initial_set(labels, a["initial_size"], a["initial"], rng)
+    if a["initial_size"] > len(train):
+        raise UserError(f"active.initial_size={a['initial_size']} is larger than the training pool ({len(train)} images)")
+    strategy = strategies.get(a["initial"])
+    result = evaluate(model, train, recipe, device=device)
+    ids = np.arange(len(train))
+    inputs = strategies.QueryInputs(probs=result.probs, embeddings=result.embeddings,
+                                    labeled_embeddings=result.embeddings[:0], pool_ids=ids, labeled_ids=ids[:0])
+    picked = strategy.select(inputs, a["initial_size"], rng, **a["strategy_options"].get(strategy.name, {}))
+    return np.sort(ids[np.asarray(picked)])
+
+
 def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
                progress: bool = True, baseline_dir: Path | None = None) -> dict[str, Any]:
     """The round 0 shared by every AL arm of ``seed``: initial set, model trained on it, its record.
@@ -193,16 +211,14 @@ def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSpl
     """
     done = job_dir / "done.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return read_json(done)
     job_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     recipe = make_recipe(dict(cfg["recipe"]))
     train, labels = splits.train, splits.train.labels.cpu().numpy()
     model, optimizer = _start_model(cfg, seed, splits, device, recipe, baseline_dir)
     pool = Pool.empty(len(train))
-    first = initial_set(labels, cfg["active"]["initial_size"], cfg["active"]["initial"],
-                        np.random.default_rng(derive_seed(seed, "initial")))
-    pool.acquire(first, 0)
+    pool.acquire(_initial(cfg, model, train, labels, recipe, device, seed), 0)
     torch.manual_seed(derive_seed(seed, "round", 0))
     t0 = time.perf_counter()
     trained = None
@@ -237,7 +253,7 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, roun
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoint = _load_checkpoint(job_dir)
     if checkpoint is None:
-        round0 = json.loads((round0_dir / "done.json").read_text())
+        round0 = read_json(round0_dir / "done.json")
         pool = Pool(np.load(round0_dir / "pool.npy"))
         model.load_state_dict(torch.load(round0_dir / "model.pt", map_location="cpu", weights_only=True))
         optimizer = make_optimizer(model.to(device), recipe)

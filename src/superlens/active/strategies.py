@@ -26,6 +26,7 @@ class QueryInputs:
     labeled_embeddings: np.ndarray | None = None  # (L, D)
     mc_probs: Iterable[np.ndarray] | None = None  # T arrays (n, C): softmax under T dropout masks
     pool_ids: np.ndarray | None = None  # (n,) training-set index of each unlabelled image
+    labeled_ids: np.ndarray | None = None  # (L,) training-set index of each labelled image
     state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
 
 
@@ -198,3 +199,54 @@ def _cluster_margin(inputs, k, rng, margin_multiplier: float = 10.0, n_clusters:
                 break
             chosen.append(q.pop())
     return np.asarray(chosen, dtype=np.int64)
+
+
+# --- low-budget strategies: typical, well-covering images ---------------------------
+
+def _embeddings(inputs: QueryInputs, embedding: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, labelled) embeddings: the current model's (``model``), or those of the model at
+    the first query, kept for every later round (``round0``: a fixed representation, as both
+    papers use a self-supervised one)."""
+    if embedding == "model":
+        return inputs.embeddings, inputs.labeled_embeddings
+    if embedding != "round0":
+        raise UserError(f"embedding must be 'model' or 'round0', got {embedding!r}")
+    labeled_ids = inputs.labeled_ids if inputs.labeled_ids is not None else np.zeros(0, np.int64)
+    if "fixed_embeddings" not in inputs.state:
+        ids = np.concatenate([inputs.pool_ids, labeled_ids])
+        inputs.state["fixed_embeddings"] = {"ids": ids, "values": np.concatenate([inputs.embeddings, inputs.labeled_embeddings])}
+    fixed = inputs.state["fixed_embeddings"]
+    order = np.argsort(fixed["ids"])
+    lookup = lambda ids: fixed["values"][order[np.searchsorted(fixed["ids"], ids, sorter=order)]]  # noqa: E731
+    return lookup(inputs.pool_ids), lookup(labeled_ids)
+
+
+@register("typiclust", {"embeddings", "labeled_embeddings"},
+          "the most typical image of each largest uncovered cluster (Hacohen et al. 2022)")
+def _typiclust(inputs, k, rng, knn: int = 20, max_clusters: int = 500, min_cluster_size: int = 5,
+               embedding: str = "model"):
+    """``knn``: neighbours for typicality; ``max_clusters``: cap on labelled + budget clusters;
+    ``min_cluster_size``: smaller clusters are used only when no other is left;
+    ``embedding``: ``model`` or ``round0`` (see ``_embeddings``)."""
+    from superlens.active.typical import typiclust
+
+    pool, labeled = _embeddings(inputs, embedding)
+    return typiclust(pool, labeled, k, rng, k=knn, max_clusters=max_clusters, min_cluster_size=min_cluster_size)
+
+
+@register("probcover", {"embeddings", "labeled_embeddings", "probs"},
+          "greedy maximum coverage by delta-balls of pure radius (Yehuda et al. 2022)")
+def _probcover(inputs, k, rng, delta: float | None = None, purity: float = 0.95, purity_sample: int = 2000,
+               pca_dims: int | None = 64, embedding: str = "model"):
+    """``delta``: ball radius on L2-normalized embeddings (None: the largest whose balls stay
+    ``purity`` pure under k-means pseudo-labels with one cluster per class, estimated on
+    ``purity_sample`` points); ``pca_dims``: principal components the balls are measured
+    in (None: all); ``embedding``: ``model`` or ``round0``."""
+    from superlens.active.typical import probcover
+
+    pool, labeled = _embeddings(inputs, embedding)
+    classes = inputs.probs.shape[1] if inputs.probs is not None else 10
+    picks, used = probcover(pool, labeled, k, rng, delta=delta, purity=purity, pseudo_clusters=classes,
+                            purity_sample=purity_sample, pca_dims=pca_dims)
+    inputs.state.setdefault("probcover_delta", []).append(used)
+    return picks

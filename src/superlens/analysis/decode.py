@@ -15,19 +15,9 @@ from superlens.analysis.job import fixed_subset, load_job_model
 from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, image_latents, latent_activity,
                                     matched_decoder_cosine, sae_metrics, spliced_accuracies, train_sae)
 from superlens.data.dataset import DatasetSplits
-from superlens.errors import UserError
-from superlens.fileio import write_json
+from superlens.config import sae_settings
+from superlens.fileio import read_json, write_json
 from superlens.training import make_recipe
-
-
-def sae_settings(section: dict[str, Any], seed: int = 0) -> SAESettings:
-    from dataclasses import fields
-
-    known = {f.name for f in fields(SAESettings)}
-    for key in section["settings"]:
-        if key not in known:
-            raise UserError(f"unknown sae.settings key {key!r}; known: {', '.join(sorted(known))}")
-    return SAESettings(**{**section["settings"], "seed": seed})
 
 
 def _side_by_side(acts: np.ndarray, latents: np.ndarray, labels: np.ndarray, topk: int) -> dict[str, float]:
@@ -47,7 +37,7 @@ def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int
     """Train the job's SAE once (and a second one for stability); a second call reads ``sae.json``."""
     path = job_dir / "sae.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path)
     section, a = cfg["sae"], cfg["analysis"]
     model = load_job_model(cfg, job_dir, splits.train.num_classes)
     recipe = make_recipe(dict(cfg["recipe"]))

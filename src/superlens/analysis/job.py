@@ -20,7 +20,7 @@ from superlens.analysis.embedding import tsne
 from superlens.analysis.features import capture, resolve_module
 from superlens.data.dataset import DatasetSplits, ImageDataset
 from superlens.errors import UserError
-from superlens.fileio import atomic_path, write_json
+from superlens.fileio import atomic_path, read_json, write_json
 from superlens.training import make_recipe
 
 HIST_BINS = 100  # bins kept for plots (of the 2,000 used for the statistics)
@@ -192,7 +192,7 @@ def analyze_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed:
     """Analyse the job's final model once; a second call reads ``analysis.json`` back."""
     out = job_dir / "analysis.json"
     if out.exists():
-        return json.loads(out.read_text())
+        return read_json(out)
     model = load_job_model(cfg, job_dir, splits.train.num_classes)
     result = analyze_model(model, splits, cfg, seed, device)
     coords, labels = result.pop("tsne"), result.pop("labels")

@@ -13,6 +13,7 @@ import numpy as np
 from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import t_interval
 from superlens.report import figures
+from superlens.fileio import read_json
 from superlens.rundir import RunDir
 
 METRIC_DOCS = {
@@ -297,7 +298,7 @@ def _toy_section(run: RunDir) -> dict[str, Any] | None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def _class_names(run: RunDir) -> list[str]:

@@ -1,0 +1,120 @@
+"""Where a study's jobs run: ``local`` (one after another in this process) or ``ray`` (Ray tasks).
+
+Both run the same ``jobs.execute`` on the same specs, in an order that respects
+dependencies (a seed's round 0 before its AL arms; the baseline before round 0 when
+AL starts from it). A job whose dependency failed is not run. Both return one
+result per job: ``{"job", "ok", "seconds", "error"}``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from superlens.errors import UserError
+from superlens.jobs import JobSpec, execute
+
+
+def run_local(specs: list[JobSpec], deps: dict[str, list[str]], splits, device, progress: bool,
+              log: Callable[[str], None]) -> list[dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for i, spec in enumerate(specs, start=1):
+        failed = [d for d in deps[spec.label] if d in results and not results[d]["ok"]]
+        if failed:
+            results[spec.label] = {"job": spec.label, "ok": False, "seconds": {}, "error": f"not run: {failed[0]} failed"}
+            continue
+        if spec.done():
+            results[spec.label] = {"job": spec.label, "ok": True, "seconds": {}}
+            continue
+        log(f"[{i}/{len(specs)}] {spec.label}")
+        results[spec.label] = execute(spec, None if spec.kind == "toy" else splits, device, progress, log)
+    return list(results.values())
+
+
+def _ray_job(spec: JobSpec, threads: int, *dependencies: dict[str, Any]) -> dict[str, Any]:
+    """One job inside a Ray worker: torch uses the job's CPUs; Ray has set CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    for dep in dependencies:
+        if not dep["ok"]:
+            return {"job": spec.label, "ok": False, "seconds": {}, "error": f"not run: {dep['job']} failed"}
+    torch.set_num_threads(max(1, threads))
+    return execute(spec)
+
+
+def connect(ray_settings: dict[str, Any]):
+    """The ``ray`` module, attached to the configured cluster (or a new local instance)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("executor=ray needs Ray; install it with `pip install 'superlens[ray]'`") from None
+    if ray.is_initialized():
+        return ray
+    address = ray_settings["address"] or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto":
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    except Exception as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise UserError(f"cannot reach {where} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        "check ray.address / RAY_ADDRESS, or `ray status` on the head node") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once for an address nothing listens on (Ray itself would retry for minutes)."""
+    import socket
+
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise UserError(f"ray.address must look like host:port (e.g. 10.0.0.1:6379), got {address!r}") from None
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or type(exc).__name__}); check "
+                        "ray.address / RAY_ADDRESS, and that `ray start --head` runs there") from None
+
+
+def ray_resources(ray, ray_settings: dict[str, Any]) -> tuple[float, float]:
+    """(gpus, cpus) per job; GPUs asked for where the cluster has none is an error before anything is submitted."""
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    gpus = ray_settings["gpus_per_job"]
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus > 0 else 0.0
+    if gpus > 0 and cluster_gpus == 0:
+        raise UserError(f"ray.gpus_per_job={gpus} but the Ray cluster has no GPU; set ray.gpus_per_job=0 or add GPU nodes")
+    if gpus > cluster_gpus:
+        raise UserError(f"ray.gpus_per_job={gpus} is more than the cluster's {cluster_gpus:g} GPUs")
+    return float(gpus), float(ray_settings["cpus_per_job"])
+
+
+def run_ray(specs: list[JobSpec], deps: dict[str, list[str]], ray_settings: dict[str, Any], log: Callable[[str], None]
+            ) -> list[dict[str, Any]]:
+    ray = connect(ray_settings)
+    gpus, cpus = ray_resources(ray, ray_settings)
+    task = ray.remote(_ray_job)
+    refs: dict[str, Any] = {}
+    done: list[dict[str, Any]] = []
+    for spec in specs:
+        if spec.done():
+            done.append({"job": spec.label, "ok": True, "seconds": {}})
+            continue
+        waits = [refs[d] for d in deps[spec.label] if d in refs]
+        # The toy lab needs no GPU; a job whose worker dies is resubmitted up to max_retries times.
+        options = dict(num_cpus=cpus, num_gpus=0 if spec.kind == "toy" else gpus, max_retries=ray_settings["max_retries"])
+        refs[spec.label] = task.options(**options).remote(spec, int(cpus), *waits)
+    log(f"submitted {len(refs)} jobs to Ray ({gpus:g} GPU, {cpus:g} CPU each); {len(done)} already finished")
+    for label, ref in refs.items():
+        try:
+            result = ray.get(ref)
+        except Exception as exc:  # the worker died more than max_retries times, or the node was lost
+            result = {"job": label, "ok": False, "seconds": {},
+                      "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker lost'}"}
+        log(f"{label}: {'done' if result['ok'] else 'FAILED'}")
+        done.append(result)
+    return done

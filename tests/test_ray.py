@@ -1,0 +1,195 @@
+"""Jobs on Ray: same records as in-process, GPU scheduling, failures, retries, resumable run directories.
+
+One local Ray instance serves the module (2 CPU cores here, 4 logical CPUs and 2
+logical GPUs so GPU scheduling can be checked without a GPU: Ray sets
+CUDA_VISIBLE_DEVICES per task, and the jobs run on the CPU).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from superlens.config import load_config
+from superlens.errors import UserError
+from superlens.rundir import RunDir
+from superlens.study import JobsFailed, run_study
+
+ray = pytest.importorskip("ray")
+
+TINY = [
+    "model.width=4", "recipe.epochs=1", "recipe.batch_size=128", "active.initial_size=40", "active.query_size=40",
+    "active.rounds=2", "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false",
+]
+TIMING = ("query_seconds", "train_seconds")
+quiet = lambda *_: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def records(run_dir, arm, seed):
+    rows = json.loads((RunDir(run_dir).job_dir(arm, seed) / "done.json").read_text())["records"]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_ray_gives_the_records_of_the_local_executor(cluster, tmp_path):
+    base = [*TINY, "seeds=[0,1]", "arms=[al-least_confidence,al-random]", "analysis.enabled=true",
+            "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false"]
+    local = run_study(load_config("demo", base), tmp_path / "local", progress=False, log=quiet)
+    remote = run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0", "ray.cpus_per_job=2"]),
+                       tmp_path / "ray", progress=False, log=quiet)
+    for arm in ("al-least_confidence", "al-random"):
+        for seed in (0, 1):
+            assert records(tmp_path / "local", arm, seed) == records(tmp_path / "ray", arm, seed)
+    assert local["arms"]["al-random"]["test_accuracy"] == remote["arms"]["al-random"]["test_accuracy"]
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["executor"] == "ray"
+
+
+def test_logical_gpus_bound_the_jobs_running_at_once(cluster, tmp_path):
+    cfg = load_config("demo", [*TINY, "seeds=[0,1,2,3]", "arms=[al-random]", "device=cpu", "executor=ray",
+                               "ray.gpus_per_job=1", "ray.cpus_per_job=1"])
+    run_study(cfg, tmp_path, progress=False, log=quiet)
+    workers = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/seed*/worker.json")]
+    workers += [json.loads(p.read_text()) for p in tmp_path.glob("round0/seed*/worker.json")]
+    assert len(workers) == 8 and all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
+    for w in workers:  # the jobs running when w starts: at most two (two logical GPUs, one per job), on distinct GPUs
+        running = [v for v in workers if v["started"] <= w["started"] < v["finished"]]
+        assert 1 <= len(running) <= 2
+        assert len({v["cuda_visible_devices"] for v in running}) == len(running)
+    assert max(sum(v["started"] <= w["started"] < v["finished"] for v in workers) for w in workers) == 2  # in parallel
+
+
+def test_a_failing_job_leaves_error_txt_and_the_rest_finish(cluster, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "demo", *TINY, "seeds=[0,1]", "arms=[al-margin,al-random]", "executor=ray", "ray.gpus_per_job=0",
+            "--out", out, "--quiet"]
+    bad = out / "round0" / "seed1" / "done.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"seed": 1, "rec')  # a truncated record: both AL jobs of seed 1 need it
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    assert "job al-margin/seed1 failed: UserError:" in err and "job al-random/seed1 failed" in err
+    assert "round0/seed1/done.json is corrupt" in err and err.count("failed:") == 2
+    assert "is corrupt" in (out / "arms" / "al-margin" / "seed1" / "error.txt").read_text()
+    assert (out / "arms" / "al-margin" / "seed0" / "done.json").exists() and (out / "summary.json").exists()
+    bad.unlink()  # what the message says to do
+    code, _, err = run_cli(["resume", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert not (out / "arms" / "al-margin" / "seed1" / "error.txt").exists()
+    assert set(json.loads((out / "summary.json").read_text())["arms"]["al-margin"]["seeds"]) == {0, 1}
+
+
+def test_a_worker_that_dies_is_retried_and_resumes(cluster, tmp_path):
+    base = [*TINY, "seeds=[0]", "arms=[al-random]", "active.rounds=4", "recipe.epochs=2"]
+    run_study(load_config("demo", base), tmp_path / "local", progress=False, log=quiet)
+    out = tmp_path / "ray"
+    job = RunDir(out).job_dir("al-random", 0)
+    killed = []
+
+    def kill_once():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if (job / "checkpoint.pt").exists() and (job / "worker.json").exists():
+                pid = json.loads((job / "worker.json").read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_once)
+    watcher.start()
+    run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0", "ray.cpus_per_job=2", "ray.max_retries=2"]), out,
+              progress=False, log=quiet)
+    watcher.join()
+    assert killed, "the job finished before it could be killed"
+    assert json.loads((job / "worker.json").read_text())["attempts"] == 2
+    assert records(tmp_path / "local", "al-random", 0) == records(out, "al-random", 0)
+
+
+def test_gpus_asked_of_a_cluster_without_any_is_refused_before_submitting():
+    from superlens.executors import ray_resources
+
+    class NoGPUs:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
+    settings = {"gpus_per_job": 1, "cpus_per_job": 1}
+    with pytest.raises(UserError, match="ray.gpus_per_job=1 but the Ray cluster has no GPU"):
+        ray_resources(NoGPUs, settings)
+    assert ray_resources(NoGPUs, {**settings, "gpus_per_job": None}) == (0.0, 1.0)
+    with pytest.raises(UserError, match="executor must be 'local' or 'ray'"):
+        load_config("demo", ["executor=slurm"])
+
+
+def test_without_ray_installed_the_message_says_how(monkeypatch):
+    from superlens.executors import connect
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r"pip install 'superlens\[ray\]'"):
+        connect({"address": None})
+
+
+def test_unreachable_address_is_one_line(tmp_path, capsys):
+    code = subprocess.run([sys.executable, "-m", "superlens", "run", "demo", *TINY, "executor=ray", "ray.address=127.0.0.1:9",
+                           "--out", str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert code.returncode == 2 and code.stderr.count("\n") == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in code.stderr
+
+
+def test_corrupt_job_files_are_redone_from_the_last_good_state(tmp_path):
+    cfg = load_config("demo", [*TINY, "seeds=[0]", "arms=[al-random,al-margin]", "analysis.enabled=true",
+                               "analysis.max_samples=100", "analysis.probe_samples=120", "analysis.tsne=false"])
+    run_study(cfg, tmp_path / "whole", progress=False, log=quiet)
+    run = RunDir(tmp_path / "cut")
+    run_study(cfg, run.path, progress=False, log=quiet)
+    (run.job_dir("al-random", 0) / "model.pt").write_bytes(b"PK\x03\x04 truncated")  # a failed copy
+    (run.job_dir("al-random", 0) / "analysis.json").unlink()  # the stage that needs it is still to run
+    margin = run.job_dir("al-margin", 0)
+    (margin / "done.json").unlink()
+    (margin / "checkpoint.pt").write_bytes(b"\x80\x02 not a checkpoint")  # a full disk mid-write
+    lines = []
+    run_study(cfg, run.path, progress=False, log=lines.append)
+    assert any("model.pt is unreadable" in line and "training this job again" in line for line in lines)
+    assert any("checkpoint.pt is unreadable" in line and "restarts from round 0" in line for line in lines)
+    for arm in ("al-random", "al-margin"):
+        assert records(tmp_path / "whole", arm, 0) == records(run.path, arm, 0)
+
+
+def test_files_follow_the_umask(tmp_path):
+    from superlens.fileio import write_json
+
+    for mask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        old = os.umask(mask)
+        try:
+            write_json(tmp_path / f"m{mask}.json", {})
+        finally:
+            os.umask(old)
+        assert (tmp_path / f"m{mask}.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_driver_killed_with_kill_9_leaves_a_run_that_resume_finishes(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "seeds=[0,1]", "arms=[al-random,al-margin]", "active.rounds=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "superlens", "run", "demo", *args, "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("arms/*/seed*/done.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()  # it died mid-study
+    code, _, err = run_cli(["resume", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert len(list(out.glob("arms/*/seed*/done.json"))) == 4

@@ -1,0 +1,110 @@
+"""TypiClust and ProbCover against constructions with known answers."""
+
+import numpy as np
+import pytest
+
+from superlens.active import strategies
+from superlens.active.typical import ball_graph, greedy_cover, probcover, purity_radius, typiclust
+
+CENTRES = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [20, 5], [-10, 5]], dtype=float)
+
+
+def blobs():
+    """Six 5 x 5 grids (spacing 0.1) around known centres; the centre of a grid is its most typical point."""
+    offsets = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), -1).reshape(-1, 2) * 0.1
+    points = np.concatenate([c + offsets for c in CENTRES])
+    blob = np.repeat(np.arange(len(CENTRES)), len(offsets))
+    return points.astype(np.float32), blob
+
+
+def test_typiclust_picks_the_centre_of_every_blob():
+    x, blob = blobs()
+    picks = typiclust(x, x[:0], 6, np.random.default_rng(0), k=20)
+    assert sorted(blob[picks]) == list(range(6))  # one per blob
+    assert np.allclose(np.sort(x[picks], axis=0), np.sort(CENTRES, axis=0), atol=1e-6)  # each its centre
+
+
+def test_typiclust_never_picks_a_covered_blob_while_one_is_uncovered():
+    x, blob = blobs()
+    covered = np.isin(blob, [1, 4])
+    pool, labeled = x[~covered], x[covered][[0, 30]]  # one labelled point in blob 1, one in blob 4
+    picks = typiclust(pool, labeled, 4, np.random.default_rng(1), k=20)
+    assert sorted(blob[~covered][picks]) == [0, 2, 3, 5]
+    assert np.allclose(np.sort(pool[picks], axis=0), np.sort(CENTRES[[0, 2, 3, 5]], axis=0), atol=1e-6)
+
+
+def brute_force_cover(x, delta, candidates, covered, budget):
+    within = np.linalg.norm(x[:, None] - x[None], axis=2) <= delta + 1e-9
+    covered = covered.copy()
+    picks, history = [], []
+    allowed = np.zeros(len(x), bool)
+    allowed[candidates] = True
+    for _ in range(budget):
+        gains = np.array([(within[i] & ~covered).sum() if allowed[i] else -1 for i in range(len(x))])
+        j = int(np.argmax(gains))
+        if gains[j] <= 0:
+            j = int(np.flatnonzero(allowed)[0])
+        picks.append(j)
+        allowed[j] = False
+        covered |= within[j]
+        history.append(int(covered.sum()))
+    return picks, history
+
+
+@pytest.mark.parametrize("delta", [1.0, 1.5, 2.0])
+def test_greedy_cover_equals_brute_force_on_a_grid(delta):
+    g = np.stack(np.meshgrid(np.arange(7), np.arange(5)), -1).reshape(-1, 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    covered = np.zeros(len(g), bool)
+    covered[rng.choice(len(g), 3, replace=False)] = True
+    candidates = np.flatnonzero(rng.random(len(g)) < 0.7)
+    indptr, indices = ball_graph(g, delta)
+    assert np.diff(indptr).min() >= 1  # every point covers itself
+    picks, history = greedy_cover(indptr, indices, candidates, covered.copy(), 8)
+    expected, expected_history = brute_force_cover(g, delta, candidates, covered, 8)
+    assert picks.tolist() == expected and history == expected_history
+    assert all(a <= b for a, b in zip(history, history[1:]))  # coverage never decreases
+
+
+def test_probcover_with_known_delta_and_the_purity_radius():
+    g = np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2).astype(np.float32)
+    picks, used = probcover(g, g[:0], 4, np.random.default_rng(0), delta=1.0, normalize=False)
+    assert used == 1.0
+    expected, _ = brute_force_cover(g, 1.0, np.arange(len(g)), np.zeros(len(g), bool), 4)
+    assert picks.tolist() == expected
+    # two pseudo-classes 1.0 apart on a line: every ball below radius 1 is pure
+    x = np.array([[0.0, 0.0]] * 5 + [[1.0, 0.0]] * 5, dtype=np.float32)
+    assert purity_radius(x, np.repeat([0, 1], 5), 0.95, np.random.default_rng(0)) == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("name", ["typiclust", "probcover"])
+def test_registry_strategies_are_seeded_and_pick_unlabelled_only(name):
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.normal(c, 0.3, (60, 8)) for c in range(5)]).astype(np.float32)
+    probs = np.full((len(emb), 5), 0.2, np.float32)
+    pool_ids = np.arange(40, 300)
+    inputs = lambda: strategies.QueryInputs(  # noqa: E731
+        probs=probs[40:], embeddings=emb[40:], labeled_embeddings=emb[:40], pool_ids=pool_ids, labeled_ids=np.arange(40))
+    strategy = strategies.get(name)
+    a = strategy.select(inputs(), 25, np.random.default_rng(7))
+    b = strategy.select(inputs(), 25, np.random.default_rng(7))
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 25 and a.max() < len(pool_ids)
+    fixed = inputs()
+    strategy.select(fixed, 5, np.random.default_rng(7), embedding="round0")
+    assert len(fixed.state["fixed_embeddings"]["ids"]) == 300
+
+
+def test_low_budget_arms_and_initial_set_in_a_study(tmp_path):
+    from superlens.config import load_config
+    from superlens.rundir import RunDir
+    from superlens.study import run_study
+
+    cfg = load_config("demo", ["seeds=[0]", "model.width=4", "recipe.epochs=1", "arms=[al-random,al-typiclust,al-probcover]",
+                               "active.initial_size=40", "active.query_size=30", "active.rounds=2", "active.initial=typiclust",
+                               "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false"])
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    run = RunDir(tmp_path)
+    assert (np.load(run.round0_dir(0) / "pool.npy") == 0).sum() == 40
+    for arm in ("al-typiclust", "al-probcover"):
+        pool = np.load(run.job_dir(arm, 0) / "pool.npy")
+        assert np.bincount(pool[pool >= 0]).tolist() == [40, 30, 30]  # each image acquired at most once
