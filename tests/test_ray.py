@@ -129,6 +129,9 @@ def test_gpus_asked_of_a_cluster_without_any_is_refused_before_submitting():
     with pytest.raises(UserError, match="ray.gpus_per_job=1 but the Ray cluster has no GPU"):
         ray_resources(NoGPUs, settings)
     assert ray_resources(NoGPUs, {**settings, "gpus_per_job": None}) == (0.0, 1.0)
+    import torch
+
+    assert ray_resources(NoGPUs, {"gpus_per_job": None, "cpus_per_job": None}) == (0.0, float(torch.get_num_threads()))
     with pytest.raises(UserError, match="executor must be 'local' or 'ray'"):
         load_config("demo", ["executor=slurm"])
 

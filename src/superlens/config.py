@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "ray": {
         "address": None,  # null: start Ray on this machine (or join RAY_ADDRESS when set); "host:port": that cluster
         "gpus_per_job": None,  # null: 1 when the cluster has GPUs, else 0; fractions share a GPU
-        "cpus_per_job": 1,  # CPUs reserved per job; torch in the job uses as many threads
+        "cpus_per_job": None,  # CPUs reserved per job, torch threads in it; null: 1 with a GPU, else the local thread count
         "max_retries": 2,  # times a job is rerun when its worker process dies (killed, out of memory, node lost)
     },
     "data": {
@@ -216,7 +216,8 @@ def validate(cfg: dict[str, Any]) -> None:
     r = cfg["ray"]
     need(r["gpus_per_job"] is None or (isinstance(r["gpus_per_job"], (int, float)) and r["gpus_per_job"] >= 0),
          f"ray.gpus_per_job must be null or a number >= 0, got {r['gpus_per_job']!r}")
-    need(isinstance(r["cpus_per_job"], (int, float)) and r["cpus_per_job"] > 0, "ray.cpus_per_job must be a positive number")
+    need(r["cpus_per_job"] is None or (isinstance(r["cpus_per_job"], (int, float)) and r["cpus_per_job"] > 0),
+         "ray.cpus_per_job must be null or a positive number")
     need(isinstance(r["max_retries"], int) and r["max_retries"] >= 0, "ray.max_retries must be an integer >= 0")
     seeds = cfg["seeds"]
     need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),

@@ -90,7 +90,14 @@ def ray_resources(ray, ray_settings: dict[str, Any]) -> tuple[float, float]:
         raise UserError(f"ray.gpus_per_job={gpus} but the Ray cluster has no GPU; set ray.gpus_per_job=0 or add GPU nodes")
     if gpus > cluster_gpus:
         raise UserError(f"ray.gpus_per_job={gpus} is more than the cluster's {cluster_gpus:g} GPUs")
-    return float(gpus), float(ray_settings["cpus_per_job"])
+    cpus = ray_settings["cpus_per_job"]
+    if cpus is None:
+        # CPU jobs get the threads a local run would use, so both executors do the same arithmetic
+        # (CPU training is bit-identical only at equal thread counts); GPU jobs need one CPU to feed the GPU.
+        import torch
+
+        cpus = 1 if gpus > 0 else torch.get_num_threads()
+    return float(gpus), float(cpus)
 
 
 def run_ray(specs: list[JobSpec], deps: dict[str, list[str]], ray_settings: dict[str, Any], log: Callable[[str], None]
