@@ -135,3 +135,17 @@ def test_loose_weights_dead_layers_and_feature_outputs_become_notes(saved, tmp_p
     assert code == 0, err
     entry = json.loads((tmp_path / "c" / "summary.json").read_text())["arms"]["features_only"]
     assert "test_accuracy" not in entry and any("accuracy skipped" in n for n in entry["notes"])
+
+
+def test_weights_listed_after_one_flag_and_study_checkpoint_labels(saved, tmp_path, capsys):
+    study = tmp_path / "arms" / "baseline" / "seed0"
+    study.mkdir(parents=True)
+    (study / "model.pt").write_bytes(saved["small_cnn"].read_bytes())
+    out = tmp_path / "two"
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", f"{FACTORIES}:small_cnn", "--weights", study / "model.pt",
+                                 saved["small_cnn"], "--data", "digits", "--layers", "8", "--out", out,
+                                 "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == ["baseline/seed0", "small_cnn"]
+    assert summary["arms"]["baseline/seed0"]["silhouette_features"] == summary["arms"]["small_cnn"]["silhouette_features"]

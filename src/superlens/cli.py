@@ -220,7 +220,10 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     from superlens.lens import analyze as run_lens, list_layers as layer_table, options_from
     from superlens.models.loading import build, load_state, read_state
 
-    specs = [a for a in args if "=" not in a]
+    # `--weights a.pt b.pt` puts b.pt among the positional arguments: weight files are recognized by their suffix
+    suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+    weights = tuple(weights) + tuple(a for a in args if "=" not in a and a.endswith(suffixes))
+    specs = [a for a in args if "=" not in a and not a.endswith(suffixes)]
     options = options_from([a for a in args if "=" in a])
     if not specs:
         raise UserError("name at least one MODEL (resnet18, torchvision:<name>, timm:<name>, file.py:function)")
@@ -240,7 +243,7 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     if data_name:
         from superlens.data import DatasetSplits, load
 
-        splits = load(data_name, root=root)
+        splits = load(data_name, root=root, **options["data"]["options"])
         stats = {k: numbers(v, k) for k, v in (("mean", mean), ("std", std)) if v}
         if stats:
             splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))

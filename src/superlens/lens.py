@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
                  "topk": 100, "knn_k": 10, "eval_batch_size": 256},
     "sae": {"enabled": True, "max_images": 5000, "stability": False, "settings": {}},
     "featvis": {"top": 9, "settings": {}},
+    "data": {"options": {}},  # keyword arguments of the dataset's loader, e.g. data.options.image_size=16
 }
 
 
@@ -61,7 +62,7 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
 
     cfg = OmegaConf.create(DEFAULTS)
     OmegaConf.set_struct(cfg, True)
-    for key in ("sae.settings", "featvis.settings"):
+    for key in ("sae.settings", "featvis.settings", "data.options"):
         OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
     if base:
         cfg = OmegaConf.merge(cfg, base)
@@ -72,7 +73,8 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or item.split("=")[0]
-            raise UserError(f"unknown or invalid option {key!r}; known: device, seed, model.*, analysis.*, sae.*, featvis.*") from None
+            raise UserError(f"unknown or invalid option {key!r}; known: device, seed, model.*, analysis.*, sae.*, featvis.*, "
+                            "data.options.*") from None
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -271,8 +273,7 @@ def _label(i: int, model: nn.Module, weights: str | None, labels: Sequence[str] 
     elif weights:
         p = Path(weights)
         generic = p.stem in ("model", "checkpoint", "weights", "state_dict", "best", "last")
-        label = "/".join(p.with_suffix("").parts[-3:]) if generic else p.stem
-        label = label.removeprefix("arms/")
+        label = "/".join(p.parts[-3:-1]) if generic else p.stem  # a study's job: <arm>/seed<k>
     else:
         label = type(model).__name__
     base, k = label, 2
@@ -303,7 +304,7 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     layers = [layers] if isinstance(layers, str) else list(layers)
     if isinstance(data, str):
-        data = load(data)
+        data = load(data, **options["data"]["options"])
     train, test = data
     device = resolve_device(options["device"])
     recipe = _recipe(options, input_size)
