@@ -237,16 +237,17 @@ def _typiclust(inputs, k, rng, knn: int = 20, max_clusters: int = 500, min_clust
 @register("probcover", {"embeddings", "labeled_embeddings", "probs"},
           "greedy maximum coverage by delta-balls of pure radius (Yehuda et al. 2022)")
 def _probcover(inputs, k, rng, delta: float | None = None, purity: float = 0.95, purity_sample: int = 2000,
-               pca_dims: int | None = 64, embedding: str = "model"):
+               pca_dims: int | None = 64, max_degree: int | None = 1000, embedding: str = "model"):
     """``delta``: ball radius on L2-normalized embeddings (None: the largest whose balls stay
     ``purity`` pure under k-means pseudo-labels with one cluster per class, estimated on
     ``purity_sample`` points); ``pca_dims``: principal components the balls are measured
-    in (None: all); ``embedding``: ``model`` or ``round0``."""
+    in (None: all); ``max_degree``: mean points per ball the estimated ``delta`` may reach
+    (None: unbounded); ``embedding``: ``model`` or ``round0``."""
     from superlens.active.typical import probcover
 
     pool, labeled = _embeddings(inputs, embedding)
     classes = inputs.probs.shape[1] if inputs.probs is not None else 10
     picks, used = probcover(pool, labeled, k, rng, delta=delta, purity=purity, pseudo_clusters=classes,
-                            purity_sample=purity_sample, pca_dims=pca_dims)
+                            purity_sample=purity_sample, pca_dims=pca_dims, max_degree=max_degree)
     inputs.state.setdefault("probcover_delta", []).append(used)
     return picks

@@ -52,15 +52,19 @@ def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """Cluster ids: k-means (a few restarts) for up to 50 clusters, mini-batch k-means beyond."""
+def kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator, pca_dims: int | None = 64) -> np.ndarray:
+    """Cluster ids: k-means (a few restarts) for up to 50 clusters, mini-batch k-means beyond,
+    on the leading ``pca_dims`` principal components when there are more dimensions (None: all)."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.decomposition import PCA
 
     clusters = max(1, min(clusters, len(x)))
     seed = int(rng.integers(2**31))
+    if pca_dims is not None and x.shape[1] > pca_dims and len(x) > pca_dims:
+        x = PCA(pca_dims, svd_solver="randomized", random_state=seed).fit_transform(x)
     if clusters <= 50:
         return KMeans(clusters, n_init=3, random_state=seed).fit_predict(x)
-    return MiniBatchKMeans(clusters, n_init=3, random_state=seed, batch_size=4096).fit_predict(x)
+    return MiniBatchKMeans(clusters, n_init=1, random_state=seed, batch_size=4096).fit_predict(x)
 
 
 def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, k: int = 20,
@@ -104,8 +108,12 @@ def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def ball_graph(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """CSR lists (indptr, indices) of the points within ``delta`` of each row (itself included)."""
+def ball_graph(x: np.ndarray, delta: float, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """CSR lists (indptr, indices) of the points within ``delta`` of each row (itself included).
+
+    ``unit``: the rows have norm 1, so ||a - b|| <= delta is a . b >= 1 - delta^2 / 2 and
+    one matrix product per block decides it.
+    """
     n = len(x)
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     t_sq = (t * t).sum(1)
@@ -113,7 +121,11 @@ def ball_graph(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     limit = delta * delta
     counts, parts = np.zeros(n, np.int64), []
     for start in range(0, n, rows):
-        near = (_sq_distances(t[start : start + rows], t, t_sq) <= limit).nonzero()
+        if unit:
+            block = t[start : start + rows] @ t.T
+            near = (block >= 1.0 - limit / 2 - 1e-6).nonzero()
+        else:
+            near = (_sq_distances(t[start : start + rows], t, t_sq) <= limit).nonzero()
         r, c = near[:, 0].numpy() + start, near[:, 1].numpy().astype(np.int32)
         counts += np.bincount(r, minlength=n)
         parts.append(c)
@@ -122,8 +134,9 @@ def ball_graph(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def purity_radius(x: np.ndarray, pseudo: np.ndarray, purity: float, rng: np.random.Generator, sample: int = 2000,
-                  grid: np.ndarray | None = None) -> float:
-    """The largest radius on ``grid`` whose balls stay ``purity`` pure (module docstring)."""
+                  grid: np.ndarray | None = None, max_degree: int | None = None) -> float:
+    """The largest radius on ``grid`` whose balls stay ``purity`` pure (module docstring) and, with
+    ``max_degree``, hold at most that many points on average (both estimated on ``sample`` points)."""
     grid = np.round(np.arange(0.05, 1.51, 0.05), 2) if grid is None else np.asarray(grid)
     n = len(x)
     chosen = rng.choice(n, min(sample, n), replace=False)
@@ -131,14 +144,19 @@ def purity_radius(x: np.ndarray, pseudo: np.ndarray, purity: float, rng: np.rand
     t_sq = (t * t).sum(1)
     labels = torch.from_numpy(np.asarray(pseudo))
     nearest_other = np.empty(len(chosen))
+    degree = np.zeros(len(grid))
+    limits = torch.from_numpy(np.asarray(grid, dtype=np.float32) ** 2)
     rows = max(1, BLOCK_VALUES // n)
     for start in range(0, len(chosen), rows):
         idx = torch.from_numpy(chosen[start : start + rows])
         d = _sq_distances(t[idx], t, t_sq)
+        if max_degree is not None:
+            degree += torch.searchsorted(d.sort(1).values, limits.expand(len(d), -1).contiguous(), right=True).sum(0).double().numpy()
         d[labels[None, :] == labels[idx][:, None]] = float("inf")
         nearest_other[start : start + len(idx)] = d.min(1).values.sqrt().double().numpy()
     pure = [(nearest_other > r).mean() for r in grid]
-    ok = [r for r, p in zip(grid, pure) if p >= purity]
+    small = degree / len(chosen) <= max_degree if max_degree is not None else np.ones(len(grid), bool)
+    ok = [r for r, p, fits in zip(grid, pure, small) if p >= purity and fits]
     return float(max(ok)) if ok else float(grid[0])
 
 
@@ -152,10 +170,8 @@ def greedy_cover(indptr: np.ndarray, indices: np.ndarray, candidates: np.ndarray
     """
     n = len(indptr) - 1
     neighbours = lambda i: indices[indptr[i] : indptr[i + 1]]  # noqa: E731
-    gain = np.zeros(n, np.int64)  # uncovered points in each ball
-    if len(indices):
-        rows = np.repeat(np.arange(n), np.diff(indptr))
-        gain = np.bincount(rows, weights=~covered[indices], minlength=n).astype(np.int64)
+    # uncovered points in each ball (every ball holds its centre, so no row of the lists is empty)
+    gain = np.add.reduceat(~covered[indices], indptr[:-1], dtype=np.int64) if len(indices) else np.zeros(n, np.int64)
     allowed = np.zeros(n, bool)
     allowed[candidates] = True
     picks, history = [], []
@@ -179,13 +195,16 @@ def greedy_cover(indptr: np.ndarray, indices: np.ndarray, candidates: np.ndarray
 
 def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, delta: float | None = None,
               purity: float = 0.95, pseudo_clusters: int = 10, purity_sample: int = 2000,
-              normalize: bool = True, pca_dims: int | None = 64) -> tuple[np.ndarray, float]:
+              normalize: bool = True, pca_dims: int | None = 64, max_degree: int | None = 1000) -> tuple[np.ndarray, float]:
     """Positions in ``pool`` of ``budget`` greedy max-coverage picks, and the radius used.
 
     ``normalize``: work on L2-normalized embeddings (as the method does); off, on the raw
     points. ``pca_dims``: build the coverage graph on the leading principal components
     of the normalized embeddings (re-normalized), which makes every distance 8x cheaper
-    for 512-d features; None keeps every dimension (exact).
+    for 512-d features; None keeps every dimension (exact). ``max_degree``: when ``delta``
+    is estimated, it is also kept small enough that a ball holds at most this many points
+    on average, which bounds the coverage graph at about ``max_degree`` x n entries
+    (None: no bound, the method as published).
     """
     n = len(pool)
     x = np.concatenate([pool, labeled]) if len(labeled) else np.asarray(pool)
@@ -196,8 +215,8 @@ def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
         x = PCA(pca_dims, svd_solver="randomized", random_state=int(rng.integers(2**31))).fit_transform(x)
         x = _normalized(x) if normalize else x.astype(np.float32)
     if delta is None:
-        delta = purity_radius(x, kmeans(x, pseudo_clusters, rng), purity, rng, purity_sample)
-    indptr, indices = ball_graph(x, delta)
+        delta = purity_radius(x, kmeans(x, pseudo_clusters, rng), purity, rng, purity_sample, max_degree=max_degree)
+    indptr, indices = ball_graph(x, delta, unit=normalize)
     covered = np.zeros(len(x), bool)
     for i in range(n, len(x)):  # the labelled points' balls are covered already
         covered[indices[indptr[i] : indptr[i + 1]]] = True
