@@ -1,6 +1,7 @@
 """`superlens analyze`: the lens on models superlens did not train."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,33 @@ def test_weights_listed_after_one_flag_and_study_checkpoint_labels(saved, tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["arms"]) == ["baseline/seed0", "small_cnn"]
     assert summary["arms"]["baseline/seed0"]["silhouette_features"] == summary["arms"]["small_cnn"]["silhouette_features"]
+
+
+def test_library_models_and_pretrained_weights_by_name(monkeypatch, tmp_path, capsys):
+    """torchvision and timm are not installed here: a stand-in module records how superlens calls them."""
+    import types
+
+    import lens_models
+
+    calls = []
+
+    def get_model(name, **kwargs):
+        calls.append((name, kwargs))
+        return lens_models.small_cnn(num_classes=kwargs.get("num_classes", 1000))
+
+    fake = types.ModuleType("torchvision.models")
+    fake.get_model = get_model
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
+    code, _, err = run_cli(["analyze", "torchvision:resnet50", "--weights", "pretrained:IMAGENET1K_V2", "--data", "digits",
+                            "--layers", "8", "--out", tmp_path / "tv", "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0, err
+    assert calls == [("resnet50", {"weights": "IMAGENET1K_V2"})]  # the pretrained head is kept: no num_classes
+    entry = json.loads((tmp_path / "tv" / "summary.json").read_text())["arms"]["Sequential (pretrained:IMAGENET1K_V2)"]
+    assert any("not (N, 10)" in n for n in entry["notes"]) and "silhouette_features" in entry
+    code, _, err = run_cli(["analyze", "torchvision:resnet50", "--data", "digits", "--layers", "8", "--out", tmp_path / "tv2",
+                            "sae.enabled=false", "analysis.tsne=false", *QUICK], capsys)
+    assert code == 0 and calls[-1] == ("resnet50", {"num_classes": 10})
+    monkeypatch.setitem(sys.modules, "timm", None)
+    code, _, err = run_cli(["analyze", "timm:vit_tiny_patch16_224", "--data", "digits", "--layers", "x"], capsys)
+    assert code == 2 and "pip install timm" in err

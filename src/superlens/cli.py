@@ -196,7 +196,8 @@ def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | Non
 @click.argument("args", nargs=-1, required=True)
 @click.option("--data", "data_name", default=None, help="Dataset to analyse on: digits, cifar10, tinyimagenet, imagefolder:<path>, ...")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset or its archive.")
-@click.option("--weights", multiple=True, help="A state-dict file (.pt, .pth, .safetensors) per MODEL, in order (repeatable).")
+@click.option("--weights", multiple=True, help="Per MODEL, in order: a state-dict file (.pt, .pth, .safetensors), or "
+              "pretrained[:NAME] for torchvision/timm weights downloaded by name.")
 @click.option("--layers", default=None, help="Comma-separated module names (default: layer4 for resnet18). See --list-layers.")
 @click.option("--units", default=None, help="Comma-separated channels of conv layers to visualize (activation maximization).")
 @click.option("--labels", default=None, help="Comma-separated names of the models in the report (default: from --weights).")
@@ -252,8 +253,9 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     num_classes = splits.train.num_classes if splits else None
     models, notes = [], []
     for i, spec in enumerate(specs):
-        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None)
-        if weights:
+        named = weights[i] if weights and weights[i].split(":", 1)[0] == "pretrained" else None
+        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None, pretrained=named)
+        if weights and not named:
             notes += load_state(model, read_state(weights[i], trust_pickle), weights[i], strict)
         models.append(model)
     for note in notes:

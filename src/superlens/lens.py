@@ -270,6 +270,8 @@ def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np
 def _label(i: int, model: nn.Module, weights: str | None, labels: Sequence[str] | None, taken: set[str]) -> str:
     if labels and i < len(labels):
         label = labels[i]
+    elif weights and weights.split(":", 1)[0] == "pretrained":
+        label = f"{type(model).__name__} ({weights})"
     elif weights:
         p = Path(weights)
         generic = p.stem in ("model", "checkpoint", "weights", "state_dict", "best", "last")

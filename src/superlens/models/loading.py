@@ -80,29 +80,48 @@ def _call(fn, num_classes: int | None, spec: str, **options) -> nn.Module:
     return model
 
 
-def build(spec: str, num_classes: int | None, options: dict[str, Any] | None = None) -> nn.Module:
-    """The architecture ``spec`` names, freshly built (no weights loaded yet)."""
+def build(spec: str, num_classes: int | None, options: dict[str, Any] | None = None,
+          pretrained: str | None = None) -> nn.Module:
+    """The architecture ``spec`` names, freshly built (no weights loaded yet).
+
+    ``pretrained`` (``torchvision:`` and ``timm:`` models only): ``"pretrained"`` for the
+    library's default weights, or ``"pretrained:<name>"`` for torchvision's named weights
+    (e.g. ``pretrained:IMAGENET1K_V1``); downloaded by the library, so the machine must be
+    online. The model then keeps its own head (e.g. 1,000 ImageNet classes).
+    """
     options = dict(options or {})
     if spec == "resnet18":
         from superlens.models.resnet import resnet18
 
         known = {"stem", "width", "dropout"}
         return resnet18(num_classes or 1000, **{k: v for k, v in options.items() if k in known})
+    if pretrained and not spec.startswith(("torchvision:", "timm:")):
+        raise UserError(f"--weights {pretrained} is for torchvision: and timm: models; give {spec} a weight file")
     if spec.startswith("torchvision:"):
         models = _optional("torchvision.models", "torchvision")
         name = spec.split(":", 1)[1]
-        try:
-            return models.get_model(name, **({"num_classes": num_classes} if num_classes else {}))
-        except ValueError as exc:
-            raise UserError(f"torchvision has no model {name!r} ({exc})") from None
+        kwargs: dict[str, Any] = {"num_classes": num_classes} if num_classes and not pretrained else {}
+        if pretrained:
+            kwargs["weights"] = pretrained.split(":", 1)[1] if ":" in pretrained else "DEFAULT"
+        return _library_call(lambda: models.get_model(name, **kwargs), f"torchvision model {name!r}", pretrained)
     if spec.startswith("timm:"):
         timm = _optional("timm", "timm")
         name = spec.split(":", 1)[1]
-        try:
-            return timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
-        except RuntimeError as exc:
-            raise UserError(f"timm has no model {name!r} ({exc})") from None
+        kwargs = {"num_classes": num_classes} if num_classes and not pretrained else {}
+        return _library_call(lambda: timm.create_model(name, pretrained=bool(pretrained), **kwargs), f"timm model {name!r}",
+                             pretrained)
     return _call(_factory(spec), num_classes, spec)
+
+
+def _library_call(make, what: str, pretrained: str | None) -> nn.Module:
+    try:
+        return make()
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if pretrained:
+            raise UserError(f"cannot build the {what} with {pretrained} weights ({detail}); they are downloaded, "
+                            "so the machine must be online, or save them once and pass the file") from None
+        raise UserError(f"cannot build the {what} ({detail})") from None
 
 
 def read_state(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
