@@ -261,9 +261,10 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     for note in notes:
         click.echo(f"note: {note}")
     if list_layers:
+        import torch
+
         side = input_size or (splits.train.image_size[0] if splits else 224)
-        x = torch_zeros(side)
-        for name, kind, shape in layer_table(models[0], x):
+        for name, kind, shape in layer_table(models[0], torch.zeros(1, 3, side, side)):
             click.echo(f"{name:<40} {kind:<22} {'x'.join(str(d) for d in shape[1:])}")
         return
     layer_list = [l for l in (layers or "").split(",") if l] or (["layer4"] if specs[0] == "resnet18" else [])
@@ -281,12 +282,6 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
         acc = entry.get("test_accuracy")
         click.echo(f"{label}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")
     click.echo(f"report: {out}/report.html")
-
-
-def torch_zeros(side: int):
-    import torch
-
-    return torch.zeros(1, 3, side, side)
 
 
 @cli.command()

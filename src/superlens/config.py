@@ -155,6 +155,23 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     cfg = _strict_defaults()
     if source is not None:
         cfg = _merge(cfg, _read_source(source), source)
+    return _resolve(cfg, overrides)
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                    where: str = "the stored config") -> dict[str, Any]:
+    """``cfg`` completed with this version's defaults for keys it lacks, with ``key=value``
+    overrides merged in, validated again."""
+    return _resolve(_merge(_strict_defaults(), OmegaConf.create(cfg), where), overrides)
+
+
+def resolve_stored(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A config read back from a run directory, completed with this version's defaults for keys
+    it does not have (so runs made by an earlier version still load) and validated."""
+    return apply_overrides(raw, (), where)
+
+
+def _resolve(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. active.rounds=3)")
@@ -163,27 +180,6 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
         except OmegaConfBaseException as exc:
             raise UserError(f"cannot read override {item!r} ({exc})") from None
         cfg = _merge(cfg, dotted, f"override {item!r}")
-    resolved = apply_quirks(OmegaConf.to_container(cfg, resolve=True))
-    validate(resolved)
-    return resolved
-
-
-def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``cfg`` (already resolved) with ``key=value`` overrides merged in and validated again."""
-    merged = _merge(_strict_defaults(), OmegaConf.create(cfg), "the stored config")
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} must look like key=value (e.g. executor=ray)")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    resolved = OmegaConf.to_container(merged, resolve=True)
-    validate(resolved)
-    return resolved
-
-
-def resolve_stored(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """A config read back from a run directory, completed with this version's defaults for keys
-    it does not have (so runs made by an earlier version still load) and validated."""
-    cfg = _merge(_strict_defaults(), OmegaConf.create(raw), where)
     resolved = apply_quirks(OmegaConf.to_container(cfg, resolve=True))
     validate(resolved)
     return resolved

@@ -153,15 +153,6 @@ def output_accuracy(model: nn.Module, data: ImageDataset, recipe, device) -> tup
     return float(correct.cpu()) / max(1, len(data)), None
 
 
-def _units_view(acts: np.ndarray) -> np.ndarray:
-    """(N, units): channels averaged over positions (conv), features averaged over tokens (N, T, D)."""
-    if acts.ndim == 4:
-        return acts.mean(axis=(2, 3))
-    if acts.ndim == 3:
-        return acts.mean(axis=1)
-    return acts
-
-
 def _sae_vectors(acts: np.ndarray) -> np.ndarray:
     from superlens.analysis.sae import conv_vectors
 
@@ -187,7 +178,7 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         result.notes.append(f"{name}: output of shape {raw.shape[1:]} per image is not (C, H, W), (T, D) or (D,); skipped")
         return result
     x = _reduce(raw, a["pool"])
-    units = _units_view(raw)
+    units = _reduce(raw, "avg")  # channels averaged over positions, features over tokens
     if (units < 0).any():
         result.notes.append(f"{name}: activations take negative values (not after a ReLU), so the neuron "
                             "polysemanticity metrics, which need non-negative units, are skipped")
@@ -216,39 +207,24 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
 
 
 def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
-    if acts.ndim == 2:
-        return acts
-    if pool == "flatten":
-        return acts.reshape(len(acts), -1)
-    axes = (2, 3) if acts.ndim == 4 else (1,)
-    return acts.mean(axis=axes) if pool == "avg" else acts.max(axis=axes)
+    """The study's reduction of a layer's output (``analysis.features``), on a captured array."""
+    from superlens.analysis.features import reduce_outputs
+
+    return reduce_outputs(torch.from_numpy(acts), pool).numpy()
 
 
 def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed) -> dict[str, float]:
+    from superlens.analysis.decode import measure_sae
     from superlens.analysis.features import capture
     from superlens.analysis.job import fixed_subset
-    from superlens.config import sae_settings
-    from superlens.analysis.sae import (effective_features, latent_activity, matched_decoder_cosine, sae_metrics,
-                                        spliced_accuracies, train_sae)
 
     section = options["sae"]
     sae_train = fixed_subset(train, section["max_images"])
     train_vectors = _sae_vectors(capture(model, sae_train, name, pool="none", recipe=recipe, device=device)[name])
     test_vectors = _sae_vectors(raw)
-    sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
-    m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
-    if accuracy_known:
-        mean_act = torch.from_numpy(test_vectors.mean(0))
-        spliced = spliced_accuracies(model, name, sae, test, mean_act, recipe=recipe, device=device,
-                                     accuracy=lambda: output_accuracy(model, test, recipe, device)[0])
-        m.update({f"sae_{k}": v for k, v in spliced.items()})
-    if section["stability"]:
-        m["sae_stability"] = matched_decoder_cosine(sae, train_sae(train_vectors, sae_settings(section, seed + 10_000),
-                                                                   device=device).sae)
-    f = effective_features(activity=latent_activity(sae, test_vectors))
-    m["sae_effective_features"] = f
-    m["psi"] = f / test_vectors.shape[1]
-    return m
+    splice = dict(data=test, mean_activation=torch.from_numpy(test_vectors.mean(0)), recipe=recipe,
+                  accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
+    return measure_sae(model, name, train_vectors, test_vectors, section, seed, device, splice)[1]
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:
@@ -338,7 +314,7 @@ def lens_summary(results: list[ModelResult], layers: list[str], test: ImageDatas
     for r in results:
         per_layer = {}
         for layer, lr in r.layers.items():
-            metrics = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in lr.metrics.items()}
+            metrics = summary_metrics(lr)
             if r.accuracy is not None:
                 metrics = {"test_accuracy": r.accuracy, **metrics}
             per_layer[layer] = metrics

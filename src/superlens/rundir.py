@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.config import first_difference, read_yaml, resolve_stored, to_yaml
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_text
@@ -18,8 +19,7 @@ ROUND_COLUMNS = [
     "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
     "images_seen", "optimizer_steps", "images_seen_total", "optimizer_steps_total",
     "query_seconds", "train_seconds", "query_class_entropy", "query_class_hist",
-    # the per-round superposition metrics (analysis.per_round), named as in summary.json
-    "silhouette_features", "davies_bouldin_features", "cosine_centered_mean", "class_selectivity_mean", "nc1",
+    *ROUND_METRICS,  # the per-round superposition metrics (analysis.per_round), named as in summary.json
 ]
 
 

@@ -17,7 +17,7 @@ from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
 from superlens.models import config_model
 from superlens.analysis.snapshot import ROUND_METRICS
-from superlens.analysis.stats import CI_METHOD, TESTS, adjust_family, compare_paired, mean_ci, smallest_p
+from superlens.analysis.stats import CI_METHOD, TESTS, adjust_family, compare_paired, finite, mean_ci, none_if_nan, smallest_p
 from superlens.config import query_sizes
 from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
@@ -163,7 +163,7 @@ HEADLINE = ("test_accuracy", "aubc") + ROUND_METRICS + tuple(f"{m}_area" for m i
 NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total")
 
 
-def _job_values(run: RunDir, cfg: dict[str, Any], arm: str, seed: int, rows: list[dict[str, Any]],
+def _job_values(run: RunDir, arm: str, seed: int, rows: list[dict[str, Any]],
                 reference: list[dict[str, Any]] | None) -> dict[str, float]:
     """Every per-seed number of one finished job: final accuracy, areas over the budget, analyses, SAE."""
     values: dict[str, float] = {}
@@ -217,16 +217,15 @@ def summarize(run: RunDir) -> dict[str, Any]:
         seeds = [s for s in cfg["seeds"] if (arm, s) in finished]
         if not seeds:
             continue
-        values[arm] = {s: _job_values(run, cfg, arm, s, finished[(arm, s)], finished.get(("al-random", s))) for s in seeds}
+        values[arm] = {s: _job_values(run, arm, s, finished[(arm, s)], finished.get(("al-random", s))) for s in seeds}
         entry: dict[str, Any] = {"seeds": seeds, "n_labeled": finished[(arm, seeds[0])][-1]["n_labeled"]}
         keys = list(dict.fromkeys(k for v in values[arm].values() for k in v))
-        per_seed = {k: [_nan_to_none(values[arm][s].get(k, float("nan"))) for s in seeds] for k in keys}
+        per_seed = {k: [none_if_nan(values[arm][s].get(k)) for s in seeds] for k in keys}
         for metric, column in per_seed.items():
-            finite = _finite(column)
-            if finite:
-                stats = mean_ci(finite)
+            if len(finite(column)):
+                stats = mean_ci(column)
                 entry[metric] = stats["mean"]
-                entry[f"{metric}_ci95"] = [_nan_to_none(v) for v in stats["ci95"]]
+                entry[f"{metric}_ci95"] = [none_if_nan(v) for v in stats["ci95"]]
         space = cfg["analysis"]["headline_space"]
         for name in ("silhouette", "davies_bouldin"):
             if f"{name}_{space}" in entry:  # the headline follows analysis.headline_space
@@ -269,14 +268,6 @@ def paper_comparison(cfg: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any
                          "ours_ci95": ours.get(f"{metric}_ci95"), "seeds": len(ours.get("seeds", []))})
     return {"reference": cfg["paper"].get("reference"), "notes": cfg["paper"].get("notes"),
             "quirks_on": [name for name, on in cfg["quirks"].items() if on], "rows": rows}
-
-
-def _finite(values) -> list[float]:
-    return [v for v in values if v is not None and np.isfinite(v)]
-
-
-def _nan_to_none(value: float | None) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _git_revision() -> str | None:

@@ -313,15 +313,15 @@ def evaluate(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(recipe, device)
-    order = (torch.arange(len(data), device=data.images.device) if indices is None
-             else torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices,
-                                  dtype=torch.long).to(data.images.device))
+    # Without indices a batch is a slice (a view); with them, a gather of that batch only.
+    order = None if indices is None else torch.as_tensor(indices, dtype=torch.long).to(data.images.device)
+    n = len(data) if order is None else len(order)
     probs, embeds = [], []
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    bar = _bar(total=len(order), desc="eval", enabled=progress)
-    for start in range(0, len(order), recipe.eval_batch_size):
-        idx = order[start : start + recipe.eval_batch_size]
+    bar = _bar(total=n, desc="eval", enabled=progress)
+    for start in range(0, n, recipe.eval_batch_size):
+        idx = slice(start, start + recipe.eval_batch_size) if order is None else order[start : start + recipe.eval_batch_size]
         images = data.images[idx].to(device, non_blocking=True)
         labels = data.labels[idx].to(device, non_blocking=True)
         x = prepare_batch(images, data, recipe, train=False)
@@ -333,12 +333,11 @@ def evaluate(
         correct += (logits.argmax(1) == labels).sum()
         probs.append(logits.softmax(1))
         embeds.append(emb)
-        bar.update(len(idx))
+        bar.update(len(labels))
     bar.close()
-    n = len(order)
     p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, data.num_classes), np.float32)
     e = torch.cat(embeds).cpu().numpy() if embeds else np.zeros((0, 0), np.float32)
-    y = data.labels[order].cpu().numpy()
+    y = (data.labels if order is None else data.labels[order]).cpu().numpy()
     totals = torch.stack([loss_sum, correct.double()]).cpu().tolist()
     return EvalResult(totals[1] / max(1, n), totals[0] / max(1, n), p, e, y)
 

@@ -33,6 +33,25 @@ def _side_by_side(acts: np.ndarray, latents: np.ndarray, labels: np.ndarray, top
     return out
 
 
+def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.ndarray, section: dict[str, Any],
+                seed: int, device, splice: dict[str, Any] | None = None):
+    """Train an SAE on ``train_vectors`` and measure it on ``test_vectors``: the ``sae_*``
+    metrics, psi, with ``section["stability"]`` a second seed's matched decoders, and with
+    ``splice`` (keyword arguments of ``spliced_accuracies``) the accuracies with the layer
+    replaced. Shared by studies and ``superlens analyze``; returns (sae, metrics)."""
+    sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
+    m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
+    if splice is not None:
+        m.update({f"sae_{k}": v for k, v in spliced_accuracies(model, layer, sae, device=device, **splice).items()})
+    if section["stability"]:
+        second = train_sae(train_vectors, sae_settings(section, seed + 10_000), device=device).sae
+        m["sae_stability"] = matched_decoder_cosine(sae, second)
+    f = effective_features(activity=latent_activity(sae, test_vectors))
+    m["sae_effective_features"] = f
+    m["psi"] = f / test_vectors.shape[1]
+    return sae, m
+
+
 def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int, device) -> dict[str, Any]:
     """Train the job's SAE once (and a second one for stability); a second call reads ``sae.json``."""
     path = job_dir / "sae.json"
@@ -48,17 +67,8 @@ def sae_job(cfg: dict[str, Any], job_dir: Path, splits: DatasetSplits, seed: int
     train_acts = capture(model, train, layer, pool=pool, recipe=recipe, device=device)[layer]
     test_acts = capture(model, test, layer, pool=pool, recipe=recipe, device=device)[layer]
     train_vectors, test_vectors = conv_vectors(train_acts), conv_vectors(test_acts)
-    sae = train_sae(train_vectors, sae_settings(section, seed), device=device).sae
-    m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
-    mean_act = torch.from_numpy(test_acts.mean(0))
-    spliced = spliced_accuracies(model, layer, sae, test, mean_act, recipe=recipe, device=device, pooled=section["pooled"])
-    m.update({f"sae_{k}": v for k, v in spliced.items()})
-    if section["stability"]:
-        second = train_sae(train_vectors, sae_settings(section, seed + 10_000), device=device).sae
-        m["sae_stability"] = matched_decoder_cosine(sae, second)
-    f = effective_features(activity=latent_activity(sae, test_vectors))
-    m["sae_effective_features"] = f
-    m["psi"] = f / test_vectors.shape[1]
+    splice = dict(data=test, mean_activation=torch.from_numpy(test_acts.mean(0)), recipe=recipe, pooled=section["pooled"])
+    sae, m = measure_sae(model, layer, train_vectors, test_vectors, section, seed, device, splice)
     labels = test.labels.cpu().numpy()
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(_side_by_side(pooled_acts, image_latents(sae, test_acts), labels, a["topk"]))

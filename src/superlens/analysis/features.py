@@ -26,7 +26,8 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def _reduce(x: torch.Tensor, pool: str) -> torch.Tensor:
+def reduce_outputs(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """A module's output per image reduced as ``pool`` says (see ``capture``)."""
     if x.ndim == 4 and pool == "avg":
         return x.mean(dim=(2, 3))
     if x.ndim == 4 and pool == "max":
@@ -84,7 +85,7 @@ def capture(
                 model(prepare_batch(images, data, recipe, train=False))
             for name in names:
                 # reduced in float32 on the device; copied to the host without waiting for it
-                out = _reduce(latest.pop(name).float(), pool)
+                out = reduce_outputs(latest.pop(name).float(), pool)
                 if name not in store:
                     store[name] = torch.empty((len(data),) + tuple(out.shape[1:]), dtype=torch.float32,
                                               pin_memory=device.type == "cuda")

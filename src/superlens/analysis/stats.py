@@ -26,7 +26,8 @@ CI_METHOD = "t-interval over seeds"
 TESTS = {"t": "paired t-test over seeds", "signflip": "exact sign-flip permutation test over seeds"}
 
 
-def _finite(values) -> np.ndarray:
+def finite(values) -> np.ndarray:
+    """The finite values (None and NaN dropped) as a float array."""
     x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     return x[np.isfinite(x)]
 
@@ -35,7 +36,7 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval of the mean; NaN bounds for fewer than 2 values (no spread to estimate)."""
     from scipy.stats import t
 
-    x = _finite(values)
+    x = finite(values)
     if len(x) < 2:
         return (float("nan"), float("nan"))
     half = t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
@@ -44,7 +45,7 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
 
 def mean_ci(values, confidence: float = 0.95) -> dict[str, float | list[float]]:
     """``{"mean", "ci95"}`` of the finite values: the mean and its t-interval (see ``t_interval``)."""
-    x = _finite(values)
+    x = finite(values)
     low, high = t_interval(x, confidence)
     return {"mean": float(x.mean()) if len(x) else float("nan"), "ci95": [low, high]}
 
@@ -55,7 +56,7 @@ def bootstrap_ci(values, confidence: float = 0.95, n_boot: int = 10_000, seed: i
     Not for a handful of seeds: it undercovers there (about 74% at n = 3 for a
     nominal 95%); use ``mean_ci``.
     """
-    x = _finite(values)
+    x = finite(values)
     if len(x) == 0:
         return (float("nan"), float("nan"))
     if len(x) == 1:
@@ -74,7 +75,7 @@ def paired_test(differences, method: str = "t") -> float:
     symmetry, no normality); its smallest attainable p is 2 / 2^n (0.25 at 3 seeds,
     0.0625 at 5, 0.03125 at 6). NaN for fewer than 2 differences; 1 when all are 0.
     """
-    d = _finite(differences)
+    d = finite(differences)
     if len(d) < 2:
         return float("nan")
     if method == "t":
@@ -117,7 +118,7 @@ def holm(p_values) -> list[float]:
 
 def paired_effect(differences) -> float:
     """Standardized mean of paired differences, small-sample corrected (NaN for n < 3, where J = 0)."""
-    d = _finite(differences)
+    d = finite(differences)
     if len(d) < 3:
         return float("nan")
     sd = d.std(ddof=1)
@@ -133,10 +134,10 @@ def compare_paired(a: dict[int, float], b: dict[int, float], method: str = "t", 
     low, high = t_interval(d, confidence)
     return {
         "difference": float(d.mean()) if len(d) else None,
-        "difference_ci95": [_none(low), _none(high)],
-        "p_value": _none(paired_test(d, method)),
+        "difference_ci95": [none_if_nan(low), none_if_nan(high)],
+        "p_value": none_if_nan(paired_test(d, method)),
         "p_adjusted": None,  # filled by ``adjust_family``
-        "effect_size": _none(paired_effect(d)),
+        "effect_size": none_if_nan(paired_effect(d)),
         "seeds": seeds,
     }
 
@@ -145,14 +146,15 @@ def adjust_family(block: dict[str, dict], keys: list[str]) -> None:
     """Holm-adjust the p-values of ``keys`` in ``block`` together (one family), in place."""
     keys = [k for k in keys if k in block]
     for key, adjusted in zip(keys, holm([block[k]["p_value"] for k in keys])):
-        block[key]["p_adjusted"] = _none(adjusted)
+        block[key]["p_adjusted"] = none_if_nan(adjusted)
 
 
 def _ok(v) -> bool:
-    return v is not None and np.isfinite(v)
+    return none_if_nan(v) is not None
 
 
-def _none(v: float) -> float | None:
+def none_if_nan(v: float | None) -> float | None:
+    """``v`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     return float(v) if v is not None and np.isfinite(v) else None
 
 
@@ -167,7 +169,7 @@ def permutation_test(a, b, n_resamples: int = 10_000, seed: int = 0) -> float:
     from itertools import combinations
     from math import comb
 
-    a, b = _finite(a), _finite(b)
+    a, b = finite(a), finite(b)
     if len(a) == 0 or len(b) == 0:
         return float("nan")
     pooled = np.concatenate([a, b])
@@ -196,7 +198,7 @@ def hedges_g(a, b) -> float:
 
     NaN when either sample has fewer than 2 values; 0 when both are constant and equal.
     """
-    a, b = _finite(a), _finite(b)
+    a, b = finite(a), finite(b)
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     dof = len(a) + len(b) - 2
