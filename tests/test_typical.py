@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from superlens.active import strategies
 from superlens.active.typical import ball_graph, greedy_cover, probcover, purity_radius, typiclust
@@ -108,3 +109,54 @@ def test_low_budget_arms_and_initial_set_in_a_study(tmp_path):
     for arm in ("al-typiclust", "al-probcover"):
         pool = np.load(run.job_dir(arm, 0) / "pool.npy")
         assert np.bincount(pool[pool >= 0]).tolist() == [40, 30, 30]  # each image acquired at most once
+
+
+@pytest.mark.parametrize("unit", [False, True])
+def test_ball_graph_in_tiles_equals_all_pairs(unit):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(203, 6)).astype(np.float32)  # tiles of 32: a ragged last one, 7 x 7 blocks
+    if unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    delta = 0.9 if unit else 2.0
+    d = np.linalg.norm(x[:, None].astype(np.float64) - x[None], axis=2)
+    far_from_edge = np.abs(d - delta) > 1e-4  # pairs float32 rounding cannot move across delta
+    indptr, indices = ball_graph(x, delta, unit=unit, tile=32)
+    within = np.zeros((len(x), len(x)), bool)
+    within[np.repeat(np.arange(len(x)), np.diff(indptr)), indices] = True
+    assert len(indices) == within.sum()  # no pair listed twice
+    assert np.array_equal(within, within.T) and within.diagonal().all()
+    assert np.array_equal(within[far_from_edge], (d <= delta)[far_from_edge])
+
+
+def _as_sets(indptr, indices):
+    return [set(indices[indptr[i] : indptr[i + 1]].tolist()) for i in range(len(indptr) - 1)]
+
+
+@pytest.mark.parametrize("unit", [False, True])
+def test_ball_graph_with_groups_skips_far_groups_and_finds_every_pair(unit, monkeypatch):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 3, (6, 5))
+    label = rng.integers(0, 6, 300)
+    x = (centres[label] + rng.normal(0, 0.6, (300, 5))).astype(np.float32)
+    if unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    delta = 0.25 if unit else 1.2
+    d = np.linalg.norm(x[:, None].astype(np.float64) - x[None], axis=2)
+    far_from_edge = np.abs(d - delta) > 1e-4
+    expected = d <= delta
+    products = []
+    real_mm, real_addmm = torch.mm, torch.addmm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: products.append(1) or real_mm(*a, **k))
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: products.append(1) or real_addmm(*a, **k))
+    for groups, tile in [(label, 32), (rng.integers(0, 4, 300), 32), (label, 2048)]:  # true clusters, arbitrary labels
+        products.clear()
+        indptr, indices = ball_graph(x, delta, unit=unit, tile=tile, groups=groups)
+        within = np.zeros((300, 300), bool)
+        within[np.repeat(np.arange(300), np.diff(indptr)), indices] = True
+        assert len(indices) == within.sum() and np.array_equal(within, within.T)
+        assert np.array_equal(within[far_from_edge], expected[far_from_edge])
+        if groups is label and tile == 32:
+            blocks = sum(-(-c // 32) for c in np.bincount(label))
+            assert len(products) < blocks * (blocks + 1) // 2  # some pairs of blocks were never multiplied
+    ungrouped = ball_graph(x, delta, unit=unit)
+    assert _as_sets(*ungrouped) == _as_sets(*ball_graph(x, delta, unit=unit, groups=label))

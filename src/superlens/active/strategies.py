@@ -155,7 +155,8 @@ def cluster_pool(
     ``n_clusters``; each image takes its centroid's cluster.
     """
     from sklearn.cluster import AgglomerativeClustering, MiniBatchKMeans
-    from sklearn.decomposition import PCA
+
+    from superlens.active.typical import principal_components
 
     n = len(embeddings)
     n_clusters = max(1, min(n_clusters, n))
@@ -164,7 +165,7 @@ def cluster_pool(
         micro_ids, centroids = np.arange(n), embeddings
     else:
         if embeddings.shape[1] > pca_dims:
-            embeddings = PCA(pca_dims, svd_solver="randomized", random_state=seed).fit_transform(embeddings)
+            embeddings = principal_components(embeddings, pca_dims)
         km = MiniBatchKMeans(micro, random_state=seed, n_init=1, batch_size=4096)
         micro_ids = km.fit_predict(embeddings)
         centroids = km.cluster_centers_

@@ -52,16 +52,31 @@ def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def principal_components(x: np.ndarray, dims: int) -> np.ndarray:
+    """``x`` (rows) projected on its leading ``dims`` principal components, centred.
+
+    Exact: eigenvectors of the covariance, accumulated over blocks of centred rows in
+    float32 and decomposed in float64 (a d x d problem), so no n x d copy is made.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    mean = t.mean(0)
+    cov = torch.zeros(t.shape[1], t.shape[1], dtype=torch.float64)
+    for start in range(0, len(t), 8192):
+        block = t[start : start + 8192] - mean
+        cov += (block.T @ block).double()
+    top = torch.linalg.eigh(cov).eigenvectors[:, -dims:].flip(1).float()
+    return (t @ top - mean @ top).numpy()
+
+
 def kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator, pca_dims: int | None = 64) -> np.ndarray:
     """Cluster ids: k-means (a few restarts) for up to 50 clusters, mini-batch k-means beyond,
     on the leading ``pca_dims`` principal components when there are more dimensions (None: all)."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
-    from sklearn.decomposition import PCA
 
     clusters = max(1, min(clusters, len(x)))
     seed = int(rng.integers(2**31))
     if pca_dims is not None and x.shape[1] > pca_dims and len(x) > pca_dims:
-        x = PCA(pca_dims, svd_solver="randomized", random_state=seed).fit_transform(x)
+        x = principal_components(x, pca_dims)
     if clusters <= 50:
         return KMeans(clusters, n_init=3, random_state=seed).fit_predict(x)
     return MiniBatchKMeans(clusters, n_init=1, random_state=seed, batch_size=4096).fit_predict(x)
@@ -108,29 +123,125 @@ def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def ball_graph(x: np.ndarray, delta: float, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+DEGREE_COLUMNS = 8192  # points among which purity_radius counts ball sizes
+TILE = 2048  # rows and columns of one tile of the coverage graph (16 MiB of float32 scores)
+
+
+def _blocks(starts: np.ndarray, ends: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split each group's rows [start, end) into blocks of at most ``tile`` rows: block starts,
+    ends, and the group of each block."""
+    lo = [np.arange(a, b, tile) for a, b in zip(starts, ends)]
+    group = np.repeat(np.arange(len(starts)), [len(v) for v in lo])
+    lo = np.concatenate(lo) if lo else np.zeros(0, np.int64)
+    return lo, np.minimum(lo + tile, ends[group]), group
+
+
+def _group_windows(t: torch.Tensor, starts: np.ndarray, ends: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which points of each group can lie within ``reach`` of another group.
+
+    For groups A and B with centroids mu_A, mu_B, ||a - b|| >= |u . (a - b)| along
+    u = (mu_A - mu_B) / ||mu_A - mu_B||. With h_B(p) = p . mu_B - p . mu_A(p) (p in A), a
+    point a of A has a partner in B only if h_B(a) >= -max_{b in B} h_A(b) - reach ||mu_A - mu_B||.
+    Returns H (n x groups: h of every point towards every group) and the thresholds
+    T (groups x groups): a in A is kept towards B when H[a, B] >= T[A, B]; the pair of
+    groups can be skipped when no point of A (or of B) is kept.
+    """
+    sizes = torch.from_numpy(ends - starts)
+    group = torch.repeat_interleave(torch.arange(len(starts)), sizes)
+    mu = torch.zeros(len(starts), t.shape[1]).index_add_(0, group, t) / sizes[:, None]
+    h = t @ mu.T
+    h -= h.gather(1, group[:, None])
+    hmax = torch.from_numpy(np.maximum.reduceat(h.numpy(), starts, axis=0))  # groups x groups
+    gaps = torch.cdist(mu.double(), mu.double()).float()
+    return h.numpy(), (-hmax.T - reach * gaps).numpy()
+
+
+def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE,
+               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR lists (indptr, indices) of the points within ``delta`` of each row (itself included).
 
-    ``unit``: the rows have norm 1, so ||a - b|| <= delta is a . b >= 1 - delta^2 / 2 and
-    one matrix product per block decides it.
+    Pairs are tested ``tile`` x ``tile`` at a time (the scores of a tile are still in cache
+    when they are compared) and each unordered pair once, so the lists are exactly
+    symmetric. ``unit``: the rows have norm 1, so ||a - b|| <= delta is
+    a . b >= 1 - delta^2 / 2 and the matrix product alone decides it. ``groups`` (a label
+    per row, e.g. k-means clusters) lets whole blocks of pairs be skipped: within a group
+    every pair is tested, between two groups only the points that the projection on the
+    line through the two centroids cannot rule out (``_group_windows``). Without groups
+    every pair is tested. The result is the same either way.
     """
     n = len(x)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
+    order = np.argsort(groups, kind="stable")  # each group's rows contiguous
+    t = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)[order]))
     t_sq = (t * t).sum(1)
-    rows = max(1, BLOCK_VALUES // n)
+    cut = np.flatnonzero(np.diff(groups[order])) + 1
+    g_start, g_end = np.concatenate([[0], cut]).astype(np.int64), np.concatenate([cut, [n]]).astype(np.int64)
+    b_lo, b_hi, b_group = _blocks(g_start, g_end, tile)
     limit = delta * delta
-    counts, parts = np.zeros(n, np.int64), []
-    for start in range(0, n, rows):
-        if unit:
-            block = t[start : start + rows] @ t.T
-            near = (block >= 1.0 - limit / 2 - 1e-6).nonzero()
-        else:
-            near = (_sq_distances(t[start : start + rows], t, t_sq) <= limit).nonzero()
-        r, c = near[:, 0].numpy() + start, near[:, 1].numpy().astype(np.int32)
-        counts += np.bincount(r, minlength=n)
-        parts.append(c)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    return indptr, np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    if len(g_start) > 1:
+        # slack so that rounding never skips a pair the tile test would accept
+        reach = float(np.sqrt(limit + 1e-4 * (1.0 + float(t_sq.max())))) + 1e-4
+        h, thresholds = _group_windows(t, g_start, g_end, reach)
+        keep = h >= thresholds[np.repeat(np.arange(len(g_start)), g_end - g_start)]  # n x groups
+        keep[np.arange(n), np.repeat(np.arange(len(g_start)), g_end - g_start)] = True
+    # per row block: (row within the block, neighbour) pairs, from its own tiles and mirrored from others
+    rows: list[list[np.ndarray]] = [[] for _ in b_lo]
+    cols: list[list[np.ndarray]] = [[] for _ in b_lo]
+    # reused buffers (fresh pages for every tile cost as much as the product), viewed as one contiguous tile each time
+    scores, mask = torch.empty(min(tile, n) ** 2), torch.empty(min(tile, n) ** 2, dtype=torch.bool)
+    for bi in range(len(b_lo)):
+        i, i_end, gi = int(b_lo[bi]), int(b_hi[bi]), int(b_group[bi])
+        for bj in range(bi, len(b_lo)):
+            j, j_end, gj = int(b_lo[bj]), int(b_hi[bj]), int(b_group[bj])
+            if gi == gj:
+                ri, cj = None, None
+                a, b, b_sq = t[i:i_end], t[j:j_end], t_sq[j:j_end]
+            else:
+                ri = np.flatnonzero(keep[i:i_end, gj])
+                cj = np.flatnonzero(keep[j:j_end, gi]) if len(ri) else ri
+                if not len(cj):
+                    continue
+                a, b, b_sq = t[i + torch.from_numpy(ri)], t[j + torch.from_numpy(cj)], t_sq[j + torch.from_numpy(cj)]
+            shape = (len(a), len(b))
+            out, hit = scores[: shape[0] * shape[1]].view(shape), mask[: shape[0] * shape[1]].view(shape)
+            if unit:
+                torch.mm(a, b.T, out=out)
+                torch.ge(out, 1.0 - limit / 2 - 1e-6, out=hit)
+            else:
+                torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0, out=out)
+                out += (a * a).sum(1)[:, None]
+                torch.le(out, limit, out=hit)
+            flat = np.flatnonzero(hit.numpy()).astype(np.int32)  # numpy's is twice as fast as torch's here
+            r, c = np.divmod(flat, np.int32(len(b)))
+            r, c = (r if ri is None else ri[r]).astype(np.int32), (c if cj is None else cj[c]).astype(np.int32)
+            if bi == bj:  # decide each pair of the diagonal tile once, from its upper triangle
+                upper = r <= c
+                r, c = r[upper], c[upper]
+                off = r != c
+                rows[bi] += [r, c[off]]
+                cols[bi] += [c + i, r[off] + i]
+            else:
+                rows[bi].append(r)
+                cols[bi].append(c + j)
+                rows[bj].append(c)
+                cols[bj].append(r + i)
+    counts, indices = np.zeros(n, np.int64), []
+    for bi in range(len(b_lo)):
+        r = np.concatenate(rows[bi]) if rows[bi] else np.zeros(0, np.int32)
+        c = np.concatenate(cols[bi]) if cols[bi] else np.zeros(0, np.int32)
+        rows[bi] = cols[bi] = None  # free as we go
+        sort_key = r.astype(np.int16) if tile <= 2**15 else r
+        counts[b_lo[bi] : b_hi[bi]] = np.bincount(r, minlength=int(b_hi[bi] - b_lo[bi]))
+        indices.append(c[np.argsort(sort_key, kind="stable")])  # radix sort on int16
+    indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+    if not np.array_equal(order, np.arange(n)):  # back from group order to the caller's order
+        inverse = np.empty(n, np.int64)
+        inverse[order] = np.arange(n)
+        sorted_ptr = np.concatenate([[0], np.cumsum(counts)])
+        # row k of the result is row inverse[k] of the lists built above (rows are long: slices beat a gather)
+        indices = np.concatenate([indices[sorted_ptr[k] : sorted_ptr[k + 1]] for k in inverse.tolist()])
+        return np.concatenate([[0], np.cumsum(counts[inverse])]), order.astype(np.int32)[indices]
+    return np.concatenate([[0], np.cumsum(counts)]), indices
 
 
 def purity_radius(x: np.ndarray, pseudo: np.ndarray, purity: float, rng: np.random.Generator, sample: int = 2000,
@@ -144,18 +255,22 @@ def purity_radius(x: np.ndarray, pseudo: np.ndarray, purity: float, rng: np.rand
     t_sq = (t * t).sum(1)
     labels = torch.from_numpy(np.asarray(pseudo))
     nearest_other = np.empty(len(chosen))
-    degree = np.zeros(len(grid))
+    within = np.zeros(len(grid), np.int64)  # points within each radius, summed over the sample
     limits = torch.from_numpy(np.asarray(grid, dtype=np.float32) ** 2)
+    # ball sizes are counted among DEGREE_COLUMNS random points and scaled up (counting among all is 10x slower)
+    columns = torch.from_numpy(np.sort(rng.choice(n, min(n, DEGREE_COLUMNS), replace=False)))
     rows = max(1, BLOCK_VALUES // n)
     for start in range(0, len(chosen), rows):
         idx = torch.from_numpy(chosen[start : start + rows])
         d = _sq_distances(t[idx], t, t_sq)
-        if max_degree is not None:
-            degree += torch.searchsorted(d.sort(1).values, limits.expand(len(d), -1).contiguous(), right=True).sum(0).double().numpy()
-        d[labels[None, :] == labels[idx][:, None]] = float("inf")
+        if max_degree is not None:  # bucket i holds limits[i - 1] < d <= limits[i]
+            buckets = torch.bucketize(d[:, columns], limits).view(-1).bincount(minlength=len(grid) + 1)
+            within += buckets.cumsum(0)[: len(grid)].numpy()
+        d.masked_fill_(labels[None, :] == labels[idx][:, None], float("inf"))
         nearest_other[start : start + len(idx)] = d.min(1).values.sqrt().double().numpy()
+    degree = within / len(chosen) * n / len(columns)
     pure = [(nearest_other > r).mean() for r in grid]
-    small = degree / len(chosen) <= max_degree if max_degree is not None else np.ones(len(grid), bool)
+    small = degree <= max_degree if max_degree is not None else np.ones(len(grid), bool)
     ok = [r for r, p, fits in zip(grid, pure, small) if p >= purity and fits]
     return float(max(ok)) if ok else float(grid[0])
 
@@ -170,27 +285,30 @@ def greedy_cover(indptr: np.ndarray, indices: np.ndarray, candidates: np.ndarray
     """
     n = len(indptr) - 1
     neighbours = lambda i: indices[indptr[i] : indptr[i + 1]]  # noqa: E731
+    budget = min(budget, len(candidates))
     # uncovered points in each ball (every ball holds its centre, so no row of the lists is empty)
     gain = np.add.reduceat(~covered[indices], indptr[:-1], dtype=np.int64) if len(indices) else np.zeros(n, np.int64)
-    allowed = np.zeros(n, bool)
-    allowed[candidates] = True
-    picks, history = [], []
-    for _ in range(min(budget, len(candidates))):
-        score = np.where(allowed, gain, -1)
-        j = int(np.argmax(score))
+    # a candidate's score is its gain; everything else (and every pick) sits below zero for good
+    far = n + 1
+    score = gain - far
+    score[candidates] += far
+    picks, history, count = [], [], int(covered.sum())
+    while len(picks) < budget:
+        j = int(np.argmax(score))  # the first of equals: the lowest index
         if score[j] <= 0:
-            j = int(np.flatnonzero(allowed)[0])
+            break
         picks.append(j)
-        allowed[j] = False
+        score[j] -= far
         new = neighbours(j)
         new = new[~covered[new]]
-        if len(new):
-            covered[new] = True
-            # every ball that holds a newly covered point loses it (the graph is symmetric)
-            hit = np.concatenate([neighbours(v) for v in new])
-            gain -= np.bincount(hit, minlength=n)
-        history.append(int(covered.sum()))
-    return np.asarray(picks, dtype=np.int64), history
+        covered[new] = True
+        count += len(new)
+        # every ball that holds a newly covered point loses it (the graph is symmetric)
+        score -= np.bincount(np.concatenate([neighbours(v) for v in new]), minlength=n)
+        history.append(count)
+    # nothing new can be covered: the lowest-index candidates left, in order
+    rest = np.flatnonzero(score >= 0)[: budget - len(picks)]
+    return np.asarray(picks + rest.tolist(), dtype=np.int64), history + [count] * len(rest)
 
 
 def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, delta: float | None = None,
@@ -210,13 +328,12 @@ def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
     x = np.concatenate([pool, labeled]) if len(labeled) else np.asarray(pool)
     x = _normalized(x) if normalize else np.asarray(x, np.float32)
     if pca_dims is not None and x.shape[1] > pca_dims and len(x) > pca_dims:
-        from sklearn.decomposition import PCA
-
-        x = PCA(pca_dims, svd_solver="randomized", random_state=int(rng.integers(2**31))).fit_transform(x)
-        x = _normalized(x) if normalize else x.astype(np.float32)
+        x = principal_components(x, pca_dims)
+        x = _normalized(x) if normalize else x
+    pseudo = kmeans(x, pseudo_clusters, rng)  # for the purity radius, and to skip far pairs in the graph
     if delta is None:
-        delta = purity_radius(x, kmeans(x, pseudo_clusters, rng), purity, rng, purity_sample, max_degree=max_degree)
-    indptr, indices = ball_graph(x, delta, unit=normalize)
+        delta = purity_radius(x, pseudo, purity, rng, purity_sample, max_degree=max_degree)
+    indptr, indices = ball_graph(x, delta, unit=normalize, groups=pseudo)
     covered = np.zeros(len(x), bool)
     for i in range(n, len(x)):  # the labelled points' balls are covered already
         covered[indices[indptr[i] : indptr[i + 1]]] = True
