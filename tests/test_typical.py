@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from superlens.active import strategies
+from superlens.active import strategies, typical
 from superlens.active.typical import ball_graph, greedy_cover, probcover, purity_radius, typiclust
 
 CENTRES = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [20, 5], [-10, 5]], dtype=float)
@@ -148,6 +148,7 @@ def test_ball_graph_with_groups_skips_far_groups_and_finds_every_pair(unit, monk
     real_mm, real_addmm = torch.mm, torch.addmm
     monkeypatch.setattr(torch, "mm", lambda *a, **k: products.append(1) or real_mm(*a, **k))
     monkeypatch.setattr(torch, "addmm", lambda *a, **k: products.append(1) or real_addmm(*a, **k))
+    monkeypatch.setattr(typical, "GROUPED_MAX", 1.0)  # use the groups even where they rule out little
     for groups, tile in [(label, 32), (rng.integers(0, 4, 300), 32), (label, 2048)]:  # true clusters, arbitrary labels
         products.clear()
         indptr, indices = ball_graph(x, delta, unit=unit, tile=tile, groups=groups)
@@ -160,3 +161,17 @@ def test_ball_graph_with_groups_skips_far_groups_and_finds_every_pair(unit, monk
             assert len(products) < blocks * (blocks + 1) // 2  # some pairs of blocks were never multiplied
     ungrouped = ball_graph(x, delta, unit=unit)
     assert _as_sets(*ungrouped) == _as_sets(*ball_graph(x, delta, unit=unit, groups=label))
+
+
+def test_ball_graph_tests_every_pair_when_groups_rule_out_little(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(256, 4)).astype(np.float32)  # one cloud cut into arbitrary groups
+    products = []
+    real_addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: products.append(a[1].shape[0] * a[2].shape[1]) or real_addmm(*a, **k))
+    plain = ball_graph(x, 1.0, tile=64)
+    work = sum(products)
+    products.clear()
+    grouped = ball_graph(x, 1.0, tile=64, groups=rng.integers(0, 8, 256))
+    assert sum(products) == work  # the same 64 x 64 tiles, not 36 pairs of small groups
+    assert _as_sets(*grouped) == _as_sets(*plain)

@@ -3,7 +3,8 @@
 Both work on embeddings (the model's penultimate features, or fixed ones, see
 ``strategies``) and never form an n x n matrix: distances are computed in blocks
 of rows with one matrix product each, k-nearest-neighbour lists and coverage graphs
-are kept as sparse lists, so memory is O(n * k) or O(edges).
+are kept as sparse lists, so memory is O(n * k) or O(edges). ProbCover's graph skips
+the pairs of far pseudo-label clusters that a projection bound rules out (``ball_graph``).
 
 TypiClust (Hacohen, Dekel and Weinshall, ICML 2022). Cluster labelled + unlabelled
 embeddings into min(labelled + budget, ``max_clusters``) clusters. Repeatedly take the
@@ -124,6 +125,7 @@ def _normalized(x: np.ndarray) -> np.ndarray:
 
 
 DEGREE_COLUMNS = 8192  # points among which purity_radius counts ball sizes
+GROUPED_MAX = 0.25  # ball_graph tests every pair when its groups would leave more than this share of pairs
 TILE = 2048  # rows and columns of one tile of the coverage graph (16 MiB of float32 scores)
 
 
@@ -153,7 +155,9 @@ def _group_windows(t: torch.Tensor, starts: np.ndarray, ends: np.ndarray, reach:
     h -= h.gather(1, group[:, None])
     hmax = torch.from_numpy(np.maximum.reduceat(h.numpy(), starts, axis=0))  # groups x groups
     gaps = torch.cdist(mu.double(), mu.double()).float()
-    return h.numpy(), (-hmax.T - reach * gaps).numpy()
+    # float32 products err by far less than this, even where two centroids (almost) coincide
+    rounding = 1e-4 * (1.0 + float(t.norm(dim=1).max() * mu.norm(dim=1).max()))
+    return h.numpy(), (-hmax.T - reach * gaps - rounding).numpy()
 
 
 def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE,
@@ -170,20 +174,29 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
     every pair is tested. The result is the same either way.
     """
     n = len(x)
-    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
-    order = np.argsort(groups, kind="stable")  # each group's rows contiguous
-    t = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)[order]))
-    t_sq = (t * t).sum(1)
-    cut = np.flatnonzero(np.diff(groups[order])) + 1
-    g_start, g_end = np.concatenate([[0], cut]).astype(np.int64), np.concatenate([cut, [n]]).astype(np.int64)
-    b_lo, b_hi, b_group = _blocks(g_start, g_end, tile)
+    x = np.asarray(x, dtype=np.float32)
     limit = delta * delta
-    if len(g_start) > 1:
+    order, g_start, g_end, keep = np.arange(n), np.zeros(1, np.int64), np.full(1, n, np.int64), None
+    if groups is not None and n and len(np.unique(groups)) > 1:
+        order = np.argsort(groups, kind="stable")  # each group's rows contiguous
+        t = torch.from_numpy(np.ascontiguousarray(x[order]))
+        cut = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
+        g_start, g_end = np.concatenate([[0], cut]).astype(np.int64), np.concatenate([cut, [n]]).astype(np.int64)
+        member = np.repeat(np.arange(len(g_start)), g_end - g_start)
         # slack so that rounding never skips a pair the tile test would accept
-        reach = float(np.sqrt(limit + 1e-4 * (1.0 + float(t_sq.max())))) + 1e-4
+        reach = float(np.sqrt(limit + 1e-4 * (1.0 + float((t * t).sum(1).max())))) + 1e-4
         h, thresholds = _group_windows(t, g_start, g_end, reach)
-        keep = h >= thresholds[np.repeat(np.arange(len(g_start)), g_end - g_start)]  # n x groups
-        keep[np.arange(n), np.repeat(np.arange(len(g_start)), g_end - g_start)] = True
+        keep = h >= thresholds[member]  # n x groups
+        keep[np.arange(n), member] = True
+        kept = np.add.reduceat(keep, g_start, axis=0, dtype=np.int64)  # points of A kept towards B
+        sizes = (g_end - g_start).astype(np.float64)
+        pairs = np.triu(kept * kept.T, 1).sum() + (sizes * sizes).sum() / 2
+        if pairs > GROUPED_MAX * n * n / 2:  # the groups rule out too little to pay for their small tiles
+            order, g_start, g_end, keep = np.arange(n), np.zeros(1, np.int64), np.full(1, n, np.int64), None
+    if keep is None:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    t_sq = (t * t).sum(1)
+    b_lo, b_hi, b_group = _blocks(g_start, g_end, tile)
     # per row block: (row within the block, neighbour) pairs, from its own tiles and mirrored from others
     rows: list[list[np.ndarray]] = [[] for _ in b_lo]
     cols: list[list[np.ndarray]] = [[] for _ in b_lo]
@@ -201,17 +214,19 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
                 cj = np.flatnonzero(keep[j:j_end, gi]) if len(ri) else ri
                 if not len(cj):
                     continue
-                a, b, b_sq = t[i + torch.from_numpy(ri)], t[j + torch.from_numpy(cj)], t_sq[j + torch.from_numpy(cj)]
+                cj_t = torch.from_numpy(cj + j)
+                a, b, b_sq = t.index_select(0, torch.from_numpy(ri + i)), t.index_select(0, cj_t), t_sq[cj_t]
             shape = (len(a), len(b))
-            out, hit = scores[: shape[0] * shape[1]].view(shape), mask[: shape[0] * shape[1]].view(shape)
+            out, hit = scores[: shape[0] * shape[1]].view(shape), mask[: shape[0] * shape[1]].numpy().reshape(shape)
+            # the comparisons and the nonzero run in numpy: 2-7x faster than torch's on these sizes
             if unit:
                 torch.mm(a, b.T, out=out)
-                torch.ge(out, 1.0 - limit / 2 - 1e-6, out=hit)
+                np.greater_equal(out.numpy(), np.float32(1.0 - limit / 2 - 1e-6), out=hit)
             else:
                 torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0, out=out)
                 out += (a * a).sum(1)[:, None]
-                torch.le(out, limit, out=hit)
-            flat = np.flatnonzero(hit.numpy()).astype(np.int32)  # numpy's is twice as fast as torch's here
+                np.less_equal(out.numpy(), np.float32(limit), out=hit)
+            flat = np.flatnonzero(hit).astype(np.int32)
             r, c = np.divmod(flat, np.int32(len(b)))
             r, c = (r if ri is None else ri[r]).astype(np.int32), (c if cj is None else cj[c]).astype(np.int32)
             if bi == bj:  # decide each pair of the diagonal tile once, from its upper triangle
@@ -234,7 +249,7 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
         counts[b_lo[bi] : b_hi[bi]] = np.bincount(r, minlength=int(b_hi[bi] - b_lo[bi]))
         indices.append(c[np.argsort(sort_key, kind="stable")])  # radix sort on int16
     indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
-    if not np.array_equal(order, np.arange(n)):  # back from group order to the caller's order
+    if keep is not None:  # back from group order to the caller's order
         inverse = np.empty(n, np.int64)
         inverse[order] = np.arange(n)
         sorted_ptr = np.concatenate([[0], np.cumsum(counts)])
