@@ -34,6 +34,24 @@ def test_mean_ci_covers_the_true_mean_at_95_percent(n):
     assert hits / reps >= 0.93  # a percentile bootstrap gives about 0.74 at n = 3
 
 
+def test_intervals_cut_to_the_range_of_an_accuracy_keep_their_coverage():
+    # accuracies near 1 with 3 seeds: the whole t-interval often passes 1; the cut one stays in [0, 1]
+    rng = np.random.default_rng(0)
+    true = 0.97
+    whole = cut = 0
+    for _ in range(4000):
+        acc = rng.binomial(200, true, 3) / 200
+        lo, hi = stats.t_interval(acc)
+        c_lo, c_hi = stats.mean_ci(acc, bounds=stats.metric_bounds("test_accuracy"))["ci95"]
+        assert 0.0 <= c_lo and c_hi <= 1.0 and c_lo >= lo and c_hi <= hi
+        whole += lo <= true <= hi
+        cut += c_lo <= true <= c_hi
+    assert cut == whole
+    assert stats.t_interval([0.99, 1.0, 0.98])[1] > 1.0 and stats.t_interval([0.99, 1.0, 0.98], bounds=(0, 1))[1] == 1.0
+    assert stats.metric_bounds("aubc") == (0.0, 1.0) and stats.metric_bounds("sae_spliced_accuracy") == (0.0, 1.0)
+    assert stats.metric_bounds("silhouette") is None
+
+
 def test_paired_tests_against_hand_enumeration_and_scipy():
     from scipy.stats import ttest_rel
 

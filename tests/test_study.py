@@ -1,12 +1,14 @@
 import csv
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
 from superlens.active.curves import aubc, label_efficiency, labels_to_reach
+from superlens.active.loop import load_checkpoint
 from superlens.active.pool import Pool, initial_set
 from superlens.config import load_config, query_sizes
 from superlens.errors import UserError
@@ -106,9 +108,7 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
         jobs.run_job = real
     cut = RunDir(tmp_path / "cut")
     assert (cut.job_dir("al-least_confidence", 0) / "done.json").exists()
-    import torch
-
-    assert torch.load(cut.job_dir("al-coreset", 0) / "checkpoint.pt", weights_only=False)["round"] == 1
+    assert load_checkpoint(cut.job_dir("al-coreset", 0) / "checkpoint.pt")["round"] == 1
     resumed = run_study(cut.read_config(), cut.path, progress=False, log=lambda *_: None)
     assert resumed["arms"] == whole["arms"]
     for arm in cfg["arms"]:
@@ -239,3 +239,27 @@ def test_run_dir_from_an_earlier_version_still_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
     assert RunDir(tmp_path).read_config() == cfg
     run_study(RunDir(tmp_path).read_config(), tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_checkpoints_hold_no_pickled_code_and_round_trip_strategy_state(tmp_path):
+    import pickle
+
+    import torch
+
+    from superlens.active.loop import _load_checkpoint, _save_checkpoint
+
+    state = {"fixed_embeddings": {"ids": np.arange(5), "values": np.ones((5, 3), np.float32)},
+             "cluster_of": {7: 1, 9: 0}, "probcover_delta": [np.float64(0.55), 0.6], "coreset_radii": np.zeros(2)}
+    payload = {"round": np.int64(2), "model": {"w": torch.ones(2)}, "pool": np.array([0, -1, 1]),
+               "strategy_state": state, "records": [{"accuracy": np.float32(0.5), "labels": 10}]}
+    _save_checkpoint(tmp_path, payload)
+    back = _load_checkpoint(tmp_path)
+    assert back["round"] == 2 and torch.equal(back["model"]["w"], torch.ones(2))
+    assert np.array_equal(back["pool"], payload["pool"]) and back["pool"].dtype == payload["pool"].dtype
+    assert np.array_equal(back["strategy_state"]["fixed_embeddings"]["values"], np.ones((5, 3), np.float32))
+    assert back["strategy_state"]["cluster_of"] == {7: 1, 9: 0} and back["strategy_state"]["probcover_delta"] == [0.55, 0.6]
+    assert back["records"] == [{"accuracy": 0.5, "labels": 10}]
+    # a file that would run code when unpickled is refused, not executed
+    torch.save({"round": 1, "hook": pickle.loads(pickle.dumps(Path))}, tmp_path / "checkpoint.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        _load_checkpoint(tmp_path)

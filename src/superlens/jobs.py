@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from superlens.active.loop import run_job, run_round0
+from superlens.active.loop import load_checkpoint, run_job, run_round0
 from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
 from superlens.errors import UserError
@@ -217,7 +217,7 @@ def _readable_checkpoint(folder: Path, log) -> None:
     if not path.exists():
         return
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
+        load_checkpoint(path)
     except Exception as exc:
         log(f"{path} is unreadable ({type(exc).__name__}); this job restarts from round 0")
         for name in ("checkpoint.pt", "pool.npy", "records.json"):

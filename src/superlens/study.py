@@ -17,7 +17,8 @@ from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
 from superlens.models import config_model
 from superlens.analysis.snapshot import ROUND_METRICS
-from superlens.analysis.stats import CI_METHOD, TESTS, adjust_family, compare_paired, finite, mean_ci, none_if_nan, smallest_p
+from superlens.analysis.stats import (CI_METHOD, TESTS, adjust_family, compare_paired, finite, mean_ci, metric_bounds,
+                                     none_if_nan, smallest_p)
 from superlens.config import query_sizes
 from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
@@ -223,7 +224,7 @@ def summarize(run: RunDir) -> dict[str, Any]:
         per_seed = {k: [none_if_nan(values[arm][s].get(k)) for s in seeds] for k in keys}
         for metric, column in per_seed.items():
             if len(finite(column)):
-                stats = mean_ci(column)
+                stats = mean_ci(column, bounds=metric_bounds(metric))
                 entry[metric] = stats["mean"]
                 entry[f"{metric}_ci95"] = [none_if_nan(v) for v in stats["ci95"]]
         space = cfg["analysis"]["headline_space"]

@@ -87,14 +87,46 @@ def mc_dropout_samples(embeddings: np.ndarray, head: torch.nn.Linear, rate: floa
             yield torch.nn.functional.linear(h, weight * keep[t], bias).softmax(1).cpu().numpy()
 
 
+_ARRAY = "__ndarray__"  # marks a numpy array stored as a tensor in a checkpoint
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as marked tensors and numpy scalars as Python numbers, so that a
+    checkpoint loads with ``weights_only=True`` (reading it runs no pickled code)."""
+    if isinstance(obj, np.ndarray):
+        return {_ARRAY: torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def _restored(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _ARRAY in obj:
+            return obj[_ARRAY].numpy()
+        return {k: _restored(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_restored(v) for v in obj)
+    return obj
+
+
 def _save_checkpoint(job_dir: Path, payload: dict[str, Any]) -> None:
     with atomic_path(job_dir / "checkpoint.pt") as tmp:
-        torch.save(payload, tmp)
+        torch.save(_plain(payload), tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A job's ``checkpoint.pt``, read without unpickling code (a shared run directory need not be trusted)."""
+    return _restored(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _load_checkpoint(job_dir: Path) -> dict[str, Any] | None:
     path = job_dir / "checkpoint.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return load_checkpoint(path) if path.exists() else None
 
 
 def _save_state_dict(path: Path, module_or_optimizer) -> None:

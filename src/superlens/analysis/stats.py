@@ -32,21 +32,35 @@ def finite(values) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean; NaN bounds for fewer than 2 values (no spread to estimate)."""
+def t_interval(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Student-t interval of the mean; NaN bounds for fewer than 2 values (no spread to estimate).
+
+    ``bounds``: the range the quantity can take (e.g. (0, 1) for an accuracy); the interval
+    is cut to it. That loses no coverage: the true mean lies in the range, so it lies in the
+    cut interval whenever it lies in the whole one.
+    """
     from scipy.stats import t
 
     x = finite(values)
     if len(x) < 2:
         return (float("nan"), float("nan"))
     half = t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return (float(x.mean() - half), float(x.mean() + half))
+    low, high = float(x.mean() - half), float(x.mean() + half)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return (low, high)
 
 
-def mean_ci(values, confidence: float = 0.95) -> dict[str, float | list[float]]:
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """The range of a study metric where it has one: accuracies and the area under the
+    accuracy curve (a mean accuracy) lie in [0, 1]."""
+    return (0.0, 1.0) if name.endswith("accuracy") or name == "aubc" else None
+
+
+def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, float | list[float]]:
     """``{"mean", "ci95"}`` of the finite values: the mean and its t-interval (see ``t_interval``)."""
     x = finite(values)
-    low, high = t_interval(x, confidence)
+    low, high = t_interval(x, confidence, bounds)
     return {"mean": float(x.mean()) if len(x) else float("nan"), "ci95": [low, high]}
 
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from superlens.analysis.stats import t_interval  # noqa: E402
+from superlens.analysis.stats import metric_bounds, t_interval  # noqa: E402
 
 ARM_COLORS = plt.get_cmap("tab10").colors
 
@@ -40,7 +40,7 @@ def accuracy_curves(rows: list[dict[str, Any]], arms: list[str]) -> bytes:
         mine = [r for r in rows if r["arm"] == arm]
         if arm == "baseline":
             acc = [r["test_accuracy"] for r in mine]
-            lo, hi = t_interval(acc)
+            lo, hi = t_interval(acc, bounds=metric_bounds("test_accuracy"))
             ax.axhline(np.mean(acc), color=color, ls="--", label=f"baseline ({mine[0]['n_labeled']} labels)")
             ax.axhspan(lo, hi, color=color, alpha=0.15)
             continue
@@ -57,7 +57,7 @@ def _budget_curve(ax, rows: list[dict[str, Any]], key: str, color, label: str) -
     rounds = sorted({r["round"] for r in rows})
     n = [np.mean([r["n_labeled"] for r in rows if r["round"] == k]) for k in rounds]
     values = [[r[key] for r in rows if r["round"] == k and r.get(key) is not None] for k in rounds]
-    cis = np.array([t_interval(v) for v in values])
+    cis = np.array([t_interval(v, bounds=metric_bounds(key)) for v in values])
     ax.plot(n, [np.mean(v) for v in values], "o-", color=color, label=label, ms=4)
     ax.fill_between(n, cis[:, 0], cis[:, 1], color=color, alpha=0.2)
 
