@@ -91,12 +91,13 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
     real = loop.run_job
     calls = []
 
-    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None, round0_dir=None):
+    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None, round0_dir=None,
+                     checkpoint=None):
         def stop(round_):
             if arm == "al-coreset" and round_ == 1:
                 raise KeyboardInterrupt
         calls.append(arm)
-        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop, round0_dir)
+        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop, round0_dir, checkpoint)
 
     import superlens.jobs as jobs
 
@@ -109,7 +110,20 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
     cut = RunDir(tmp_path / "cut")
     assert (cut.job_dir("al-least_confidence", 0) / "done.json").exists()
     assert load_checkpoint(cut.job_dir("al-coreset", 0) / "checkpoint.pt")["round"] == 1
-    resumed = run_study(cut.read_config(), cut.path, progress=False, log=lambda *_: None)
+    import torch
+
+    real_load, checkpoint_reads = torch.load, []
+
+    def counting_load(f, *args, **kwargs):
+        checkpoint_reads.append(str(f).endswith("checkpoint.pt"))
+        return real_load(f, *args, **kwargs)
+
+    torch.load = counting_load
+    try:
+        resumed = run_study(cut.read_config(), cut.path, progress=False, log=lambda *_: None)
+    finally:
+        torch.load = real_load
+    assert sum(checkpoint_reads) == 1  # checked and resumed from one read
     assert resumed["arms"] == whole["arms"]
     for arm in cfg["arms"]:
         a = json.loads((RunDir(tmp_path / "whole").job_dir(arm, 0) / "done.json").read_text())["records"]

@@ -171,9 +171,9 @@ def _run_stages(spec: JobSpec, splits, device, progress, log, seconds) -> None:
     if spec.arm != "baseline":
         _readable_model(round0, redo=False, log=log)
     _readable_model(folder, redo=True, log=log)
-    _readable_checkpoint(folder, log)
+    checkpoint = _readable_checkpoint(folder, log)
     stages = [("training", lambda: (folder / "done.json").exists(), lambda: run_job(
-        s, spec.arm, spec.seed, folder, splits, device, progress=progress, round0_dir=round0))]
+        s, spec.arm, spec.seed, folder, splits, device, progress=progress, round0_dir=round0, checkpoint=checkpoint))]
     if s["analysis"]["enabled"]:
         stages.append(("analysis", lambda: (folder / "analysis.json").exists(),
                        lambda: analyze_job(s, folder, splits, spec.seed, device)))
@@ -211,14 +211,16 @@ def _readable_model(folder: Path, redo: bool, log) -> None:
         fv.unlink()
 
 
-def _readable_checkpoint(folder: Path, log) -> None:
-    """An unreadable ``checkpoint.pt`` is dropped: the job restarts from its last good state, round 0."""
+def _readable_checkpoint(folder: Path, log) -> dict[str, Any] | None:
+    """The job's ``checkpoint.pt`` (read once, handed to the job), or None. An unreadable one is
+    dropped: the job restarts from its last good state, round 0."""
     path = folder / "checkpoint.pt"
     if not path.exists():
-        return
+        return None
     try:
-        load_checkpoint(path)
+        return load_checkpoint(path)
     except Exception as exc:
         log(f"{path} is unreadable ({type(exc).__name__}); this job restarts from round 0")
         for name in ("checkpoint.pt", "pool.npy", "records.json"):
             (folder / name).unlink(missing_ok=True)
+        return None

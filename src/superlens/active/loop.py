@@ -140,6 +140,7 @@ def _save_state_dict(path: Path, module_or_optimizer) -> None:
 def run_job(
     cfg: dict[str, Any], arm: str, seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
     progress: bool = True, after_round: Callable[[int], None] | None = None, round0_dir: Path | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or finish) one job and return its per-round records.
 
@@ -153,7 +154,8 @@ def run_job(
     if arm == "baseline":
         records, model, optimizer = _baseline(cfg, seed, splits, device, progress)
     else:
-        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir)
+        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir,
+                                            checkpoint)
     _save_state_dict(job_dir / "model.pt", model)  # the final weights, for the analyses
     _save_state_dict(job_dir / "optimizer.pt", optimizer)  # for active learning that continues this model
     write_json(done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
@@ -271,7 +273,7 @@ def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSpl
     return out
 
 
-def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir):
+def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir, checkpoint=None):
     strategy = strategies.get(arm[3:])
     options = cfg["active"]["strategy_options"].get(strategy.name, {})
     recipe = make_recipe(dict(cfg["recipe"]))
@@ -283,7 +285,8 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, roun
     baseline_dir = job_dir.parent.parent / "baseline" / f"seed{seed}"
     model, _ = _start_model(cfg, seed, splits, device, recipe, baseline_dir if cfg["active"]["start_from_baseline"] else None)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    checkpoint = _load_checkpoint(job_dir)
+    if checkpoint is None:  # none read by the caller already
+        checkpoint = _load_checkpoint(job_dir)
     if checkpoint is None:
         round0 = read_json(round0_dir / "done.json")
         pool = Pool(np.load(round0_dir / "pool.npy"))
