@@ -125,6 +125,7 @@ def _normalized(x: np.ndarray) -> np.ndarray:
 
 
 DEGREE_COLUMNS = 8192  # points among which purity_radius counts ball sizes
+GROUPED_VALUES = 2**27  # points x groups beyond which ball_graph does not use groups (their projections take 5 bytes each)
 GROUPED_MAX = 0.25  # ball_graph tests every pair when its groups would leave more than this share of pairs
 TILE = 2048  # rows and columns of one tile of the coverage graph (16 MiB of float32 scores)
 
@@ -170,14 +171,15 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
     a . b >= 1 - delta^2 / 2 and the matrix product alone decides it. ``groups`` (a label
     per row, e.g. k-means clusters) lets whole blocks of pairs be skipped: within a group
     every pair is tested, between two groups only the points that the projection on the
-    line through the two centroids cannot rule out (``_group_windows``). Without groups
-    every pair is tested. The result is the same either way.
+    line through the two centroids cannot rule out (``_group_windows``). Without groups,
+    or when they would leave more than ``GROUPED_MAX`` of the pairs, or when points x groups
+    exceeds ``GROUPED_VALUES``, every pair is tested. The result is the same either way.
     """
     n = len(x)
     x = np.asarray(x, dtype=np.float32)
     limit = delta * delta
     order, g_start, g_end, keep = np.arange(n), np.zeros(1, np.int64), np.full(1, n, np.int64), None
-    if groups is not None and n and len(np.unique(groups)) > 1:
+    if groups is not None and n and 1 < len(np.unique(groups)) and n * len(np.unique(groups)) <= GROUPED_VALUES:
         order = np.argsort(groups, kind="stable")  # each group's rows contiguous
         t = torch.from_numpy(np.ascontiguousarray(x[order]))
         cut = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
