@@ -112,7 +112,6 @@ def test_bad_precision_and_compile_settings(monkeypatch, capsys):
     from superlens.errors import UserError
     from superlens.models import resnet18
     from superlens.study import resolve_device
-    from superlens import training
     from superlens.training import amp_dtype, compiled, make_recipe
 
     with pytest.raises(UserError, match="recipe.amp has an invalid value 'fp8'"):

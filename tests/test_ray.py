@@ -13,14 +13,13 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from conftest import run_cli
 from superlens.config import load_config
 from superlens.errors import UserError
 from superlens.rundir import RunDir
-from superlens.study import JobsFailed, run_study
+from superlens.study import run_study
 
 ray = pytest.importorskip("ray")
 

@@ -1,6 +1,5 @@
 import csv
 import json
-import threading
 from pathlib import Path
 
 import numpy as np

@@ -284,31 +284,30 @@ def validate(cfg: dict[str, Any]) -> None:
             need(key in accepted, f"strategy {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
 
 
-def featvis_settings(featvis: dict[str, Any]):
-    """The FeatVisSettings of a config's ``featvis`` section; unknown fields are an error."""
+def _settings(cls, section: str, values: dict[str, Any]):
+    """``cls`` (a settings dataclass) from a config's ``<section>.settings``; unknown fields are an error."""
     from dataclasses import fields
 
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise UserError(f"unknown {section}.settings key {key!r}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def featvis_settings(featvis: dict[str, Any]):
+    """The FeatVisSettings of a config's ``featvis`` section; unknown fields are an error."""
     from superlens.analysis.featvis import FeatVisSettings
 
-    known = {f.name for f in fields(FeatVisSettings)}
-    for key in featvis["settings"]:
-        if key not in known:
-            raise UserError(f"unknown featvis.settings key {key!r}; known: {', '.join(sorted(known))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in featvis["settings"].items()}
-    return FeatVisSettings(**values)
+    return _settings(FeatVisSettings, "featvis", values)
 
 
 def sae_settings(section: dict[str, Any], seed: int = 0):
     """The SAESettings of a config's ``sae`` section (with ``seed``); unknown fields are an error."""
-    from dataclasses import fields
-
     from superlens.analysis.sae import SAESettings  # a leaf module: it imports no other stage
 
-    known = {f.name for f in fields(SAESettings)}
-    for key in section["settings"]:
-        if key not in known:
-            raise UserError(f"unknown sae.settings key {key!r}; known: {', '.join(sorted(known))}")
-    return SAESettings(**{**section["settings"], "seed": seed})
+    return _settings(SAESettings, "sae", {**section["settings"], "seed": seed})
 
 
 def query_sizes(active: dict[str, Any], pool_size: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from superlens.errors import UserError
+from superlens.errors import UserError, describe
 from superlens.jobs import JobSpec, execute
 
 
@@ -21,10 +21,10 @@ def run_local(specs: list[JobSpec], deps: dict[str, list[str]], splits, device, 
     for i, spec in enumerate(specs, start=1):
         failed = [d for d in deps[spec.label] if d in results and not results[d]["ok"]]
         if failed:
-            results[spec.label] = {"job": spec.label, "ok": False, "seconds": {}, "error": f"not run: {failed[0]} failed"}
+            results[spec.label] = spec.result(False, f"not run: {failed[0]} failed")
             continue
         if spec.done():
-            results[spec.label] = {"job": spec.label, "ok": True, "seconds": {}}
+            results[spec.label] = spec.result(True)
             continue
         log(f"[{i}/{len(specs)}] {spec.label}")
         results[spec.label] = execute(spec, None if spec.kind == "toy" else splits, device, progress, log)
@@ -37,7 +37,7 @@ def _ray_job(spec: JobSpec, threads: int, *dependencies: dict[str, Any]) -> dict
 
     for dep in dependencies:
         if not dep["ok"]:
-            return {"job": spec.label, "ok": False, "seconds": {}, "error": f"not run: {dep['job']} failed"}
+            return spec.result(False, f"not run: {dep['job']} failed")
     torch.set_num_threads(max(1, threads))
     return execute(spec)
 
@@ -60,7 +60,7 @@ def connect(ray_settings: dict[str, Any]):
             ray.init(logging_level="ERROR", log_to_driver=False, include_dashboard=False)
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise UserError(f"cannot reach {where} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        raise UserError(f"cannot reach {where} ({describe(exc)}); "
                         "check ray.address / RAY_ADDRESS, or `ray status` on the head node") from None
     return ray
 
@@ -109,7 +109,7 @@ def run_ray(specs: list[JobSpec], deps: dict[str, list[str]], ray_settings: dict
     done: list[dict[str, Any]] = []
     for spec in specs:
         if spec.done():
-            done.append({"job": spec.label, "ok": True, "seconds": {}})
+            done.append(spec.result(True))
             continue
         waits = [refs[d] for d in deps[spec.label] if d in refs]
         # The toy lab needs no GPU; a job whose worker dies is resubmitted up to max_retries times.
@@ -120,8 +120,7 @@ def run_ray(specs: list[JobSpec], deps: dict[str, list[str]], ray_settings: dict
         try:
             result = ray.get(ref)
         except Exception as exc:  # the worker died more than max_retries times, or the node was lost
-            result = {"job": label, "ok": False, "seconds": {},
-                      "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker lost'}"}
+            result = {"job": label, "ok": False, "seconds": {}, "error": describe(exc)}
         log(f"{label}: {'done' if result['ok'] else 'FAILED'}")
         done.append(result)
     return done

@@ -10,7 +10,6 @@ into its folder and reports failure; the other jobs go on.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -24,7 +23,7 @@ import torch
 from superlens.active.loop import load_checkpoint, run_job, run_round0
 from superlens.analysis.decode import sae_job
 from superlens.analysis.job import analyze_job, featvis_job, featvis_path
-from superlens.errors import UserError
+from superlens.errors import UserError, describe
 from superlens.fileio import read_json, write_json
 
 # The config sections a job reads; the rest of the config (arms, seeds, executor, stats, quirks, paper)
@@ -54,21 +53,29 @@ class JobSpec:
             return run / "toy"
         return run / "round0" / f"seed{self.seed}" if self.kind == "round0" else run / "arms" / self.arm / f"seed{self.seed}"
 
-    def done(self) -> bool:
-        """Every file this job writes exists (nothing left to do)."""
+    def outputs(self) -> dict[str, Path]:
+        """The file each stage of this job writes, stage by stage in the order they run."""
         s, f = self.settings, self.folder
         if self.kind == "toy":
-            return (Path(self.run_dir) / "toy.json").exists()
-        if self.kind == "round0":
-            return (f / "done.json").exists()
-        needed = [f / "done.json"]
-        if s["analysis"]["enabled"]:
-            needed.append(f / "analysis.json")
-        if s["sae"]["enabled"]:
-            needed.append(f / "sae.json")
-        if self.featvis and s["featvis"]["enabled"]:
-            needed.append(featvis_path(f, s["featvis"]["layer"]))
-        return all(p.exists() for p in needed)
+            return {"toy": Path(self.run_dir) / "toy.json"}
+        stages = {"training": f / "done.json"}
+        if self.kind == "arm":
+            if s["analysis"]["enabled"]:
+                stages["analysis"] = f / "analysis.json"
+            if s["sae"]["enabled"]:
+                stages["sae"] = f / "sae.json"
+            if self.featvis and s["featvis"]["enabled"]:
+                stages["featvis"] = featvis_path(f, s["featvis"]["layer"])
+        return stages
+
+    def done(self) -> bool:
+        """Every file this job writes exists (nothing left to do)."""
+        return all(p.exists() for p in self.outputs().values())
+
+    def result(self, ok: bool, error: str | None = None, seconds: dict[str, float] | None = None) -> dict[str, Any]:
+        """What an executor reports for this job."""
+        out = {"job": self.label, "ok": ok, "seconds": seconds or {}}
+        return out if error is None else {**out, "error": error}
 
 
 def plan(cfg: dict[str, Any], run_dir: str | Path) -> tuple[list[JobSpec], dict[str, list[str]]]:
@@ -107,8 +114,8 @@ def _record_worker(folder: Path) -> None:
     attempts = 0
     if path.exists():
         try:
-            attempts = json.loads(path.read_text()).get("attempts", 0)
-        except (ValueError, OSError):
+            attempts = read_json(path).get("attempts", 0)
+        except (ValueError, OSError):  # a half-written record from a killed worker
             attempts = 0
     write_json(path, {"pid": os.getpid(), "host": socket.gethostname(), "attempts": attempts + 1,
                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time()})
@@ -117,8 +124,7 @@ def _record_worker(folder: Path) -> None:
 def _finish_worker(folder: Path) -> None:
     path = folder / "worker.json"
     if path.exists():
-        info = json.loads(path.read_text())
-        write_json(path, {**info, "finished": time.time()})
+        write_json(path, {**read_json(path), "finished": time.time()})
 
 
 def execute(spec: JobSpec, splits=None, device: torch.device | None = None, progress: bool = False,
@@ -150,11 +156,10 @@ def execute(spec: JobSpec, splits=None, device: torch.device | None = None, prog
                 splits = type(splits)(splits.train.to(device), splits.test.to(device))
             _run_stages(spec, splits, device, progress, log, seconds)
         _finish_worker(folder)
-        return {"job": spec.label, "ok": True, "seconds": seconds}
+        return spec.result(True, seconds=seconds)
     except Exception as exc:  # the job failed; its folder says why and the study goes on
         (folder / "error.txt").write_text(traceback.format_exc())
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return {"job": spec.label, "ok": False, "seconds": seconds, "error": f"{type(exc).__name__}: {first}"}
+        return spec.result(False, describe(exc), seconds)
 
 
 def _run_stages(spec: JobSpec, splits, device, progress, log, seconds) -> None:
@@ -172,23 +177,20 @@ def _run_stages(spec: JobSpec, splits, device, progress, log, seconds) -> None:
         _readable_model(round0, redo=False, log=log)
     _readable_model(folder, redo=True, log=log)
     checkpoint = _readable_checkpoint(folder, log)
-    stages = [("training", lambda: (folder / "done.json").exists(), lambda: run_job(
-        s, spec.arm, spec.seed, folder, splits, device, progress=progress, round0_dir=round0, checkpoint=checkpoint))]
-    if s["analysis"]["enabled"]:
-        stages.append(("analysis", lambda: (folder / "analysis.json").exists(),
-                       lambda: analyze_job(s, folder, splits, spec.seed, device)))
-    if s["sae"]["enabled"]:
-        stages.append(("sae", lambda: (folder / "sae.json").exists(), lambda: sae_job(s, folder, splits, spec.seed, device)))
     fv = s["featvis"]
-    if spec.featvis and fv["enabled"]:
-        stages.append(("featvis", lambda: featvis_path(folder, fv["layer"]).exists(),
-                       lambda: featvis_job(s, folder, splits, fv["layer"], fv["units"], device)))
-    for stage, finished, run_stage in stages:
-        if finished():
+    runners = {
+        "training": lambda: run_job(s, spec.arm, spec.seed, folder, splits, device, progress=progress,
+                                    round0_dir=round0, checkpoint=checkpoint),
+        "analysis": lambda: analyze_job(s, folder, splits, spec.seed, device),
+        "sae": lambda: sae_job(s, folder, splits, spec.seed, device),
+        "featvis": lambda: featvis_job(s, folder, splits, fv["layer"], fv["units"], device),
+    }
+    for stage, output in spec.outputs().items():
+        if output.exists():
             continue
         log(f"{spec.label}: {stage}")
         t0 = time.perf_counter()
-        run_stage()
+        runners[stage]()
         seconds[stage] = time.perf_counter() - t0
 
 
@@ -201,7 +203,7 @@ def _readable_model(folder: Path, redo: bool, log) -> None:
         torch.load(path, map_location="cpu", weights_only=True)
         return
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = describe(exc)
     if not redo:
         raise UserError(f"{path} is unreadable ({reason}); delete {folder} and run `superlens resume` to train it again")
     log(f"{path} is unreadable ({reason}); training this job again")

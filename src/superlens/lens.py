@@ -12,7 +12,7 @@ computed by the same functions, and carries the same name, as in a study.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from superlens.data.dataset import DatasetSplits, ImageDataset
+from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
@@ -331,7 +331,6 @@ def lens_summary(results: list[ModelResult], layers: list[str], test: ImageDatas
 
 def write_run(out: Path, results: list[ModelResult], summary: dict[str, Any], layers: list[str], classes: list[str],
               options: dict[str, Any], device, started: float) -> Path:
-    import json
     import platform
 
     from superlens import __version__

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import time
@@ -15,7 +14,6 @@ import torch
 
 from superlens import __version__
 from superlens.active.curves import aubc, label_efficiency
-from superlens.models import config_model
 from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import (CI_METHOD, TESTS, adjust_family, compare_paired, finite, mean_ci, metric_bounds,
                                      none_if_nan, smallest_p)
@@ -23,6 +21,7 @@ from superlens.config import query_sizes
 from superlens.data import DatasetSplits, load
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_json
+from superlens.models import config_model
 from superlens.report.html import build_report
 from superlens.rundir import RunDir
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from superlens.data.augment import normalize, random_crop, random_flip, resize
 from superlens.data.dataset import ImageDataset
-from superlens.errors import UserError
+from superlens.errors import UserError, describe
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def fit(
                 except Exception as exc:  # e.g. the compiler fails at its first call (no C compiler)
                     if net is model:
                         raise
-                    warn_once(f"recipe.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                    warn_once(f"recipe.compile failed ({describe(exc, limit=160)}); "
                               "training continues without torch.compile")
                     net = _COMPILED[model] = model
                     logits = net(x)

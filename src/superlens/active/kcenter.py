@@ -13,7 +13,6 @@ for t centres instead of O(n * d), and memory stays O(n + k * d).
 from __future__ import annotations
 
 import heapq
-from typing import Callable
 
 import numpy as np
 import torch

@@ -15,7 +15,6 @@ A job resumed from its last checkpoint makes exactly the draws an uninterrupted 
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from pathlib import Path
@@ -203,19 +202,16 @@ def _baseline(cfg, seed, splits, device, progress):
     return [row], model, trained.optimizer
 
 
-def _start_model(cfg, seed, splits, device, recipe, baseline_dir: Path | None):
+def _start_model(cfg, seed, splits, baseline_dir: Path | None):
     """Round 0's model before training: the seed's initial weights, or the trained baseline's
-    weights and optimizer state (``active.start_from_baseline``)."""
+    (``active.start_from_baseline``)."""
     model = build_model(cfg["model"], splits.train.num_classes, derive_seed(seed, "init"))
-    optimizer = None
     if cfg["active"]["start_from_baseline"]:
         # As the study's notebook did: active learning continues the trained baseline model.
         if baseline_dir is None or not (baseline_dir / "model.pt").exists():
             raise UserError(f"active.start_from_baseline needs the finished baseline job {baseline_dir}; run the baseline arm first")
         model.load_state_dict(torch.load(baseline_dir / "model.pt", map_location="cpu", weights_only=True))
-        optimizer = make_optimizer(model.to(device), recipe)
-        optimizer.load_state_dict(torch.load(baseline_dir / "optimizer.pt", map_location="cpu", weights_only=True))
-    return model, optimizer
+    return model
 
 
 def _initial(cfg, model, train: ImageDataset, labels: np.ndarray, recipe, device, seed: int) -> np.ndarray:
@@ -250,7 +246,11 @@ def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSpl
     started = time.perf_counter()
     recipe = make_recipe(dict(cfg["recipe"]))
     train, labels = splits.train, splits.train.labels.cpu().numpy()
-    model, optimizer = _start_model(cfg, seed, splits, device, recipe, baseline_dir)
+    model = _start_model(cfg, seed, splits, baseline_dir)
+    optimizer = None
+    if cfg["active"]["start_from_baseline"]:  # the baseline's optimizer state continues too
+        optimizer = make_optimizer(model.to(device), recipe)
+        optimizer.load_state_dict(torch.load(baseline_dir / "optimizer.pt", map_location="cpu", weights_only=True))
     pool = Pool.empty(len(train))
     pool.acquire(_initial(cfg, model, train, labels, recipe, device, seed), 0)
     torch.manual_seed(derive_seed(seed, "round", 0))
@@ -282,8 +282,7 @@ def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, roun
     reset = cfg["active"]["reset"]
     if round0_dir is None or not (round0_dir / "done.json").exists():
         raise UserError(f"{arm} seed {seed} needs the finished round-0 job of its seed ({round0_dir})")
-    baseline_dir = job_dir.parent.parent / "baseline" / f"seed{seed}"
-    model, _ = _start_model(cfg, seed, splits, device, recipe, baseline_dir if cfg["active"]["start_from_baseline"] else None)
+    model = _start_model(cfg, seed, splits, job_dir.parent.parent / "baseline" / f"seed{seed}")
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     if checkpoint is None:  # none read by the caller already
         checkpoint = _load_checkpoint(job_dir)

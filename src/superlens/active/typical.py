@@ -30,8 +30,8 @@ import torch
 BLOCK_VALUES = 2**24  # distances per block (64 MiB in float32)
 
 
-def _sq_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    d = torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0)
+def _sq_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    d = torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0, out=out)
     d += (a * a).sum(1, keepdim=True)
     return d.clamp_(min=0.0)
 
@@ -139,7 +139,7 @@ def _blocks(starts: np.ndarray, ends: np.ndarray, tile: int) -> tuple[np.ndarray
     return lo, np.minimum(lo + tile, ends[group]), group
 
 
-def _group_windows(t: torch.Tensor, starts: np.ndarray, ends: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+def _group_windows(t: torch.Tensor, starts: np.ndarray, member: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
     """Which points of each group can lie within ``reach`` of another group.
 
     For groups A and B with centroids mu_A, mu_B, ||a - b|| >= |u . (a - b)| along
@@ -147,11 +147,11 @@ def _group_windows(t: torch.Tensor, starts: np.ndarray, ends: np.ndarray, reach:
     point a of A has a partner in B only if h_B(a) >= -max_{b in B} h_A(b) - reach ||mu_A - mu_B||.
     Returns H (n x groups: h of every point towards every group) and the thresholds
     T (groups x groups): a in A is kept towards B when H[a, B] >= T[A, B]; the pair of
-    groups can be skipped when no point of A (or of B) is kept.
+    groups can be skipped when no point of A (or of B) is kept. ``member``: each row's group;
+    ``starts``: the first row of each (the rows of a group are contiguous).
     """
-    sizes = torch.from_numpy(ends - starts)
-    group = torch.repeat_interleave(torch.arange(len(starts)), sizes)
-    mu = torch.zeros(len(starts), t.shape[1]).index_add_(0, group, t) / sizes[:, None]
+    group = torch.from_numpy(member)
+    mu = torch.zeros(len(starts), t.shape[1]).index_add_(0, group, t) / group.bincount()[:, None]
     h = t @ mu.T
     h -= h.gather(1, group[:, None])
     hmax = torch.from_numpy(np.maximum.reduceat(h.numpy(), starts, axis=0))  # groups x groups
@@ -159,6 +159,32 @@ def _group_windows(t: torch.Tensor, starts: np.ndarray, ends: np.ndarray, reach:
     # float32 products err by far less than this, even where two centroids (almost) coincide
     rounding = 1e-4 * (1.0 + float(t.norm(dim=1).max() * mu.norm(dim=1).max()))
     return h.numpy(), (-hmax.T - reach * gaps - rounding).numpy()
+
+
+def _grouped(x: np.ndarray, groups: np.ndarray, limit: float):
+    """``ball_graph``'s rows in group order and which of them to test against each other group:
+    (order, group starts, group ends, keep (n x groups), rows as a tensor); None when the
+    groups are not worth it (one group, too many values, or too few pairs ruled out)."""
+    n = len(x)
+    labels = np.unique(groups)
+    if len(labels) < 2 or n * len(labels) > GROUPED_VALUES:
+        return None
+    order = np.argsort(groups, kind="stable")  # each group's rows contiguous
+    t = torch.from_numpy(np.ascontiguousarray(x[order]))
+    cut = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
+    g_start, g_end = np.concatenate([[0], cut]).astype(np.int64), np.concatenate([cut, [n]]).astype(np.int64)
+    member = np.repeat(np.arange(len(g_start)), g_end - g_start)
+    # slack so that rounding never skips a pair the tile test would accept
+    reach = float(np.sqrt(limit + 1e-4 * (1.0 + float((t * t).sum(1).max())))) + 1e-4
+    h, thresholds = _group_windows(t, g_start, member, reach)
+    keep = h >= thresholds[member]  # n x groups
+    keep[np.arange(n), member] = True
+    kept = np.add.reduceat(keep, g_start, axis=0, dtype=np.int64)  # points of A kept towards B
+    sizes = (g_end - g_start).astype(np.float64)
+    pairs = np.triu(kept * kept.T, 1).sum() + (sizes * sizes).sum() / 2
+    if pairs > GROUPED_MAX * n * n / 2:  # the groups rule out too little to pay for their small tiles
+        return None
+    return order, g_start, g_end, keep, t
 
 
 def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE,
@@ -178,25 +204,13 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
     n = len(x)
     x = np.asarray(x, dtype=np.float32)
     limit = delta * delta
-    order, g_start, g_end, keep = np.arange(n), np.zeros(1, np.int64), np.full(1, n, np.int64), None
-    if groups is not None and n and 1 < len(np.unique(groups)) and n * len(np.unique(groups)) <= GROUPED_VALUES:
-        order = np.argsort(groups, kind="stable")  # each group's rows contiguous
-        t = torch.from_numpy(np.ascontiguousarray(x[order]))
-        cut = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
-        g_start, g_end = np.concatenate([[0], cut]).astype(np.int64), np.concatenate([cut, [n]]).astype(np.int64)
-        member = np.repeat(np.arange(len(g_start)), g_end - g_start)
-        # slack so that rounding never skips a pair the tile test would accept
-        reach = float(np.sqrt(limit + 1e-4 * (1.0 + float((t * t).sum(1).max())))) + 1e-4
-        h, thresholds = _group_windows(t, g_start, g_end, reach)
-        keep = h >= thresholds[member]  # n x groups
-        keep[np.arange(n), member] = True
-        kept = np.add.reduceat(keep, g_start, axis=0, dtype=np.int64)  # points of A kept towards B
-        sizes = (g_end - g_start).astype(np.float64)
-        pairs = np.triu(kept * kept.T, 1).sum() + (sizes * sizes).sum() / 2
-        if pairs > GROUPED_MAX * n * n / 2:  # the groups rule out too little to pay for their small tiles
-            order, g_start, g_end, keep = np.arange(n), np.zeros(1, np.int64), np.full(1, n, np.int64), None
-    if keep is None:
+    grouped = _grouped(x, groups, limit) if groups is not None and n else None
+    if grouped is None:
+        order, keep = None, None
+        g_start, g_end = np.zeros(1, np.int64), np.full(1, n, np.int64)
         t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        order, g_start, g_end, keep, t = grouped
     t_sq = (t * t).sum(1)
     b_lo, b_hi, b_group = _blocks(g_start, g_end, tile)
     # per row block: (row within the block, neighbour) pairs, from its own tiles and mirrored from others
@@ -225,9 +239,7 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
                 torch.mm(a, b.T, out=out)
                 np.greater_equal(out.numpy(), np.float32(1.0 - limit / 2 - 1e-6), out=hit)
             else:
-                torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0, out=out)
-                out += (a * a).sum(1)[:, None]
-                np.less_equal(out.numpy(), np.float32(limit), out=hit)
+                np.less_equal(_sq_distances(a, b, b_sq, out=out).numpy(), np.float32(limit), out=hit)
             flat = np.flatnonzero(hit).astype(np.int32)
             r, c = np.divmod(flat, np.int32(len(b)))
             r, c = (r if ri is None else ri[r]).astype(np.int32), (c if cj is None else cj[c]).astype(np.int32)
@@ -251,7 +263,7 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
         counts[b_lo[bi] : b_hi[bi]] = np.bincount(r, minlength=int(b_hi[bi] - b_lo[bi]))
         indices.append(c[np.argsort(sort_key, kind="stable")])  # radix sort on int16
     indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
-    if keep is not None:  # back from group order to the caller's order
+    if order is not None:  # back from group order to the caller's order
         inverse = np.empty(n, np.int64)
         inverse[order] = np.arange(n)
         sorted_ptr = np.concatenate([[0], np.cumsum(counts)])
@@ -352,7 +364,6 @@ def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
         delta = purity_radius(x, pseudo, purity, rng, purity_sample, max_degree=max_degree)
     indptr, indices = ball_graph(x, delta, unit=normalize, groups=pseudo)
     covered = np.zeros(len(x), bool)
-    for i in range(n, len(x)):  # the labelled points' balls are covered already
-        covered[indices[indptr[i] : indptr[i + 1]]] = True
+    covered[indices[indptr[n] :]] = True  # the labelled points (the last rows) cover their balls already
     picks, _ = greedy_cover(indptr, indices, np.arange(n), covered, budget)
     return picks, float(delta)

@@ -12,10 +12,10 @@ import torch
 from superlens.analysis import neurons
 from superlens.analysis.features import capture
 from superlens.analysis.job import fixed_subset, load_job_model
-from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, image_latents, latent_activity,
+from superlens.analysis.sae import (conv_vectors, effective_features, image_latents, latent_activity,
                                     matched_decoder_cosine, sae_metrics, spliced_accuracies, train_sae)
-from superlens.data.dataset import DatasetSplits
 from superlens.config import sae_settings
+from superlens.data.dataset import DatasetSplits
 from superlens.fileio import read_json, write_json
 from superlens.training import make_recipe
 

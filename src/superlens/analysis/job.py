@@ -7,7 +7,6 @@ job (a fixed stratified subset when the test split is larger than
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any

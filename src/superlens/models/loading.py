@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from superlens.errors import UserError
+from superlens.errors import UserError, describe
 
 
 def _optional(module: str, extra: str):
@@ -117,7 +117,7 @@ def _library_call(make, what: str, pretrained: str | None) -> nn.Module:
     try:
         return make()
     except Exception as exc:
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        detail = describe(exc)
         if pretrained:
             raise UserError(f"cannot build the {what} with {pretrained} weights ({detail}); they are downloaded, "
                             "so the machine must be online, or save them once and pass the file") from None

@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from superlens.report import figures
 from superlens.report.html import HIST_TITLES, METRIC_DOCS, SAE_DOCS, UNIT_TITLES, _b64, _fmt
