@@ -152,19 +152,6 @@ def test_analysis_input_errors():
         neurons.class_selectivity(x, [0, 1])
 
 
-def test_permutation_test_and_effect_size():
-    assert stats.permutation_test([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / 20)  # exact: 20 splits
-    assert stats.permutation_test([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
-    rng = np.random.default_rng(0)
-    p = stats.permutation_test(rng.normal(0, 1, 30), rng.normal(3, 1, 30), n_resamples=2000)
-    assert p == pytest.approx(1 / 2001)
-    a, b = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
-    pooled = np.sqrt((2 * 4.0 + 2 * 1.0) / 4)
-    assert stats.hedges_g(a, b) == pytest.approx((4 - 2) / pooled * (1 - 3 / 15))
-    lo, hi = stats.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
-    assert 1.0 <= lo < 2.5 < hi <= 4.0
-
-
 def test_tsne_is_seeded_and_two_dimensional():
     x = np.random.default_rng(10).normal(size=(80, 60))
     a, b = tsne(x, seed=3), tsne(x, seed=3)

@@ -100,11 +100,11 @@ def test_round_zero_is_identical_across_the_arms_of_a_seed(study):
     for seed in cfg["seeds"]:
         firsts = []
         for arm in ("al-least_confidence", "al-margin", "al-random"):
-            row = json.loads((run.job_dir(arm, seed) / "done.json").read_text())["records"][0]
+            row = json.loads((run.job(arm, seed).done).read_text())["records"][0]
             firsts.append({k: v for k, v in row.items() if k not in TIMING + ("arm",)})
         assert firsts[0] == firsts[1] == firsts[2]
         assert firsts[0]["n_labeled"] == 40 and "silhouette_features" in firsts[0]
-        shared = torch.load(run.round0_dir(seed) / "model.pt", weights_only=True)
+        shared = torch.load(run.round0(seed).model, weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in shared.values())
 
 
@@ -145,7 +145,7 @@ def test_per_round_metrics_and_compute_in_rounds_csv(study):
     assert [int(r["images_seen"]) for r in al] == [40, 80, 120]
     assert [int(r["optimizer_steps_total"]) for r in al] == [1, 2, 3]
     # the final round's snapshot is the final model's analysis
-    final = json.loads((RunDir(out).job_dir("al-margin", 1) / "analysis.json").read_text())["metrics"]
+    final = json.loads((RunDir(out).job("al-margin", 1).analysis).read_text())["metrics"]
     assert float(al[-1]["silhouette_features"]) == pytest.approx(final["silhouette_features"], rel=1e-6)
     assert summary["arms"]["al-margin"]["images_seen_total"] == 240
     html = (out / "report.html").read_text()
@@ -197,12 +197,10 @@ def test_pooled_splice_is_exact_for_an_identity_autoencoder():
 
 def test_featvis_uses_the_recipe_input_size():
     from superlens.analysis.featvis import FeatVisSettings
-    from superlens.analysis.job import model_input_settings
-    from superlens.training import make_recipe
 
-    assert model_input_settings(FeatVisSettings(), make_recipe("standard", input_size=64)).size == 64
-    assert model_input_settings(FeatVisSettings(upsample_to=224), make_recipe("standard", input_size=64)).size is None
-    assert model_input_settings(FeatVisSettings(), make_recipe("standard")).size is None
+    assert FeatVisSettings().at_input_size(64).size == 64
+    assert FeatVisSettings(upsample_to=224).at_input_size(64).size is None
+    assert FeatVisSettings().at_input_size(None).size is None
 
 
 def test_featvis_reads_a_layer_before_an_in_place_relu():

@@ -111,10 +111,10 @@ def test_bf16_backbone_keeps_a_float32_head():
 def test_bad_precision_and_compile_settings(monkeypatch, capsys):
     from superlens.errors import UserError
     from superlens.models import resnet18
-    from superlens.study import resolve_device
+    from superlens.training import resolve_device
     from superlens.training import amp_dtype, compiled, make_recipe
 
-    with pytest.raises(UserError, match="recipe.amp has an invalid value 'fp8'"):
+    with pytest.raises(UserError, match="recipe.amp must be one of True, False, 'bf16', 'fp16', got 'fp8'"):
         make_recipe("standard", amp="fp8")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="device='cuda' but this torch has no CUDA device"):

@@ -50,7 +50,7 @@ def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
     # the metrics are the study's functions on the loaded weights, not on a fresh model
     from superlens.analysis import geometry
     from superlens.analysis.features import capture
-    from superlens.analysis.job import fixed_subset
+    from superlens.data import fixed_subset
     from superlens.data import load
 
     test = fixed_subset(load("digits").test, 150)

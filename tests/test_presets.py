@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from superlens.config import QUIRKS, load_config, preset_names, query_sizes
+from superlens.config import QUIRKS, load_config, preset_names
+from superlens.specs import ActiveSpec
 from superlens.training import make_recipe
 
 PAPER_UNITS = [8, 25, 54, 89, 131, 200, 221, 276, 340, 455, 500]
@@ -33,7 +34,7 @@ def test_devkar2024_cifar10_replays_the_notebook():
     assert (r.crop_padding, r.flip, r.weight_decay, r.label_smoothing, r.input_size) == (0, False, 0.0, 0.0, None)
     al = cfg["active"]
     assert (al["initial_size"], al["initial"], al["reset"], al["start_from_baseline"]) == (5000, "random", "warm", True)
-    assert query_sizes(al, 50_000) == [5000] * 9  # 10 training loops, the last on all 50,000 images
+    assert ActiveSpec.from_section(al).query_sizes(50_000) == [5000] * 9  # 10 training loops, the last on all 50,000 images
     assert cfg["data"]["mean"] == [0.4914, 0.4822, 0.4465] and cfg["data"]["std"] == [0.2023, 0.1994, 0.2010]
     a = cfg["analysis"]
     assert (a["layer"], a["pool"], a["max_samples"], a["tsne"], a["headline_space"]) == ("layer4", "flatten", 10000, True, "tsne")
@@ -50,7 +51,7 @@ def test_devkar2024_tinyimagenet_replays_the_notebook():
     r = make_recipe(cfg["recipe"])
     assert r.input_size == 224 and r.optimizer == "adam" and r.epochs == 20
     assert cfg["data"]["mean"] is None  # the dataset's own ImageNet statistics
-    assert query_sizes(cfg["active"], 100_000) == [10_000] * 9
+    assert ActiveSpec.from_section(cfg["active"]).query_sizes(100_000) == [10_000] * 9
     numbers = cfg["paper"]["numbers"]
     assert numbers["baseline"] == {"cosine_mean": 0.310, "silhouette": -0.348}
     assert numbers["al-least_confidence"] == {"cosine_mean": 0.254, "silhouette": -0.399}

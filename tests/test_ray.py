@@ -39,7 +39,7 @@ def cluster():
 
 
 def records(run_dir, arm, seed):
-    rows = json.loads((RunDir(run_dir).job_dir(arm, seed) / "done.json").read_text())["records"]
+    rows = json.loads((RunDir(run_dir).job(arm, seed).done).read_text())["records"]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
@@ -94,14 +94,14 @@ def test_a_worker_that_dies_is_retried_and_resumes(cluster, tmp_path):
     base = [*TINY, "seeds=[0]", "arms=[al-random]", "active.rounds=4", "recipe.epochs=2"]
     run_study(load_config("demo", base), tmp_path / "local", progress=False, log=quiet)
     out = tmp_path / "ray"
-    job = RunDir(out).job_dir("al-random", 0)
+    job = RunDir(out).job("al-random", 0)
     killed = []
 
     def kill_once():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            if (job / "checkpoint.pt").exists() and (job / "worker.json").exists():
-                pid = json.loads((job / "worker.json").read_text())["pid"]
+            if job.checkpoint.exists() and job.worker.exists():
+                pid = json.loads(job.worker.read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.02)
@@ -112,35 +112,37 @@ def test_a_worker_that_dies_is_retried_and_resumes(cluster, tmp_path):
               progress=False, log=quiet)
     watcher.join()
     assert killed, "the job finished before it could be killed"
-    assert json.loads((job / "worker.json").read_text())["attempts"] == 2
+    assert json.loads(job.worker.read_text())["attempts"] == 2
     assert records(tmp_path / "local", "al-random", 0) == records(out, "al-random", 0)
 
 
 def test_gpus_asked_of_a_cluster_without_any_is_refused_before_submitting():
-    from superlens.executors import ray_resources
+    from superlens.study.executors import ray_resources
 
     class NoGPUs:
         @staticmethod
         def cluster_resources():
             return {"CPU": 2.0}
 
-    settings = {"gpus_per_job": 1, "cpus_per_job": 1}
+    from superlens.specs import RaySpec
+
     with pytest.raises(UserError, match="ray.gpus_per_job=1 but the Ray cluster has no GPU"):
-        ray_resources(NoGPUs, settings)
-    assert ray_resources(NoGPUs, {**settings, "gpus_per_job": None}) == (0.0, 1.0)
+        ray_resources(NoGPUs, RaySpec(gpus_per_job=1, cpus_per_job=1))
+    assert ray_resources(NoGPUs, RaySpec(gpus_per_job=None, cpus_per_job=1)) == (0.0, 1.0)
     import torch
 
-    assert ray_resources(NoGPUs, {"gpus_per_job": None, "cpus_per_job": None}) == (0.0, float(torch.get_num_threads()))
+    assert ray_resources(NoGPUs, RaySpec()) == (0.0, float(torch.get_num_threads()))
     with pytest.raises(UserError, match="executor must be 'local' or 'ray'"):
         load_config("demo", ["executor=slurm"])
 
 
 def test_without_ray_installed_the_message_says_how(monkeypatch):
-    from superlens.executors import connect
+    from superlens.specs import RaySpec
+    from superlens.study.executors import connect
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UserError, match=r"pip install 'superlens\[ray\]'"):
-        connect({"address": None})
+        connect(RaySpec())
 
 
 def test_unreachable_address_is_one_line(tmp_path, capsys):
@@ -156,11 +158,11 @@ def test_corrupt_job_files_are_redone_from_the_last_good_state(tmp_path):
     run_study(cfg, tmp_path / "whole", progress=False, log=quiet)
     run = RunDir(tmp_path / "cut")
     run_study(cfg, run.path, progress=False, log=quiet)
-    (run.job_dir("al-random", 0) / "model.pt").write_bytes(b"PK\x03\x04 truncated")  # a failed copy
-    (run.job_dir("al-random", 0) / "analysis.json").unlink()  # the stage that needs it is still to run
-    margin = run.job_dir("al-margin", 0)
-    (margin / "done.json").unlink()
-    (margin / "checkpoint.pt").write_bytes(b"\x80\x02 not a checkpoint")  # a full disk mid-write
+    (run.job("al-random", 0).model).write_bytes(b"PK\x03\x04 truncated")  # a failed copy
+    (run.job("al-random", 0).analysis).unlink()  # the stage that needs it is still to run
+    margin = run.job("al-margin", 0)
+    margin.done.unlink()
+    margin.checkpoint.write_bytes(b"\x80\x02 not a checkpoint")  # a full disk mid-write
     lines = []
     run_study(cfg, run.path, progress=False, log=lines.append)
     assert any("model.pt is unreadable" in line and "training this job again" in line for line in lines)

@@ -9,7 +9,8 @@ from conftest import run_cli
 from superlens.active.curves import aubc, label_efficiency, labels_to_reach
 from superlens.active.loop import load_checkpoint
 from superlens.active.pool import Pool, initial_set
-from superlens.config import load_config, query_sizes
+from superlens.config import load_config
+from superlens.specs import ActiveSpec
 from superlens.errors import UserError
 from superlens.rundir import RunDir
 from superlens.study import run_study
@@ -56,11 +57,11 @@ def test_initial_set_and_pool_bookkeeping():
 
 def test_budget_checks():
     cfg = tiny_config()
-    assert query_sizes(cfg["active"], 200) == [40, 40]
+    assert ActiveSpec.from_section(cfg["active"]).query_sizes(200) == [40, 40]
     with pytest.raises(UserError, match="budget .* is larger than the training pool"):
-        query_sizes(cfg["active"], 100)
+        ActiveSpec.from_section(cfg["active"]).query_sizes(100)
     exhaust = tiny_config("active.rounds=exhaust")
-    assert query_sizes(exhaust["active"], 150) == [40, 40, 30]
+    assert ActiveSpec.from_section(exhaust["active"]).query_sizes(150) == [40, 40, 30]
 
 
 def test_config_errors_are_clear():
@@ -85,30 +86,25 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
     whole = run_study(cfg, tmp_path / "whole", progress=False, log=lambda *_: None)
 
     # interrupt the second job after its first query round
-    import superlens.active.loop as loop
+    import superlens.study.stages as stages
 
-    real = loop.run_job
-    calls = []
+    real = stages.train_arm
 
-    def interrupting(cfg_, arm, seed, job_dir, splits, device, progress=True, after_round=None, round0_dir=None,
-                     checkpoint=None):
+    def interrupting(job, splits, device, progress=False, checkpoint=None, after_round=None):
         def stop(round_):
-            if arm == "al-coreset" and round_ == 1:
+            if job.arm == "al-coreset" and round_ == 1:
                 raise KeyboardInterrupt
-        calls.append(arm)
-        return real(cfg_, arm, seed, job_dir, splits, device, progress, stop, round0_dir, checkpoint)
+        return real(job, splits, device, progress, checkpoint, stop)
 
-    import superlens.jobs as jobs
-
-    jobs.run_job = interrupting
+    stages.train_arm = interrupting
     try:
         with pytest.raises(KeyboardInterrupt):
             run_study(cfg, tmp_path / "cut", progress=False, log=lambda *_: None)
     finally:
-        jobs.run_job = real
+        stages.train_arm = real
     cut = RunDir(tmp_path / "cut")
-    assert (cut.job_dir("al-least_confidence", 0) / "done.json").exists()
-    assert load_checkpoint(cut.job_dir("al-coreset", 0) / "checkpoint.pt")["round"] == 1
+    assert (cut.job("al-least_confidence", 0).done).exists()
+    assert load_checkpoint(cut.job("al-coreset", 0).checkpoint)["round"] == 1
     import torch
 
     real_load, checkpoint_reads = torch.load, []
@@ -125,11 +121,11 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
     assert sum(checkpoint_reads) == 1  # checked and resumed from one read
     assert resumed["arms"] == whole["arms"]
     for arm in cfg["arms"]:
-        a = json.loads((RunDir(tmp_path / "whole").job_dir(arm, 0) / "done.json").read_text())["records"]
-        b = json.loads((cut.job_dir(arm, 0) / "done.json").read_text())["records"]
+        a = json.loads((RunDir(tmp_path / "whole").job(arm, 0).done).read_text())["records"]
+        b = json.loads((cut.job(arm, 0).done).read_text())["records"]
         assert strip_timing(a) == strip_timing(b)
-        pa = np.load(RunDir(tmp_path / "whole").job_dir(arm, 0) / "pool.npy")
-        pb = np.load(cut.job_dir(arm, 0) / "pool.npy")
+        pa = np.load(RunDir(tmp_path / "whole").job(arm, 0).pool)
+        pb = np.load(cut.job(arm, 0).pool)
         assert np.array_equal(pa, pb)
 
 
@@ -137,7 +133,7 @@ def test_resume_reproduces_the_uninterrupted_study(tmp_path):
 def test_reset_modes_run_and_keep_pools_disjoint(tmp_path, reset):
     cfg = tiny_config("arms=[al-margin]", "seeds=[0]", f"active.reset={reset}")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
-    pool = np.load(RunDir(tmp_path).job_dir("al-margin", 0) / "pool.npy")
+    pool = np.load(RunDir(tmp_path).job("al-margin", 0).pool)
     assert np.bincount(pool[pool >= 0]).tolist() == [40, 40, 40]  # each image acquired at most once
 
 
@@ -219,7 +215,7 @@ def test_every_strategy_runs_in_the_engine(tmp_path):
     summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     assert set(summary["arms"]) == {f"al-{name}" for name in REGISTRY}
     for name in REGISTRY:
-        pool = np.load(RunDir(tmp_path).job_dir(f"al-{name}", 0) / "pool.npy")
+        pool = np.load(RunDir(tmp_path).job(f"al-{name}", 0).pool)
         assert (pool == 0).sum() == 40 and (pool == 1).sum() == 40
 
 
@@ -234,7 +230,7 @@ def test_psi_per_active_learning_round(tmp_path):
     cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
                       "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
-    sae = json.loads((RunDir(tmp_path).job_dir("al-random", 0) / "sae.json").read_text())
+    sae = json.loads((RunDir(tmp_path).job("al-random", 0).sae).read_text())
     assert [r["round"] for r in sae["per_round"]] == [0, 1, 2]
     assert [r["n_labeled"] for r in sae["per_round"]] == [40, 80, 120]
     assert all(r["psi"] > 0 for r in sae["per_round"])
@@ -259,14 +255,14 @@ def test_checkpoints_hold_no_pickled_code_and_round_trip_strategy_state(tmp_path
 
     import torch
 
-    from superlens.active.loop import _load_checkpoint, _save_checkpoint
+    from superlens.active.loop import load_checkpoint, save_checkpoint
 
     state = {"fixed_embeddings": {"ids": np.arange(5), "values": np.ones((5, 3), np.float32)},
              "cluster_of": {7: 1, 9: 0}, "probcover_delta": [np.float64(0.55), 0.6], "coreset_radii": np.zeros(2)}
     payload = {"round": np.int64(2), "model": {"w": torch.ones(2)}, "pool": np.array([0, -1, 1]),
                "strategy_state": state, "records": [{"accuracy": np.float32(0.5), "labels": 10}]}
-    _save_checkpoint(tmp_path, payload)
-    back = _load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path / "checkpoint.pt", payload)
+    back = load_checkpoint(tmp_path / "checkpoint.pt")
     assert back["round"] == 2 and torch.equal(back["model"]["w"], torch.ones(2))
     assert np.array_equal(back["pool"], payload["pool"]) and back["pool"].dtype == payload["pool"].dtype
     assert np.array_equal(back["strategy_state"]["fixed_embeddings"]["values"], np.ones((5, 3), np.float32))
@@ -275,4 +271,4 @@ def test_checkpoints_hold_no_pickled_code_and_round_trip_strategy_state(tmp_path
     # a file that would run code when unpickled is refused, not executed
     torch.save({"round": 1, "hook": pickle.loads(pickle.dumps(Path))}, tmp_path / "checkpoint.pt")
     with pytest.raises(pickle.UnpicklingError):
-        _load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path / "checkpoint.pt")

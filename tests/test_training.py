@@ -7,7 +7,7 @@ from superlens.data import load
 from superlens.data.augment import normalize, random_crop, random_flip
 from superlens.errors import UserError
 from superlens.models import resnet18
-from superlens.training import RECIPES, evaluate, fit, lr_factor, make_recipe, seed_everything
+from superlens.training import RECIPES, evaluate, fit, lr_factor, make_recipe
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_normalize_matches_formula():
 
 
 def test_loss_goes_down_and_accuracy_rises_on_digits(digits):
-    seed_everything(0)
+    torch.manual_seed(0)
     model = resnet18(10, stem="cifar", width=8)
     before = evaluate(model, digits.test)
     result = fit(model, digits.train, small_recipe(), seed=0, progress=False)
@@ -78,7 +78,7 @@ def test_seeded_training_is_deterministic(digits):
     subset = digits.train.subset(np.arange(200))
     weights = []
     for _ in range(2):
-        seed_everything(7)
+        torch.manual_seed(7)
         model = resnet18(10, stem="cifar", width=4)
         fit(model, subset, small_recipe(epochs=1), seed=7, progress=False)
         weights.append(model.state_dict())
@@ -87,7 +87,7 @@ def test_seeded_training_is_deterministic(digits):
 
 
 def test_evaluate_returns_consistent_outputs(digits):
-    seed_everything(0)
+    torch.manual_seed(0)
     model = resnet18(10, stem="cifar", width=4)
     test = digits.test.subset(np.arange(100))
     result = evaluate(model, test, make_recipe("standard", eval_batch_size=33))
@@ -101,7 +101,7 @@ def test_evaluate_returns_consistent_outputs(digits):
 
 def test_warm_start_continues_optimizer_state(digits):
     subset = digits.train.subset(np.arange(128))
-    seed_everything(0)
+    torch.manual_seed(0)
     model = resnet18(10, stem="cifar", width=4)
     recipe = make_recipe("devkar2024", epochs=1, batch_size=64)
     first = fit(model, subset, recipe, progress=False)

@@ -105,9 +105,9 @@ def test_low_budget_arms_and_initial_set_in_a_study(tmp_path):
                                "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false"])
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     run = RunDir(tmp_path)
-    assert (np.load(run.round0_dir(0) / "pool.npy") == 0).sum() == 40
+    assert (np.load(run.round0(0).pool) == 0).sum() == 40
     for arm in ("al-typiclust", "al-probcover"):
-        pool = np.load(run.job_dir(arm, 0) / "pool.npy")
+        pool = np.load(run.job(arm, 0).pool)
         assert np.bincount(pool[pool >= 0]).tolist() == [40, 30, 30]  # each image acquired at most once
 
 

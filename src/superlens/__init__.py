@@ -1,6 +1,11 @@
 """superlens: measure superposition in vision models and how training data changes it."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("superlens")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
 
 
 def analyze(models, data, layers, **kwargs):

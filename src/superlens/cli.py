@@ -157,37 +157,40 @@ def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | Non
     """Activation maximization and dataset exemplars for a finished run; adds them to report.html."""
     from dataclasses import replace
 
-    from superlens.analysis.job import featvis_job
-    from superlens.config import featvis_settings
+    from superlens.data import load_spec
     from superlens.report.html import build_report
     from superlens.rundir import RunDir
-    from superlens.study import check_units_for, load_data, resolve_device, summarize
+    from superlens.study import summarize
+    from superlens.study.run import arm_job, check_units
+    from superlens.study.stages import featvis_stage
+    from superlens.models import config_model
+    from superlens.training import resolve_device
 
     run = RunDir(run_dir)
     cfg = run.read_config()
-    layer = layer or cfg["featvis"]["layer"]
-    try:
-        unit_list = [int(u) for u in units.split(",")] if units else cfg["featvis"]["units"]
-    except ValueError:
-        raise UserError(f"--units must be comma-separated integers, got {units!r}") from None
-    settings = featvis_settings(cfg["featvis"])
-    if steps is not None:
-        settings = replace(settings, steps=steps)
+    seed = cfg["seeds"][0]
     unknown = [a for a in arms if a not in cfg["arms"]]
     if unknown:
         raise UserError(f"arm {unknown[0]!r} is not in this run; its arms: {', '.join(cfg['arms'])}")
+    jobs = [arm_job(cfg, run, arm, seed) for arm in arms or cfg["arms"]]
+    spec = jobs[0].featvis
+    layer = layer or spec.layer
+    try:
+        unit_list = [int(u) for u in units.split(",")] if units else list(spec.units)
+    except ValueError:
+        raise UserError(f"--units must be comma-separated integers, got {units!r}") from None
+    settings = spec.settings if steps is None else replace(spec.settings, steps=steps)
     with run.lock():
-        splits = load_data(cfg)
-        check_units_for(cfg, splits.train, layer, unit_list, settings)
+        splits = load_spec(jobs[0].data)
+        check_units(config_model(jobs[0].model, splits.train.num_classes), layer, unit_list, settings,
+                    splits.train.image_size[0])
         device = resolve_device(cfg["device"])
-        seed = cfg["seeds"][0]
-        for arm in arms or cfg["arms"]:
-            job_dir = run.job_dir(arm, seed)
-            if not (job_dir / "model.pt").exists():
-                click.echo(f"{arm} seed {seed}: not finished, skipped")
+        for job in jobs:
+            if not job.paths.model.exists():
+                click.echo(f"{job.arm} seed {seed}: not finished, skipped")
                 continue
-            path = featvis_job(cfg, job_dir, splits, layer, unit_list, device, settings)
-            click.echo(f"{arm} seed {seed}: wrote {path}")
+            path = featvis_stage(job, splits, device, layer, unit_list, settings)
+            click.echo(f"{job.arm} seed {seed}: wrote {path}")
         path = build_report(run, summarize(run))
     click.echo(f"report: {path}")
 
@@ -216,10 +219,8 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     package.module:function. key=value options: device, seed, model.stem/width (resnet18),
     analysis.*, sae.*, featvis.* (see docs/analyze.md).
     """
-    from dataclasses import replace
-
-    from superlens.lens import analyze as run_lens, list_layers as layer_table, options_from
-    from superlens.models.loading import build, load_state, read_state
+    from superlens.analysis.features import list_layers as layer_table
+    from superlens.lens import analyze as run_lens, options_from
 
     # `--weights a.pt b.pt` puts b.pt among the positional arguments: weight files are recognized by their suffix
     suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
@@ -230,36 +231,10 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
         raise UserError("name at least one MODEL (resnet18, torchvision:<name>, timm:<name>, file.py:function)")
     if weights and len(weights) != len(specs):
         raise UserError(f"give one --weights per MODEL: {len(specs)} models but {len(weights)} weight files")
-
-    def numbers(text, what):
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise UserError(f"--{what} must be 3 comma-separated numbers, got {text!r}")
-        return values
-
-    splits = None
-    if data_name:
-        from superlens.data import DatasetSplits, load
-
-        splits = load(data_name, root=root, **options["data"]["options"])
-        stats = {k: numbers(v, k) for k, v in (("mean", mean), ("std", std)) if v}
-        if stats:
-            splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))
-    elif not list_layers:
+    splits = _analyze_data(data_name, root, options, mean, std) if data_name else None
+    if splits is None and not list_layers:
         raise UserError("--data is required (e.g. --data cifar10 --root /path/to/data)")
-    num_classes = splits.train.num_classes if splits else None
-    models, notes = [], []
-    for i, spec in enumerate(specs):
-        named = weights[i] if weights and weights[i].split(":", 1)[0] == "pretrained" else None
-        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None, pretrained=named)
-        if weights and not named:
-            notes += load_state(model, read_state(weights[i], trust_pickle), weights[i], strict)
-        models.append(model)
-    for note in notes:
-        click.echo(f"note: {note}")
+    models = _analyze_models(specs, weights, splits, options, trust_pickle, strict)
     if list_layers:
         import torch
 
@@ -276,12 +251,51 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
         raise UserError(f"--units must be comma-separated integers, got {units!r}") from None
     out = out or "runs/analyze"
     names = labels.split(",") if labels else (None if weights else [spec.rsplit(":", 1)[-1] for spec in specs])
-    summary = run_lens(models, splits, layer_list, weights=list(weights) or None, labels=names, units=unit_list, out=out, options=options,
-                       input_size=input_size, progress=click.echo)
+    summary = run_lens(models, splits, layer_list, weights=list(weights) or None, labels=names, units=unit_list, out=out,
+                       options=options, input_size=input_size, progress=click.echo)
     for label, entry in summary["arms"].items():
         acc = entry.get("test_accuracy")
         click.echo(f"{label}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")
     click.echo(f"report: {out}/report.html")
+
+
+def _analyze_data(name: str, root: str | None, options: dict, mean: str | None, std: str | None):
+    """The dataset of ``superlens analyze``, with --mean/--std applied."""
+    from dataclasses import replace
+
+    from superlens.data import DatasetSplits, load
+
+    def numbers(text, what):
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise UserError(f"--{what} must be 3 comma-separated numbers, got {text!r}")
+        return values
+
+    splits = load(name, root=root, **options["data"]["options"])
+    stats = {k: numbers(v, k) for k, v in (("mean", mean), ("std", std)) if v}
+    if stats:
+        splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))
+    return splits
+
+
+def _analyze_models(specs: list[str], weights: tuple[str, ...], splits, options: dict, trust_pickle: bool, strict: bool):
+    """Each MODEL built, with its weights file or named pretrained weights loaded."""
+    from superlens.models.loading import build, load_state, read_state
+
+    num_classes = splits.train.num_classes if splits else None
+    models, notes = [], []
+    for i, spec in enumerate(specs):
+        named = weights[i] if weights and weights[i].split(":", 1)[0] == "pretrained" else None
+        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None, pretrained=named)
+        if weights and not named:
+            notes += load_state(model, read_state(weights[i], trust_pickle), weights[i], strict)
+        models.append(model)
+    for note in notes:
+        click.echo(f"note: {note}")
+    return models
 
 
 @cli.command()
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, JobsFailed):
             raise
         for failure in exc.failures:
-            print(f"superlens: job {failure['job']} failed: {failure['error']}", file=sys.stderr)
+            print(f"superlens: job {failure.job} failed: {failure.error}", file=sys.stderr)
         print(f"superlens: the others finished; tracebacks are in error.txt of each failed job's folder; fix the cause "
               f"and run `superlens resume {exc.run_dir}`", file=sys.stderr)
         return 1

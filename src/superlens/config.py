@@ -1,7 +1,8 @@
 """The study configuration: built-in defaults + a preset or YAML file + key=value overrides.
 
-Everything is merged once, validated once, and written to the run directory as
-``config.yaml``; every later stage reads only that resolved file.
+Everything is merged once and validated once (each stage's part by carving its spec,
+see ``specs``); the resolved dict is written to the run directory as ``config.yaml``
+and read back on resume. Stages never see the dict: they get their specs.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ QUIRKS: dict[str, dict[str, Any]] = {
 DEFAULTS["quirks"] = {name: False for name in QUIRKS}
 
 FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings", "paper")
-RESETS = ("warm", "scratch_same_init", "scratch_new_init")
 
 
 def preset_names() -> list[str]:
@@ -201,20 +201,30 @@ def apply_quirks(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(cfg: dict[str, Any]) -> None:
-    from superlens.active.strategies import REGISTRY
-    from superlens.training import make_recipe
+    """Check the study-wide keys and the rules that tie sections together, then carve (and so
+    check) every stage's spec."""
+    from superlens.analysis.stats import TESTS
+    from superlens.specs import stage_specs
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
+    _check_study(cfg)
+    need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
+    need(cfg["stats"]["test"] in TESTS, f"stats.test must be one of {', '.join(TESTS)}, got {cfg['stats']['test']!r}")
+    specs = stage_specs(cfg)
+    if specs.active.start_from_baseline:
+        need("baseline" in cfg["arms"] and cfg["arms"][0] == "baseline",
+             "active.start_from_baseline needs 'baseline' as the first arm (its trained model is where AL starts)")
+    _check_strategy_options(specs.active.strategy_options)
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _check_study(cfg: dict[str, Any]) -> None:
+    from superlens.active.strategies import REGISTRY
 
     need(cfg["executor"] in ("local", "ray"), f"executor must be 'local' or 'ray', got {cfg['executor']!r}")
-    r = cfg["ray"]
-    need(r["gpus_per_job"] is None or (isinstance(r["gpus_per_job"], (int, float)) and r["gpus_per_job"] >= 0),
-         f"ray.gpus_per_job must be null or a number >= 0, got {r['gpus_per_job']!r}")
-    need(r["cpus_per_job"] is None or (isinstance(r["cpus_per_job"], (int, float)) and r["cpus_per_job"] > 0),
-         "ray.cpus_per_job must be null or a positive number")
-    need(isinstance(r["max_retries"], int) and r["max_retries"] >= 0, "ray.max_retries must be an integer >= 0")
     seeds = cfg["seeds"]
     need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
          f"seeds must be a non-empty list of integers, got {seeds!r}")
@@ -224,113 +234,18 @@ def validate(cfg: dict[str, Any]) -> None:
     for arm in arms:
         if arm != "baseline":
             need(arm.startswith("al-"), f"arm {arm!r} must be 'baseline' or 'al-<strategy>'")
-            if arm[3:] not in REGISTRY:
-                raise UserError(f"unknown strategy {arm[3:]!r} in arm {arm!r}; known: {', '.join(REGISTRY)}")
+            need(arm[3:] in REGISTRY, f"unknown strategy {arm[3:]!r} in arm {arm!r}; known: {', '.join(REGISTRY)}")
     need(len(set(arms)) == len(arms), f"arms must not repeat, got {arms!r}")
-    make_recipe(dict(cfg["recipe"]))
-    model = cfg["model"]
-    need(model["stem"] in ("imagenet", "cifar"), f"model.stem must be 'imagenet' or 'cifar', got {model['stem']!r}")
-    need(isinstance(model["width"], int) and model["width"] >= 1, f"model.width must be a positive integer, got {model['width']!r}")
-    need(0 <= model["dropout"] < 1, f"model.dropout must lie in [0, 1), got {model['dropout']!r}")
-    al = cfg["active"]
-    need(isinstance(al["initial_size"], int) and al["initial_size"] >= 0,
-         f"active.initial_size must be an integer >= 0, got {al['initial_size']!r}")
-    initials = ("random", "balanced", "typiclust", "probcover")
-    need(al["initial"] in initials, f"active.initial must be one of {', '.join(initials)}, got {al['initial']!r}")
-    rounds = al["rounds"]
-    need(rounds == "exhaust" or (isinstance(rounds, int) and rounds >= 1),
-         f"active.rounds must be a positive integer or 'exhaust', got {rounds!r} (zero rounds query nothing)")
-    q = al["query_size"]
-    sizes = q if isinstance(q, list) else [q]
-    need(all(isinstance(s, int) and s >= 1 for s in sizes) and sizes, f"active.query_size must be positive integers, got {q!r}")
-    if isinstance(q, list) and rounds != "exhaust":
-        need(len(q) == rounds, f"active.query_size lists {len(q)} sizes but active.rounds={rounds}")
-    need(al["reset"] in RESETS, f"active.reset must be one of {', '.join(RESETS)}, got {al['reset']!r}")
-    need(isinstance(al["mc_samples"], int) and al["mc_samples"] >= 2, "active.mc_samples must be an integer >= 2")
-    need(0 < al["mc_dropout"] < 1, "active.mc_dropout must lie in (0, 1)")
-    an = cfg["analysis"]
-    need(an["pool"] in ("avg", "max", "flatten"), f"analysis.pool must be avg, max or flatten, got {an['pool']!r}")
-    for key in ("max_samples", "probe_samples", "topk", "knn_k"):
-        need(isinstance(an[key], int) and an[key] >= 1, f"analysis.{key} must be a positive integer, got {an[key]!r}")
-    need(an["perplexity"] > 0, f"analysis.perplexity must be positive, got {an['perplexity']!r}")
-    d = cfg["data"]
-    for key in ("train_subset", "test_subset"):
-        need(d[key] is None or (isinstance(d[key], int) and d[key] >= 2), f"data.{key} must be null or an integer >= 2")
-    for key in ("mean", "std"):
-        need(d[key] is None or (isinstance(d[key], list) and len(d[key]) == 3), f"data.{key} must be null or 3 numbers")
-    need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
-    from superlens.analysis.stats import TESTS
 
-    need(cfg["stats"]["test"] in TESTS, f"stats.test must be one of {', '.join(TESTS)}, got {cfg['stats']['test']!r}")
-    if al["start_from_baseline"]:
-        need("baseline" in cfg["arms"] and cfg["arms"][0] == "baseline",
-             "active.start_from_baseline needs 'baseline' as the first arm (its trained model is where AL starts)")
-    fv = cfg["featvis"]
-    need(isinstance(fv["units"], list) and fv["units"] and all(isinstance(u, int) for u in fv["units"]),
-         f"featvis.units must be a non-empty list of channel indices, got {fv['units']!r}")
-    need(isinstance(fv["top"], int) and fv["top"] >= 1, f"featvis.top must be a positive integer, got {fv['top']!r}")
-    featvis_settings(fv)
-    sae_settings(cfg["sae"])
-    need(isinstance(cfg["sae"]["max_images"], int) and cfg["sae"]["max_images"] >= 1, "sae.max_images must be a positive integer")
-    toy = cfg["toy"]
-    need(all(0 <= s < 1 for s in toy["sparsities"]), f"toy.sparsities must lie in [0, 1), got {toy['sparsities']!r}")
-    need(toy["m"] >= 1 and toy["n"] > toy["m"], f"toy needs n > m >= 1, got n={toy['n']}, m={toy['m']}")
-    sel = toy["selection"]
-    need(0 < sel["initial"] <= sel["budget"] <= sel["pool"], "toy.selection needs 0 < initial <= budget <= pool")
-    for name, options in al["strategy_options"].items():
+
+def _check_strategy_options(strategy_options: dict[str, Any]) -> None:
+    from superlens.active.strategies import REGISTRY
+
+    for name, options in strategy_options.items():
         need(name in REGISTRY, f"active.strategy_options names unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
         accepted = list(inspect.signature(REGISTRY[name].select).parameters)[3:]
         for key in options or {}:
             need(key in accepted, f"strategy {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
-
-
-def _settings(cls, section: str, values: dict[str, Any]):
-    """``cls`` (a settings dataclass) from a config's ``<section>.settings``; unknown fields are an error."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(cls)}
-    for key in values:
-        if key not in known:
-            raise UserError(f"unknown {section}.settings key {key!r}; known: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
-def featvis_settings(featvis: dict[str, Any]):
-    """The FeatVisSettings of a config's ``featvis`` section; unknown fields are an error."""
-    from superlens.analysis.featvis import FeatVisSettings
-
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in featvis["settings"].items()}
-    return _settings(FeatVisSettings, "featvis", values)
-
-
-def sae_settings(section: dict[str, Any], seed: int = 0):
-    """The SAESettings of a config's ``sae`` section (with ``seed``); unknown fields are an error."""
-    from superlens.analysis.sae import SAESettings  # a leaf module: it imports no other stage
-
-    return _settings(SAESettings, "sae", {**section["settings"], "seed": seed})
-
-
-def query_sizes(active: dict[str, Any], pool_size: int) -> list[int]:
-    """The size of each round's query; raises when the budget exceeds the pool."""
-    remaining = pool_size - active["initial_size"]
-    if remaining < 0:
-        raise UserError(f"active.initial_size={active['initial_size']} is larger than the training pool ({pool_size} images)")
-    q = active["query_size"]
-    if active["rounds"] == "exhaust":
-        sizes, step = [], 0
-        while remaining > 0:
-            size = min(remaining, q[min(step, len(q) - 1)] if isinstance(q, list) else q)
-            sizes.append(size)
-            remaining -= size
-            step += 1
-        return sizes
-    sizes = q if isinstance(q, list) else [q] * active["rounds"]
-    if sum(sizes) > remaining:
-        raise UserError(
-            f"the budget ({active['initial_size']} initial + {sum(sizes)} queried) is larger than the "
-            f"training pool ({pool_size} images); lower active.query_size or active.rounds"
-        )
-    return list(sizes)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

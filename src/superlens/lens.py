@@ -78,79 +78,10 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _outputs(model: nn.Module, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Size]:
-    """Output shape of every named module (or of ``names``) for the batch ``x``."""
-    shapes: dict[str, torch.Size] = {}
-    handles = []
-
-    def keep(name):
-        def hook(module, inputs, output) -> None:  # returns nothing: the output is left alone
-            t = _first_tensor(output)
-            if t is not None:
-                shapes.setdefault(name, t.shape)
-        return hook
-
-    for name, module in model.named_modules():
-        if name and (names is None or name in names):
-            handles.append(module.register_forward_hook(keep(name)))
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def _first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
-
-
-def list_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, module type, output shape) of every named module for one input batch ``x``."""
-    shapes = _outputs(model, x)
-    return [(name, type(module).__name__, tuple(shapes[name])) for name, module in model.named_modules()
-            if name in shapes]
-
-
-def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
-    import difflib
-
-    names = [n for n, _ in model.named_modules() if n]
-    for layer in layers:
-        if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise UserError(f"unknown layer {layer!r}{hint}. `superlens analyze MODEL --list-layers` prints every name")
-
-
 def _recipe(options: dict[str, Any], input_size: int | None):
-    from superlens.training import make_recipe
+    from superlens.specs import make_recipe
 
     return make_recipe("standard", input_size=input_size, eval_batch_size=options["analysis"]["eval_batch_size"])
-
-
-@torch.no_grad()
-def output_accuracy(model: nn.Module, data: ImageDataset, recipe, device) -> tuple[float | None, str | None]:
-    """Accuracy of ``argmax model(x)`` when the output is (N, classes); else None and why."""
-    from superlens.training import amp_dtype, autocast, prepare_batch
-
-    model.to(device).eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    dtype = amp_dtype(recipe, device)
-    for start in range(0, len(data), recipe.eval_batch_size):
-        images = data.images[start : start + recipe.eval_batch_size].to(device)
-        with autocast(device, dtype):
-            out = _first_tensor(model(prepare_batch(images, data, recipe, train=False)))
-        if out is None or out.ndim != 2 or out.shape[1] != data.num_classes:
-            shape = "not a tensor" if out is None else f"shape {tuple(out.shape)}"
-            return None, f"the model's output is {shape}, not (N, {data.num_classes}): test accuracy skipped"
-        correct += (out.argmax(1) == data.labels[start : start + recipe.eval_batch_size].to(device)).sum()
-    return float(correct.cpu()) / max(1, len(data)), None
 
 
 def _sae_vectors(acts: np.ndarray) -> np.ndarray:
@@ -163,7 +94,8 @@ def _sae_vectors(acts: np.ndarray) -> np.ndarray:
 
 def _layer(model, name, test, train, recipe, options, device, accuracy_known, units_to_show, seed) -> LayerResult:
     from superlens.analysis.features import capture, resolve_module
-    from superlens.analysis.job import representation_metrics
+    from superlens.analysis.representation import representation_metrics
+    from superlens.specs import AnalysisSpec
 
     a = options["analysis"]
     raw = capture(model, test, name, pool="none", recipe=recipe, device=device)[name]
@@ -190,7 +122,7 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
     if not (isinstance(weight, torch.Tensor) and weight.ndim in (2, 4) and weight.shape[0] == n_units):
         weight = None
     out = representation_metrics(x, test.labels.cpu().numpy(), x_train, train.labels.cpu().numpy(), units,
-                                 weight, a, seed, device)
+                                 weight, AnalysisSpec.from_section(a), seed, device)
     result.metrics, result.histograms, result.tsne = out["metrics"], out["histograms"], out["tsne"]
     result.labels = out["labels"]
     if units is not None:
@@ -214,9 +146,11 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 
 
 def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed) -> dict[str, float]:
-    from superlens.analysis.decode import measure_sae
     from superlens.analysis.features import capture
-    from superlens.analysis.job import fixed_subset
+    from superlens.analysis.superposition import measure_sae
+    from superlens.data import fixed_subset
+    from superlens.specs import SAESettings
+    from superlens.training import output_accuracy
 
     section = options["sae"]
     sae_train = fixed_subset(train, section["max_images"])
@@ -224,15 +158,15 @@ def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known,
     test_vectors = _sae_vectors(raw)
     splice = dict(data=test, mean_activation=torch.from_numpy(test_vectors.mean(0)), recipe=recipe,
                   accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
-    return measure_sae(model, name, train_vectors, test_vectors, section, seed, device, splice)[1]
+    settings = SAESettings.from_settings(section["settings"], seed=seed)
+    return measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice)[1]
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:
     from superlens.analysis.featvis import check_units, exemplars, visualize
-    from superlens.analysis.job import model_input_settings
-    from superlens.config import featvis_settings
+    from superlens.specs import FeatVisSettings
 
-    settings = model_input_settings(featvis_settings({"settings": options["featvis"]["settings"]}), recipe)
+    settings = FeatVisSettings.from_settings(options["featvis"]["settings"]).at_input_size(recipe.input_size)
     side = settings.upsample_to or settings.size or train.image_size[0]
     check_units(model.to(device), name, units, torch.zeros(1, 3, side, side, device=device))
     result = visualize(model, name, units, train, settings, device=device)
@@ -274,9 +208,9 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     summary dict (as ``summary.json``); with ``out``, also writes the run directory
     and its ``report.html``.
     """
-    from superlens.analysis.job import fixed_subset
-    from superlens.data import load
-    from superlens.study import resolve_device
+    from superlens.analysis.features import check_layers
+    from superlens.data import fixed_subset, load
+    from superlens.training import output_accuracy, resolve_device
 
     options = options_from((), options)
     models = list(models) if isinstance(models, (list, tuple)) else [models]
@@ -333,9 +267,9 @@ def write_run(out: Path, results: list[ModelResult], summary: dict[str, Any], la
               options: dict[str, Any], device, started: float) -> Path:
     import platform
 
-    from superlens import __version__
     from superlens.fileio import atomic_path, write_json
     from superlens.report.lens import build_lens_report
+    from superlens.study.run import package_version
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
@@ -348,7 +282,7 @@ def write_run(out: Path, results: list[ModelResult], summary: dict[str, Any], la
             if lr.tsne is not None:
                 with atomic_path(folder / "tsne.npz") as tmp, open(tmp, "wb") as f:
                     np.savez(f, coords=lr.tsne.astype(np.float32))
-    write_json(out / "manifest.json", {"superlens": __version__, "torch": torch.__version__, "device": str(device),
+    write_json(out / "manifest.json", {"superlens": package_version(), "torch": torch.__version__, "device": str(device),
                                        "python": platform.python_version(), "seconds": round(time.time() - started, 2)})
     return build_lens_report(out, results, summary, layers, classes)
 

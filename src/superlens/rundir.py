@@ -6,13 +6,13 @@ import csv
 import io
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.config import first_difference, read_yaml, resolve_stored, to_yaml
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_text
+from superlens.layout import RunLayout
 
 ROUND_COLUMNS = [
     "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
@@ -25,20 +25,11 @@ ROUND_COLUMNS = [
 PLACEMENT = ("executor", "ray")  # config keys that say where jobs run, not what they compute
 
 
-class RunDir:
+class RunDir(RunLayout):
+    """A run directory: its layout (``RunLayout``), its lock, its config and the files built from its jobs."""
+
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    def job_dir(self, arm: str, seed: int) -> Path:
-        return self.path / "arms" / arm / f"seed{seed}"
-
-    def round0_dir(self, seed: int) -> Path:
-        """The round 0 every active-learning arm of ``seed`` shares."""
-        return self.path / "round0" / f"seed{seed}"
+        super().__init__(path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -49,7 +40,7 @@ class RunDir:
         except ImportError:  # no advisory locks on this platform
             yield
             return
-        with open(self.path / ".lock", "a+") as handle:
+        with open(self.lock_file, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -69,13 +60,13 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def read_config(self) -> dict[str, Any]:
-        if not self.config_path.exists():
+        if not self.config.exists():
             raise UserError(f"{self.path} is not a superlens run directory (no config.yaml)")
-        return resolve_stored(read_yaml(self.config_path), str(self.config_path))
+        return resolve_stored(read_yaml(self.config), str(self.config))
 
     def bind_config(self, cfg: dict[str, Any]) -> None:
         """Write ``config.yaml``, or check that the one already there is the same config."""
-        if self.config_path.exists():
+        if self.config.exists():
             # where jobs run does not change their results: the stored executor settings may differ
             stored = {k: v for k, v in self.read_config().items() if k not in PLACEMENT}
             diff = first_difference(stored, {k: v for k, v in cfg.items() if k not in PLACEMENT})
@@ -85,10 +76,10 @@ class RunDir:
                     f"choose another --out, or run `superlens resume {self.path}` to finish it as it was"
                 )
             return
-        write_text(self.config_path, to_yaml(cfg))
+        write_text(self.config, to_yaml(cfg))
 
     def finished_jobs(self) -> list[dict[str, Any]]:
-        return [read_json(p) for p in sorted(self.path.glob("arms/*/seed*/done.json"))]
+        return [read_json(p) for p in self.finished_arm_jobs()]
 
     def write_rounds_csv(self, records: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
@@ -98,4 +89,4 @@ class RunDir:
             row = {k: row.get(k) for k in ROUND_COLUMNS}
             row["query_class_hist"] = " ".join(str(c) for c in row["query_class_hist"] or [])
             writer.writerow(row)
-        write_text(self.path / "rounds.csv", buf.getvalue())
+        write_text(self.rounds_csv, buf.getvalue())

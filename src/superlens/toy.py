@@ -144,20 +144,20 @@ def selection_experiment(
     return out
 
 
-def run_lab(section: dict, seeds: list[int]) -> dict:
-    """The lab a study reports: a sparsity sweep at (n, m), the n=2/m=1 phase diagram, and the
-    random-vs-uncertain selection experiment over ``seeds``."""
-    n, m, steps = section["n"], section["m"], section["steps"]
+def run_lab(spec) -> dict:
+    """The lab a study reports (``spec``: a ``ToySpec``): a sparsity sweep at (n, m), the n=2/m=1 phase
+    diagram, and the random-vs-uncertain selection experiment over the spec's seeds."""
+    n, m, steps, seeds = spec.n, spec.m, spec.steps, list(spec.seeds)
     sweep = []
-    for s in section["sparsities"]:
+    for s in spec.sparsities:
         model = train_toy(n, m, s, steps=steps, seed=seeds[0])
         sweep.append({"sparsity": s, "norms": model.norms.tolist(), "dimensionality": feature_dimensionality(model.w).tolist(),
                       **model.summary()})
-    grid = np.linspace(0.0, 0.99, section["phase_grid"]).tolist()
-    importances = np.geomspace(0.1, 10.0, section["phase_grid"]).tolist()
+    grid = np.linspace(0.0, 0.99, spec.phase_grid).tolist()
+    importances = np.geomspace(0.1, 10.0, spec.phase_grid).tolist()
     phase = phase_diagram(grid, importances, steps=max(500, steps // 3), seed=seeds[0])
-    sel = section["selection"]
-    selection = [selection_experiment(n, m, sel["sparsity"], sel["pool"], sel["budget"], sel["initial"], steps, seed)
+    sel = spec.selection
+    selection = [selection_experiment(n, m, sel.sparsity, sel.pool, sel.budget, sel.initial, steps, seed)
                  for seed in seeds]
     return {"n": n, "m": m, "sweep": sweep, "phase": {"sparsity": grid, "importance": importances, "outcome": phase.tolist()},
-            "selection": selection, "selection_settings": sel}
+            "selection": selection, "selection_settings": spec.selection_settings()}

@@ -10,10 +10,9 @@ host: losses and counts are accumulated on the device and copied once at the end
 from __future__ import annotations
 
 import math
-import random
 import sys
 import weakref
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,83 +23,19 @@ from torch import nn
 from superlens.data.augment import normalize, random_crop, random_flip, resize
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError, describe
+from superlens.specs import RECIPES, Recipe, make_recipe
+
+__all__ = ["RECIPES", "Recipe", "make_recipe", "fit", "evaluate", "resolve_device"]
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that describes how a model is trained and evaluated."""
-
-    optimizer: str = "sgd"  # "sgd" or "adam"
-    lr: float = 0.1
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = True  # sgd only
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    epochs: int = 30
-    steps: int | None = None  # a fixed number of optimizer steps per training call (overrides epochs): equal compute
-    schedule: str = "warmup_cosine"  # "constant", "warmup_cosine" or "warmup_linear"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    crop_padding: int = 4  # 0 turns random crops off
-    flip: bool = True
-    amp: bool | str = True  # True: mixed precision on CUDA (bf16, or fp16 + loss scaling where bf16 is not
-    # supported); False: off; "bf16" / "fp16": that dtype on any device, the CPU included
-    compile: bool | str = False  # torch.compile the model (True: the default backend, or a backend name)
-    input_size: int | None = None  # resize inputs on the device (e.g. 224); None keeps them
-    eval_batch_size: int = 1024
-
-    def __post_init__(self) -> None:
-        checks = {
-            "optimizer": self.optimizer in ("sgd", "adam"),
-            "schedule": self.schedule in ("constant", "warmup_cosine", "warmup_linear"),
-            "lr": self.lr > 0,
-            "batch_size": self.batch_size >= 1,
-            "epochs": self.epochs >= 0,
-            "steps": self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "crop_padding": self.crop_padding >= 0,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "amp": self.amp in (True, False, "bf16", "fp16"),
-            "compile": isinstance(self.compile, (bool, str)),
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise UserError(f"recipe.{key} has an invalid value {getattr(self, key)!r}")
-
-
-RECIPES: dict[str, Recipe] = {
-    # As the study's notebooks trained: Adam 1e-3, batch 128, 20 epochs, no augmentation,
-    # mixed precision; no weight decay, schedule or label smoothing.
-    "devkar2024": Recipe(
-        optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, epochs=20, schedule="constant",
-        warmup_epochs=0.0, label_smoothing=0.0, crop_padding=0, flip=False, amp=True,
-    ),
-    # A sound from-scratch recipe for small images.
-    "standard": Recipe(),
-}
-
-
-def make_recipe(base: str | Recipe | dict = "standard", **overrides: Any) -> Recipe:
-    """A recipe from a preset name (or Recipe, or dict with an optional ``name``) plus overrides."""
-    if isinstance(base, dict):
-        overrides = {**base, **overrides}
-        base = overrides.pop("name", "standard")
-    if isinstance(base, str):
-        if base not in RECIPES:
-            raise UserError(f"unknown recipe {base!r}; known: {', '.join(RECIPES)}")
-        base = RECIPES[base]
-    known = {f.name for f in fields(Recipe)}
-    for key in overrides:
-        if key not in known:
-            raise UserError(f"unknown recipe key {key!r}; known: {', '.join(sorted(known))}")
-    return replace(base, **overrides)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when there is one), or the named device, which must exist."""
+    if name == "auto":
+        return default_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but this torch has no CUDA device; use device=cpu or device=auto")
+    return device
 
 
 def default_device() -> torch.device:
@@ -346,3 +281,29 @@ def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", unit_scale=True, disable=not enabled, leave=False, mininterval=0.5)
+
+
+def first_tensor(output):
+    """The tensor of a module's output (the first, when it returns several)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@torch.no_grad()
+def output_accuracy(model: nn.Module, data: ImageDataset, recipe, device) -> tuple[float | None, str | None]:
+    """Accuracy of ``argmax model(x)`` when the output is (N, classes); else None and why."""
+    model.to(device).eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    dtype = amp_dtype(recipe, device)
+    for start in range(0, len(data), recipe.eval_batch_size):
+        images = data.images[start : start + recipe.eval_batch_size].to(device)
+        with autocast(device, dtype):
+            out = first_tensor(model(prepare_batch(images, data, recipe, train=False)))
+        if out is None or out.ndim != 2 or out.shape[1] != data.num_classes:
+            shape = "not a tensor" if out is None else f"shape {tuple(out.shape)}"
+            return None, f"the model's output is {shape}, not (N, {data.num_classes}): test accuracy skipped"
+        correct += (out.argmax(1) == data.labels[start : start + recipe.eval_batch_size].to(device)).sum()
+    return float(correct.cpu()) / max(1, len(data)), None

@@ -7,9 +7,9 @@ identical. After it, every random draw of round r (training order, augmentation,
 new initial weights, the strategy's generator) comes from a seed derived from
 (seed, r) alone, so arms differ only by what their strategy chooses.
 
-A job reads only the resolved config and the data, and writes only its own folder:
-``checkpoint.pt`` (model, optimizer, pool, strategy state, records) after every round,
-``pool.npy`` and ``records.json`` beside it, and ``done.json`` when it has finished.
+A job reads only its specs and the data, and writes only its own folder (its
+``JobPaths``): the checkpoint (model, optimizer, pool, strategy state, records) after
+every round, the pool and records beside it, and ``done`` when it has finished.
 A job resumed from its last checkpoint makes exactly the draws an uninterrupted one makes.
 """
 
@@ -25,12 +25,13 @@ import torch
 
 from superlens.active import strategies
 from superlens.active.pool import Pool, initial_set
-from superlens.config import query_sizes
 from superlens.data.dataset import DatasetSplits, ImageDataset
 from superlens.errors import UserError
 from superlens.fileio import atomic_path, read_json, write_json
+from superlens.layout import JobPaths
 from superlens.models import build_model
-from superlens.training import Recipe, TrainResult, evaluate, fit, make_optimizer, make_recipe
+from superlens.specs import ActiveSpec, ModelSpec, Recipe, SnapshotSpec
+from superlens.training import TrainResult, evaluate, fit, make_optimizer
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -49,7 +50,7 @@ def class_histogram(labels: np.ndarray, num_classes: int) -> tuple[list[int], fl
 @torch.no_grad()
 def query_inputs(
     model: torch.nn.Module, train: ImageDataset, pool: Pool, needs: frozenset[str], recipe: Recipe,
-    cfg: dict[str, Any], device: torch.device, state: dict[str, Any],
+    device: torch.device, state: dict[str, Any], mc_rate: float = 0.5, mc_samples: int = 20,
 ) -> strategies.QueryInputs:
     """Everything ``needs`` asks for, from one evaluation pass (no augmentation) over the pool."""
     unlabeled = pool.unlabeled
@@ -64,9 +65,7 @@ def query_inputs(
     if "labeled_embeddings" in needs:
         inputs.labeled_embeddings = result.embeddings[n:]
     if "mc_probs" in needs:
-        # MC dropout at the head, at the model's own dropout rate when it was trained with one.
-        rate = cfg["model"]["dropout"] or cfg["active"]["mc_dropout"]
-        inputs.mc_probs = mc_dropout_samples(result.embeddings[:n], model.fc, rate, cfg["active"]["mc_samples"], device)
+        inputs.mc_probs = mc_dropout_samples(result.embeddings[:n], model.fc, mc_rate, mc_samples, device)
     return inputs
 
 
@@ -113,19 +112,14 @@ def _restored(obj: Any) -> Any:
     return obj
 
 
-def _save_checkpoint(job_dir: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(job_dir / "checkpoint.pt") as tmp:
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
         torch.save(_plain(payload), tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A job's ``checkpoint.pt``, read without unpickling code (a shared run directory need not be trusted)."""
     return _restored(torch.load(path, map_location="cpu", weights_only=True))
-
-
-def _load_checkpoint(job_dir: Path) -> dict[str, Any] | None:
-    path = job_dir / "checkpoint.pt"
-    return load_checkpoint(path) if path.exists() else None
 
 
 def _save_state_dict(path: Path, module_or_optimizer) -> None:
@@ -136,29 +130,11 @@ def _save_state_dict(path: Path, module_or_optimizer) -> None:
         torch.save(state, tmp)
 
 
-def run_job(
-    cfg: dict[str, Any], arm: str, seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
-    progress: bool = True, after_round: Callable[[int], None] | None = None, round0_dir: Path | None = None,
-    checkpoint: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Run (or finish) one job and return its per-round records.
-
-    An AL arm needs ``round0_dir``, the finished round-0 job of its seed (see ``run_round0``).
-    """
-    job_dir.mkdir(parents=True, exist_ok=True)
-    done = job_dir / "done.json"
-    if done.exists():
-        return read_json(done)["records"]
-    started = time.perf_counter()
-    if arm == "baseline":
-        records, model, optimizer = _baseline(cfg, seed, splits, device, progress)
-    else:
-        records, model, optimizer = _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir,
-                                            checkpoint)
-    _save_state_dict(job_dir / "model.pt", model)  # the final weights, for the analyses
-    _save_state_dict(job_dir / "optimizer.pt", optimizer)  # for active learning that continues this model
-    write_json(done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
-    (job_dir / "checkpoint.pt").unlink(missing_ok=True)
+def _finish(paths: JobPaths, arm: str, seed: int, started: float, records, model, optimizer) -> list[dict[str, Any]]:
+    _save_state_dict(paths.model, model)  # the final weights, for the analyses
+    _save_state_dict(paths.optimizer, optimizer)  # for active learning that continues this model
+    write_json(paths.done, {"arm": arm, "seed": seed, "seconds": time.perf_counter() - started, "records": records})
+    paths.checkpoint.unlink(missing_ok=True)
     return records
 
 
@@ -177,166 +153,178 @@ def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained
     }
 
 
-def _snapshot(cfg, model, splits: DatasetSplits, recipe, device) -> dict[str, float]:
-    """The per-round superposition metrics (``analysis.per_round``), or nothing when off."""
-    a = cfg["analysis"]
-    if not (a["enabled"] and a["per_round"]):
+def _snapshot(snapshot: SnapshotSpec | None, model, splits: DatasetSplits, recipe, device) -> dict[str, float]:
+    """The per-round metrics (``analysis.per_round``), or nothing when off."""
+    if snapshot is None:
         return {}
-    from superlens.analysis.snapshot import analysis_subset, snapshot_metrics
+    from superlens.analysis.snapshot import snapshot_metrics
+    from superlens.data.dataset import fixed_subset
 
-    return snapshot_metrics(model, analysis_subset(splits.test, a), a, recipe, device)
+    return snapshot_metrics(model, fixed_subset(splits.test, snapshot.max_samples), snapshot, recipe, device)
 
 
-def _baseline(cfg, seed, splits, device, progress):
-    recipe = make_recipe(dict(cfg["recipe"]))
-    model = build_model(cfg["model"], splits.train.num_classes, derive_seed(seed, "init"))
+def run_baseline(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.device, *, model: ModelSpec,
+                 recipe: Recipe, snapshot: SnapshotSpec | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train on the whole training split; writes the model, its optimizer and ``done`` (with the one record)."""
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    if paths.done.exists():
+        return read_json(paths.done)["records"]
+    started = time.perf_counter()
+    net = build_model(model, splits.train.num_classes, derive_seed(seed, "init"))
     torch.manual_seed(derive_seed(seed, "baseline", "train"))
     t0 = time.perf_counter()
-    trained = fit(model, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
+    trained = fit(net, splits.train, recipe, seed=derive_seed(seed, "baseline", "train"), device=device,
                   progress=progress, desc=f"baseline seed {seed}")
     train_s = time.perf_counter() - t0
-    result = evaluate(model, splits.test, recipe, device=device)
+    result = evaluate(net, splits.test, recipe, device=device)
     row = _record("baseline", seed, 0, len(splits.train), result, 0.0, train_s, trained, np.array([], np.int64),
                   splits.train.num_classes, None)
-    row.update(_snapshot(cfg, model, splits, recipe, device))
-    return [row], model, trained.optimizer
+    row.update(_snapshot(snapshot, net, splits, recipe, device))
+    return _finish(paths, "baseline", seed, started, [row], net, trained.optimizer)
 
 
-def _start_model(cfg, seed, splits, baseline_dir: Path | None):
+def _start_model(model: ModelSpec, active: ActiveSpec, seed: int, splits, baseline: JobPaths | None):
     """Round 0's model before training: the seed's initial weights, or the trained baseline's
     (``active.start_from_baseline``)."""
-    model = build_model(cfg["model"], splits.train.num_classes, derive_seed(seed, "init"))
-    if cfg["active"]["start_from_baseline"]:
+    net = build_model(model, splits.train.num_classes, derive_seed(seed, "init"))
+    if active.start_from_baseline:
         # As the study's notebook did: active learning continues the trained baseline model.
-        if baseline_dir is None or not (baseline_dir / "model.pt").exists():
-            raise UserError(f"active.start_from_baseline needs the finished baseline job {baseline_dir}; run the baseline arm first")
-        model.load_state_dict(torch.load(baseline_dir / "model.pt", map_location="cpu", weights_only=True))
-    return model
+        if baseline is None or not baseline.model.exists():
+            where = baseline.folder if baseline is not None else "baseline"
+            raise UserError(f"active.start_from_baseline needs the finished baseline job {where}; run the baseline arm first")
+        net.load_state_dict(torch.load(baseline.model, map_location="cpu", weights_only=True))
+    return net
 
 
-def _initial(cfg, model, train: ImageDataset, labels: np.ndarray, recipe, device, seed: int) -> np.ndarray:
+def _initial(active: ActiveSpec, model, train: ImageDataset, labels: np.ndarray, recipe, device, seed: int) -> np.ndarray:
     """The initial labelled set: ``random``, ``balanced``, or chosen by a low-budget strategy
     (``typiclust``, ``probcover``) on the embeddings of the model before any training."""
-    a = cfg["active"]
     rng = np.random.default_rng(derive_seed(seed, "initial"))
-    if a["initial"] in ("random", "balanced"):
-        return initial_set(labels, a["initial_size"], a["initial"], rng)
-    if a["initial_size"] > len(train):
-        raise UserError(f"active.initial_size={a['initial_size']} is larger than the training pool ({len(train)} images)")
-    strategy = strategies.get(a["initial"])
+    if active.initial in ("random", "balanced"):
+        return initial_set(labels, active.initial_size, active.initial, rng)
+    if active.initial_size > len(train):
+        raise UserError(f"active.initial_size={active.initial_size} is larger than the training pool ({len(train)} images)")
+    strategy = strategies.get(active.initial)
     result = evaluate(model, train, recipe, device=device)
     ids = np.arange(len(train))
     inputs = strategies.QueryInputs(probs=result.probs, embeddings=result.embeddings,
                                     labeled_embeddings=result.embeddings[:0], pool_ids=ids, labeled_ids=ids[:0])
-    picked = strategy.select(inputs, a["initial_size"], rng, **a["strategy_options"].get(strategy.name, {}))
+    picked = strategy.select(inputs, active.initial_size, rng, **active.strategy_options.get(strategy.name, {}))
     return np.sort(ids[np.asarray(picked)])
 
 
-def run_round0(cfg: dict[str, Any], seed: int, job_dir: Path, splits: DatasetSplits, device: torch.device,
-               progress: bool = True, baseline_dir: Path | None = None) -> dict[str, Any]:
+def run_round0(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.device, *, model: ModelSpec,
+               recipe: Recipe, active: ActiveSpec, snapshot: SnapshotSpec | None = None,
+               baseline: JobPaths | None = None, progress: bool = True) -> dict[str, Any]:
     """The round 0 shared by every AL arm of ``seed``: initial set, model trained on it, its record.
 
-    Writes ``model.pt``, ``optimizer.pt``, ``pool.npy`` and ``done.json`` (with the
-    record) into ``job_dir``; a finished job is read back, not redone.
+    Writes the model, optimizer, pool and ``done`` (with the record) into ``paths``; a
+    finished job is read back, not redone.
     """
-    done = job_dir / "done.json"
-    if done.exists():
-        return read_json(done)
-    job_dir.mkdir(parents=True, exist_ok=True)
+    if paths.done.exists():
+        return read_json(paths.done)
+    paths.folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    recipe = make_recipe(dict(cfg["recipe"]))
     train, labels = splits.train, splits.train.labels.cpu().numpy()
-    model = _start_model(cfg, seed, splits, baseline_dir)
+    net = _start_model(model, active, seed, splits, baseline)
     optimizer = None
-    if cfg["active"]["start_from_baseline"]:  # the baseline's optimizer state continues too
-        optimizer = make_optimizer(model.to(device), recipe)
-        optimizer.load_state_dict(torch.load(baseline_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+    if active.start_from_baseline:  # the baseline's optimizer state continues too
+        optimizer = make_optimizer(net.to(device), recipe)
+        optimizer.load_state_dict(torch.load(baseline.optimizer, map_location="cpu", weights_only=True))
     pool = Pool.empty(len(train))
-    pool.acquire(_initial(cfg, model, train, labels, recipe, device, seed), 0)
+    pool.acquire(_initial(active, net, train, labels, recipe, device, seed), 0)
     torch.manual_seed(derive_seed(seed, "round", 0))
     t0 = time.perf_counter()
     trained = None
     if len(pool.labeled) >= 2:
-        trained = fit(model, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", 0), device=device,
+        trained = fit(net, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", 0), device=device,
                       optimizer=optimizer, progress=progress, desc=f"round 0 seed {seed}")
         optimizer = trained.optimizer
     train_s = time.perf_counter() - t0
-    result = evaluate(model, splits.test, recipe, device=device)
+    result = evaluate(net, splits.test, recipe, device=device)
     record = _record(None, seed, 0, len(pool.labeled), result, 0.0, train_s, trained, np.array([], np.int64),
                      train.num_classes, None)
-    record.update(_snapshot(cfg, model, splits, recipe, device))
-    _save_state_dict(job_dir / "model.pt", model)
-    _save_state_dict(job_dir / "optimizer.pt", optimizer or make_optimizer(model.to(device), recipe))
-    pool.save(job_dir / "pool.npy")
+    record.update(_snapshot(snapshot, net, splits, recipe, device))
+    _save_state_dict(paths.model, net)
+    _save_state_dict(paths.optimizer, optimizer or make_optimizer(net.to(device), recipe))
+    pool.save(paths.pool)
     out = {"seed": seed, "seconds": time.perf_counter() - started, "record": record}
-    write_json(done, out)
+    write_json(paths.done, out)
     return out
 
 
-def _active(cfg, arm, seed, job_dir, splits, device, progress, after_round, round0_dir, checkpoint=None):
+def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.device, *, model: ModelSpec,
+            recipe: Recipe, active: ActiveSpec, round0: JobPaths, snapshot: SnapshotSpec | None = None,
+            baseline: JobPaths | None = None, keep_round_models: bool = False, checkpoint: dict[str, Any] | None = None,
+            progress: bool = True, after_round: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or finish) the active-learning rounds of ``arm`` from the finished ``round0`` of its seed.
+
+    ``checkpoint``: the job's checkpoint when the caller has read it already (else it is
+    read here when present); ``keep_round_models`` saves the weights after every round.
+    """
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    if paths.done.exists():
+        return read_json(paths.done)["records"]
+    started = time.perf_counter()
     strategy = strategies.get(arm[3:])
-    options = cfg["active"]["strategy_options"].get(strategy.name, {})
-    recipe = make_recipe(dict(cfg["recipe"]))
+    options = active.strategy_options.get(strategy.name, {})
     train, labels = splits.train, splits.train.labels.cpu().numpy()
-    sizes = query_sizes(cfg["active"], len(train))
-    reset = cfg["active"]["reset"]
-    if round0_dir is None or not (round0_dir / "done.json").exists():
-        raise UserError(f"{arm} seed {seed} needs the finished round-0 job of its seed ({round0_dir})")
-    model = _start_model(cfg, seed, splits, job_dir.parent.parent / "baseline" / f"seed{seed}")
-    init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    if checkpoint is None:  # none read by the caller already
-        checkpoint = _load_checkpoint(job_dir)
+    sizes = active.query_sizes(len(train))
+    if not round0.done.exists():
+        raise UserError(f"{arm} seed {seed} needs the finished round-0 job of its seed ({round0.folder})")
+    net = _start_model(model, active, seed, splits, baseline)
+    init_state = {k: v.clone() for k, v in net.state_dict().items()}
+    if checkpoint is None and paths.checkpoint.exists():
+        checkpoint = load_checkpoint(paths.checkpoint)
     if checkpoint is None:
-        round0 = read_json(round0_dir / "done.json")
-        pool = Pool(np.load(round0_dir / "pool.npy"))
-        model.load_state_dict(torch.load(round0_dir / "model.pt", map_location="cpu", weights_only=True))
-        optimizer = make_optimizer(model.to(device), recipe)
-        optimizer.load_state_dict(torch.load(round0_dir / "optimizer.pt", map_location="cpu", weights_only=True))
-        records, state, start = [{**round0["record"], "arm": arm}], {}, 1
-        _keep_round_model(cfg, job_dir, 0, model)
+        first = read_json(round0.done)["record"]
+        pool = Pool(np.load(round0.pool))
+        net.load_state_dict(torch.load(round0.model, map_location="cpu", weights_only=True))
+        optimizer = make_optimizer(net.to(device), recipe)
+        optimizer.load_state_dict(torch.load(round0.optimizer, map_location="cpu", weights_only=True))
+        records, state, start = [{**first, "arm": arm}], {}, 1
+        if keep_round_models:
+            _save_state_dict(paths.round_model(0), net)
     else:
         pool = Pool(checkpoint["pool"])
-        model.load_state_dict(checkpoint["model"])
-        optimizer = make_optimizer(model.to(device), recipe)
+        net.load_state_dict(checkpoint["model"])
+        optimizer = make_optimizer(net.to(device), recipe)
         optimizer.load_state_dict(checkpoint["optimizer"])
         records, state, start = checkpoint["records"], checkpoint["strategy_state"], checkpoint["round"] + 1
+    mc_rate = model.dropout or active.mc_dropout  # MC dropout at the model's own rate when it was trained with one
     for round_ in range(start, len(sizes) + 1):
         torch.manual_seed(derive_seed(seed, "round", round_))
         t0 = time.perf_counter()
-        inputs = query_inputs(model, train, pool, strategy.needs, recipe, cfg, device, state)
+        inputs = query_inputs(net, train, pool, strategy.needs, recipe, device, state, mc_rate, active.mc_samples)
         rng = np.random.default_rng(derive_seed(seed, "query", round_))
         picked = np.asarray(strategy.select(inputs, sizes[round_ - 1], rng, **options))
         queried = inputs.pool_ids[picked]
         pool.acquire(queried, round_)
         query_s = time.perf_counter() - t0
-        if reset == "scratch_same_init":
-            model.load_state_dict(init_state)
+        if active.reset == "scratch_same_init":
+            net.load_state_dict(init_state)
             optimizer = None
-        elif reset == "scratch_new_init":
-            model = build_model(cfg["model"], train.num_classes, derive_seed(seed, "init", round_))
+        elif active.reset == "scratch_new_init":
+            net = build_model(model, train.num_classes, derive_seed(seed, "init", round_))
             optimizer = None
         t0 = time.perf_counter()
-        trained = fit(model, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", round_), device=device,
+        trained = fit(net, train.subset(pool.labeled), recipe, seed=derive_seed(seed, "train", round_), device=device,
                       optimizer=optimizer, progress=progress, desc=f"{arm} seed {seed} round {round_}")
         optimizer = trained.optimizer
         train_s = time.perf_counter() - t0
-        result = evaluate(model, splits.test, recipe, device=device)
+        result = evaluate(net, splits.test, recipe, device=device)
         row = _record(arm, seed, round_, len(pool.labeled), result, query_s, train_s, trained, labels[queried],
                       train.num_classes, records[-1])
-        row.update(_snapshot(cfg, model, splits, recipe, device))
+        row.update(_snapshot(snapshot, net, splits, recipe, device))
         records.append(row)
-        _save_checkpoint(job_dir, {
-            "round": round_, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint(paths.checkpoint, {
+            "round": round_, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
             "pool": pool.acquired, "strategy_state": state, "records": records,
         })
-        _keep_round_model(cfg, job_dir, round_, model)
-        pool.save(job_dir / "pool.npy")
-        write_json(job_dir / "records.json", records)
+        if keep_round_models:
+            _save_state_dict(paths.round_model(round_), net)
+        pool.save(paths.pool)
+        write_json(paths.records, records)
         if after_round is not None:
             after_round(round_)
-    return records, model, optimizer
-
-
-def _keep_round_model(cfg, job_dir: Path, round_: int, model) -> None:
-    if cfg["sae"]["enabled"] and cfg["sae"]["per_round"]:
-        _save_state_dict(job_dir / "rounds" / f"model{round_}.pt", model)
+    return _finish(paths, arm, seed, started, records, net, optimizer)

@@ -35,15 +35,14 @@ class Strategy:
     name: str
     needs: frozenset[str]
     select: Callable[[QueryInputs, int, np.random.Generator], np.ndarray]
-    doc: str
 
 
 REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, needs: set[str], doc: str):
+def register(name: str, needs: set[str]):
     def wrap(fn):
-        REGISTRY[name] = Strategy(name, frozenset(needs), fn, doc)
+        REGISTRY[name] = Strategy(name, frozenset(needs), fn)
         return fn
 
     return wrap
@@ -93,32 +92,38 @@ def bald_scores(mc_probs: Iterable[np.ndarray]) -> np.ndarray:
 
 # --- the registry ------------------------------------------------------------------
 
-@register("random", set(), "uniformly random images (the control every strategy is compared with)")
+# uniformly random images (the control every strategy is compared with)
+@register("random", set())
 def _random(inputs: QueryInputs, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(len(inputs.pool_ids))[:k]
 
 
-@register("least_confidence", {"probs"}, "largest 1 - max softmax probability")
+# largest 1 - max softmax probability
+@register("least_confidence", {"probs"})
 def _least_confidence(inputs, k, rng):
     return top_k(least_confidence_scores(inputs.probs), k)
 
 
-@register("margin", {"probs"}, "smallest gap between the two most probable classes")
+# smallest gap between the two most probable classes
+@register("margin", {"probs"})
 def _margin(inputs, k, rng):
     return top_k(margin_scores(inputs.probs), k)
 
 
-@register("entropy", {"probs"}, "largest entropy of the predicted class distribution")
+# largest entropy of the predicted class distribution
+@register("entropy", {"probs"})
 def _entropy(inputs, k, rng):
     return top_k(entropy_scores(inputs.probs), k)
 
 
-@register("bald", {"mc_probs"}, "largest mutual information under MC dropout (Gal et al. 2017)")
+# largest mutual information under MC dropout (Gal et al. 2017)
+@register("bald", {"mc_probs"})
 def _bald(inputs, k, rng):
     return top_k(bald_scores(inputs.mc_probs), k)
 
 
-@register("coreset", {"embeddings", "labeled_embeddings"}, "greedy k-center on embeddings (Sener & Savarese 2018)")
+# greedy k-center on embeddings (Sener & Savarese 2018)
+@register("coreset", {"embeddings", "labeled_embeddings"})
 def _coreset(inputs, k, rng):
     picked, radii = greedy_kcenter(inputs.embeddings, inputs.labeled_embeddings, k, rng)
     inputs.state["coreset_radii"] = radii
@@ -137,7 +142,8 @@ def badge_factors(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray
     return a, np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
-@register("badge", {"probs", "embeddings"}, "k-means++ seeding on gradient embeddings (Ash et al. 2020)")
+# k-means++ seeding on gradient embeddings (Ash et al. 2020)
+@register("badge", {"probs", "embeddings"})
 def _badge(inputs, k, rng):
     a, h = badge_factors(inputs.probs, inputs.embeddings)
     norms = np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)
@@ -175,7 +181,8 @@ def cluster_pool(
     return merged[micro_ids]
 
 
-@register("cluster_margin", {"probs", "embeddings"}, "lowest margins, spread round-robin over clusters (Citovsky et al. 2021)")
+# lowest margins, spread round-robin over clusters (Citovsky et al. 2021)
+@register("cluster_margin", {"probs", "embeddings"})
 def _cluster_margin(inputs, k, rng, margin_multiplier: float = 10.0, n_clusters: int = 200):
     """Take the ``margin_multiplier * k`` lowest-margin images, then pick round-robin from their
     clusters, smallest cluster first, one random image at a time. The pool is clustered once
@@ -222,8 +229,8 @@ def _embeddings(inputs: QueryInputs, embedding: str) -> tuple[np.ndarray, np.nda
     return lookup(inputs.pool_ids), lookup(labeled_ids)
 
 
-@register("typiclust", {"embeddings", "labeled_embeddings"},
-          "the most typical image of each largest uncovered cluster (Hacohen et al. 2022)")
+# the most typical image of each largest uncovered cluster (Hacohen et al. 2022)
+@register("typiclust", {"embeddings", "labeled_embeddings"})
 def _typiclust(inputs, k, rng, knn: int = 20, max_clusters: int = 500, min_cluster_size: int = 5,
                embedding: str = "model"):
     """``knn``: neighbours for typicality; ``max_clusters``: cap on labelled + budget clusters;
@@ -235,8 +242,8 @@ def _typiclust(inputs, k, rng, knn: int = 20, max_clusters: int = 500, min_clust
     return typiclust(pool, labeled, k, rng, k=knn, max_clusters=max_clusters, min_cluster_size=min_cluster_size)
 
 
-@register("probcover", {"embeddings", "labeled_embeddings", "probs"},
-          "greedy maximum coverage by delta-balls of pure radius (Yehuda et al. 2022)")
+# greedy maximum coverage by delta-balls of pure radius (Yehuda et al. 2022)
+@register("probcover", {"embeddings", "labeled_embeddings", "probs"})
 def _probcover(inputs, k, rng, delta: float | None = None, purity: float = 0.95, purity_sample: int = 2000,
                pca_dims: int | None = 64, max_degree: int | None = 1000, embedding: str = "model"):
     """``delta``: ball radius on L2-normalized embeddings (None: the largest whose balls stay

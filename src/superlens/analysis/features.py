@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
-from superlens.training import RECIPES, Recipe, amp_dtype, autocast, default_device, prepare_batch
+from superlens.training import RECIPES, Recipe, amp_dtype, autocast, default_device, first_tensor, prepare_batch
 
 POOLINGS = ("avg", "max", "flatten", "none")
 
@@ -120,3 +120,46 @@ def _repeat_once():
             busy.pop()
 
     return hook
+
+
+def output_shapes(model: nn.Module, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Size]:
+    """Output shape of every named module (or of ``names``) for the batch ``x``."""
+    shapes: dict[str, torch.Size] = {}
+    handles = []
+
+    def keep(name):
+        def hook(module, inputs, output) -> None:  # returns nothing: the output is left alone
+            t = first_tensor(output)
+            if t is not None:
+                shapes.setdefault(name, t.shape)
+        return hook
+
+    for name, module in model.named_modules():
+        if name and (names is None or name in names):
+            handles.append(module.register_forward_hook(keep(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def list_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, module type, output shape) of every named module for one input batch ``x``."""
+    shapes = output_shapes(model, x)
+    return [(name, type(module).__name__, tuple(shapes[name])) for name, module in model.named_modules()
+            if name in shapes]
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Raise a UserError naming the close matches of a layer the model does not have."""
+    import difflib
+
+    names = [n for n, _ in model.named_modules() if n]
+    for layer in layers:
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise UserError(f"unknown layer {layer!r}{hint}. `superlens analyze MODEL --list-layers` prints every name")

@@ -25,33 +25,10 @@ from superlens.analysis.features import capture, resolve_module
 from superlens.data.augment import normalize
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
+from superlens.specs import FeatVisSettings
 
 # The units of layer4.1.conv2 that the study's notebook rendered.
 PAPER_UNITS = (8, 25, 54, 89, 131, 200, 221, 276, 340, 455, 500)
-
-
-@dataclass(frozen=True)
-class FeatVisSettings:
-    steps: int = 512  # optimizer steps
-    lr: float = 0.05  # Adam learning rate on the image parameters
-    size: int | None = None  # optimized image size; None: the dataset's native size
-    upsample_to: int | None = None  # resize the image before the model (the study used 224 for 32-px CIFAR)
-    fourier: bool = True  # Fourier parametrization; False optimizes pixels directly
-    decay_power: float = 1.0  # spectrum amplitudes scale as 1 / frequency ** decay_power
-    decorrelate: bool = True  # colours through the square root of the data's RGB covariance
-    normalize_input: bool = True  # apply the dataset's mean/std, as in training
-    pad: float = 0.0625  # pad by this fraction of the size (grey) before the random transforms
-    jitter: float = 0.0625  # random translation up to this fraction of the size
-    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)  # random scale per step
-    angles: tuple[float, ...] = tuple(float(a) for a in range(-10, 11))  # random rotation (degrees)
-    images_per_unit: int = 1  # several images per unit are pushed apart by the diversity term
-    diversity: float = 0.0  # weight of the diversity penalty (Gram-matrix cosine between a unit's images)
-    seed: int = 0
-    init_scale: float = 0.01  # standard deviation of the initial parameters
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0 or self.images_per_unit < 1:
-            raise UserError("featvis steps and images_per_unit must be >= 1 and lr > 0")
 
 
 @dataclass

@@ -31,27 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from superlens.errors import UserError
-
-
-@dataclass(frozen=True)
-class SAESettings:
-    kind: str = "topk"  # "topk" or "l1"
-    expansion: int = 8  # latents = expansion x input dimension
-    k: int = 16  # active latents per vector (topk)
-    l1: float = 1.0  # L1 coefficient on the summed latent activity (l1)
-    steps: int = 3000
-    batch_size: int = 2048
-    lr: float = 1e-3
-    aux_k: int = 64  # dead latents used by the auxiliary loss
-    aux_coef: float = 1 / 32
-    dead_after: int = 200_000  # training vectors without firing before a latent counts as dead
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("topk", "l1"):
-            raise UserError(f"sae kind must be 'topk' or 'l1', got {self.kind!r}")
-        if self.expansion < 1 or self.k < 1 or self.steps < 1 or self.batch_size < 1:
-            raise UserError("sae expansion, k, steps and batch_size must be positive")
+from superlens.specs import SAESettings
 
 
 class SparseAutoencoder(nn.Module):
@@ -150,14 +130,6 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
         sae.normalize_decoder()
         losses[step] = loss.detach()
     return SAETraining(sae, losses.cpu().tolist())
-
-
-@torch.no_grad()
-def latent_codes(sae: SparseAutoencoder, vectors, chunk: int = 65536) -> np.ndarray:
-    """(n, latents) codes of raw vectors, chunked. Dense: for small inputs; the study uses
-    ``latent_activity`` and ``image_latents``, which never hold every code at once."""
-    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=sae.W_dec.device)
-    return torch.cat([sae.encode(x[i : i + chunk] * sae.scale) for i in range(0, len(x), chunk)]).cpu().numpy()
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The headline superposition metrics of a model, cheap enough to take after every round.
+"""The per-round metrics of a model (``ROUND_METRICS``), cheap enough to take after every round.
 
 One capture pass over the analysis subset of the test split (the same images every
 job analyses) gives the feature layer and the neuron layer together; the numbers
@@ -7,29 +7,22 @@ carry the same names as in ``analysis.json`` and ``summary.json``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from superlens.analysis import cosine, geometry, neurons
 from superlens.analysis.features import capture
 from superlens.data.dataset import ImageDataset
+from superlens.specs import SnapshotSpec
 
 ROUND_METRICS = ("silhouette_features", "davies_bouldin_features", "cosine_centered_mean", "class_selectivity_mean", "nc1")
 
 
-def analysis_subset(test: ImageDataset, analysis: dict[str, Any]) -> ImageDataset:
-    from superlens.analysis.job import fixed_subset
-
-    return fixed_subset(test, analysis["max_samples"])
-
-
-def snapshot_metrics(model: torch.nn.Module, test: ImageDataset, analysis: dict[str, Any], recipe, device) -> dict[str, float]:
+def snapshot_metrics(model: torch.nn.Module, test: ImageDataset, spec: SnapshotSpec, recipe, device) -> dict[str, float]:
     """``ROUND_METRICS`` of ``model`` on ``test`` (already the analysis subset)."""
-    layer, neuron_layer = analysis["layer"], analysis["neuron_layer"]
-    kw = dict(recipe=recipe, device=device, repeat_block=analysis["repeat_block"])
-    x = capture(model, test, layer, pool=analysis["pool"], **kw)[layer]
-    units = x if neuron_layer == layer and analysis["pool"] == "avg" else capture(model, test, neuron_layer, pool="avg", **kw)[neuron_layer]
+    layer, neuron_layer = spec.layer, spec.neuron_layer
+    kw = dict(recipe=recipe, device=device, repeat_block=spec.repeat_block)
+    x = capture(model, test, layer, pool=spec.pool, **kw)[layer]
+    units = x if neuron_layer == layer and spec.pool == "avg" else capture(model, test, neuron_layer, pool="avg", **kw)[neuron_layer]
     y = test.labels.cpu().numpy()
     geo_device = device if torch.device(device).type == "cuda" else None
     out = {

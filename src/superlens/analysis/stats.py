@@ -64,23 +64,6 @@ def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None
     return {"mean": float(x.mean()) if len(x) else float("nan"), "ci95": [low, high]}
 
 
-def bootstrap_ci(values, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean, for many values (toy-lab replicates, units).
-
-    Not for a handful of seeds: it undercovers there (about 74% at n = 3 for a
-    nominal 95%); use ``mean_ci``.
-    """
-    x = finite(values)
-    if len(x) == 0:
-        return (float("nan"), float("nan"))
-    if len(x) == 1:
-        return (float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
-
-
 def paired_test(differences, method: str = "t") -> float:
     """Two-sided p-value that the per-seed ``differences`` have mean zero.
 
@@ -170,55 +153,3 @@ def _ok(v) -> bool:
 def none_if_nan(v: float | None) -> float | None:
     """``v`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     return float(v) if v is not None and np.isfinite(v) else None
-
-
-def permutation_test(a, b, n_resamples: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p-value for a difference in means between independent samples ``a`` and ``b``.
-
-    Every split of the pooled values is enumerated when there are at most
-    ``n_resamples`` of them (exact test); otherwise random splits are drawn and the
-    p-value counts the observed split too, so it is never 0. For arms of one study,
-    which are paired by seed, use ``paired_test`` instead.
-    """
-    from itertools import combinations
-    from math import comb
-
-    a, b = finite(a), finite(b)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    pooled = np.concatenate([a, b])
-    observed = abs(a.mean() - b.mean())
-    n, k = len(pooled), len(a)
-    tol = 1e-12 * max(1.0, abs(observed))
-    if comb(n, k) <= n_resamples:
-        total = pooled.sum()
-        hits = count = 0
-        for idx in combinations(range(n), k):
-            s = pooled[list(idx)].sum()
-            diff = abs(s / k - (total - s) / (n - k))
-            hits += diff >= observed - tol
-            count += 1
-        return hits / count
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_resamples):
-        perm = rng.permutation(pooled)
-        hits += abs(perm[:k].mean() - perm[k:].mean()) >= observed - tol
-    return (hits + 1) / (n_resamples + 1)
-
-
-def hedges_g(a, b) -> float:
-    """Standardized mean difference (mean(a) - mean(b)) / pooled std of independent samples, corrected.
-
-    NaN when either sample has fewer than 2 values; 0 when both are constant and equal.
-    """
-    a, b = finite(a), finite(b)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    dof = len(a) + len(b) - 2
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / dof)
-    diff = a.mean() - b.mean()
-    if pooled == 0:
-        return 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
-    correction = 1 - 3 / (4 * dof - 1)
-    return float(diff / pooled * correction)

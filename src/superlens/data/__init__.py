@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats
+from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats, fixed_subset
 from superlens.errors import UserError
 
-__all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "load", "NAMES"]
+__all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "fixed_subset", "load", "load_spec", "NAMES"]
 
 NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>")
 
@@ -56,6 +56,23 @@ def load(name: str, root: str | os.PathLike | None = None, download: bool = Fals
             raise UserError("imagefolder needs a path: use imagefolder:/path/to/folder")
         return _call(name, load_imagefolder, path, **options)
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
+
+
+def load_spec(spec, device=None) -> DatasetSplits:
+    """The dataset a ``DataSpec`` names, with its fixed subsets and normalization overrides, on ``device``."""
+    from dataclasses import replace
+
+    train, test = load(spec.name, root=spec.root, download=spec.download, **spec.options)
+    if spec.train_subset:
+        train = fixed_subset(train, spec.train_subset)
+    if spec.test_subset:
+        test = fixed_subset(test, spec.test_subset)
+    if spec.mean or spec.std:
+        stats = {k: tuple(float(v) for v in getattr(spec, k)) for k in ("mean", "std") if getattr(spec, k)}
+        train, test = replace(train, **stats), replace(test, **stats)
+    if device is not None:
+        train, test = train.to(device), test.to(device)
+    return DatasetSplits(train, test)
 
 
 def _call(name: str, loader, *args: Any, **options: Any) -> DatasetSplits:

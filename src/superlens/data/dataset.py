@@ -87,6 +87,17 @@ class DatasetSplits(NamedTuple):
     test: ImageDataset
 
 
+def fixed_subset(data: ImageDataset, limit: int, seed: int = 0) -> ImageDataset:
+    """``data`` itself, or a stratified subset of ``limit`` images that depends only on ``seed``."""
+    if len(data) <= limit:
+        return data
+    from sklearn.model_selection import train_test_split
+
+    labels = data.labels.cpu().numpy()
+    keep, _ = train_test_split(np.arange(len(data)), train_size=limit, stratify=labels, random_state=seed)
+    return data.subset(np.sort(keep))
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the 0..1 scale."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)

@@ -166,16 +166,43 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     arms = [arm for arm in cfg["arms"] if arm in summary["arms"]]
     rows = [row for job in run.finished_jobs() for row in job["records"]]
     classes = _class_names(run)
+    figs, tsne_seed, n_samples, per_round = _figures(run, cfg, arms, rows, classes)
+    sections = list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
+    manifest = _read(run.manifest) or {}
+    n_seeds = len(cfg["seeds"])
+
+    env = Environment(loader=PackageLoader("superlens.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    html = env.get_template("report.html.j2").render(
+        name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
+        more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
+        toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
+        n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
+        compute=_compute_rows(summary), per_round_metrics=per_round,
+        layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
+        filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
+        tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=sections,
+    )
+    from superlens.fileio import write_text
+
+    write_text(run.report, html)
+    return run.report
+
+
+def _figures(run: RunDir, cfg: dict[str, Any], arms: list[str], rows: list[dict[str, Any]], classes: list[str]):
+    """The report's figures (base64 PNGs, None where there is nothing to draw), the seed and size of
+    the t-SNE panels, and the per-round metrics drawn."""
     figs: dict[str, str | None] = {"accuracy": _b64(figures.accuracy_curves(rows, arms))}
     per_round = [m for m in ROUND_METRICS if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
     figs["rounds"] = _b64(figures.round_metric_curves(rows, arms, per_round)) if per_round else None
-    analyses = {arm: {seed: _read(run.job_dir(arm, seed) / "analysis.json") for seed in cfg["seeds"]} for arm in arms}
+    analyses = {arm: {seed: _read(run.job(arm, seed).analysis) for seed in cfg["seeds"]} for arm in arms}
     analyses = {arm: {s: a for s, a in per.items() if a} for arm, per in analyses.items()}
 
     panels, tsne_seed, n_samples = [], None, None
     for arm in arms:
         for seed in cfg["seeds"]:
-            path = run.job_dir(arm, seed) / "tsne.npz"
+            path = run.job(arm, seed).tsne
             if path.exists():
                 z = np.load(path)
                 panels.append((f"{arm} (seed {seed})", z["coords"], z["labels"]))
@@ -204,28 +231,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
             queried[arm] = np.array([np.sum([r["query_class_hist"] for r in mine if r["round"] == k], axis=0) for k in rounds])
     figs["queries"] = _b64(figures.query_histograms(queried, classes)) if queried else None
 
-    sections = list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
-    manifest = _read(run.path / "manifest.json") or {}
-    n_seeds = len(cfg["seeds"])
-
-    env = Environment(loader=PackageLoader("superlens.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    html = env.get_template("report.html.j2").render(
-        name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
-        more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
-        toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
-        n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
-        compute=_compute_rows(summary), per_round_metrics=per_round,
-        layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
-        filter_layer=cfg["analysis"]["filter_layer"], topk=cfg["analysis"]["topk"],
-        tsne_seed=tsne_seed, n_samples=n_samples, extra_sections=sections,
-    )
-    from superlens.fileio import write_text
-
-    path = run.path / "report.html"
-    write_text(path, html)
-    return path
+    return figs, tsne_seed, n_samples, per_round
 
 
 def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> list[dict[str, str]]:
@@ -233,7 +239,7 @@ def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> li
 
     per_arm = {}
     for arm in arms:
-        runs = [(_read(run.job_dir(arm, seed) / "sae.json") or {}).get("per_round") for seed in cfg["seeds"]]
+        runs = [(_read(run.job(arm, seed).sae) or {}).get("per_round") for seed in cfg["seeds"]]
         runs = [r for r in runs if r]
         if runs:
             per_arm[arm] = runs
@@ -251,7 +257,7 @@ def _featvis_sections(run: RunDir, cfg: dict[str, Any], arms: list[str], classes
 
     by_layer: dict[str, list[str]] = {}
     for arm in arms:
-        for path in sorted(run.job_dir(arm, cfg["seeds"][0]).glob("featvis-*.npz")):
+        for path in run.job(arm, cfg["seeds"][0]).featvis_files():
             z = np.load(path)
             layer = str(z["layer"])
             png = figures.featvis_grid(z, classes, f"{arm} (seed {cfg['seeds'][0]}), {layer}")
@@ -282,7 +288,7 @@ def _paper_section(summary: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _toy_section(run: RunDir) -> dict[str, Any] | None:
-    lab = _read(run.path / "toy.json")
+    lab = _read(run.toy)
     if lab is None:
         return None
     selection = []
@@ -302,8 +308,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _class_names(run: RunDir) -> list[str]:
-    cached = run.path / "classes.json"
-    return json.loads(cached.read_text()) if cached.exists() else []
+    return json.loads(run.classes.read_text()) if run.classes.exists() else []
 
 
 def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str]) -> list[tuple[str, str]]:

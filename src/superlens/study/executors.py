@@ -1,9 +1,9 @@
 """Where a study's jobs run: ``local`` (one after another in this process) or ``ray`` (Ray tasks).
 
-Both run the same ``jobs.execute`` on the same specs, in an order that respects
+Both run the same ``stages.execute`` on the same jobs, in an order that respects
 dependencies (a seed's round 0 before its AL arms; the baseline before round 0 when
 AL starts from it). A job whose dependency failed is not run. Both return one
-result per job: ``{"job", "ok", "seconds", "error"}``.
+``JobResult`` per job; Ray's are collected as they finish.
 """
 
 from __future__ import annotations
@@ -12,37 +12,39 @@ import os
 from typing import Any, Callable
 
 from superlens.errors import UserError, describe
-from superlens.jobs import JobSpec, execute
+from superlens.specs import RaySpec
+from superlens.study.jobs import Job, JobResult, ToyJob, done
+from superlens.study.stages import execute
 
 
-def run_local(specs: list[JobSpec], deps: dict[str, list[str]], splits, device, progress: bool,
-              log: Callable[[str], None]) -> list[dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for i, spec in enumerate(specs, start=1):
-        failed = [d for d in deps[spec.label] if d in results and not results[d]["ok"]]
+def run_local(jobs: list[Job], deps: dict[str, list[str]], splits, device, progress: bool,
+              log: Callable[[str], None]) -> list[JobResult]:
+    results: dict[str, JobResult] = {}
+    for i, job in enumerate(jobs, start=1):
+        failed = [d for d in deps[job.label] if d in results and not results[d].ok]
         if failed:
-            results[spec.label] = spec.result(False, f"not run: {failed[0]} failed")
+            results[job.label] = JobResult(job.label, False, {}, f"not run: {failed[0]} failed")
             continue
-        if spec.done():
-            results[spec.label] = spec.result(True)
+        if done(job):
+            results[job.label] = JobResult(job.label, True, {})
             continue
-        log(f"[{i}/{len(specs)}] {spec.label}")
-        results[spec.label] = execute(spec, None if spec.kind == "toy" else splits, device, progress, log)
+        log(f"[{i}/{len(jobs)}] {job.label}")
+        results[job.label] = execute(job, None if isinstance(job, ToyJob) else splits, device, progress, log)
     return list(results.values())
 
 
-def _ray_job(spec: JobSpec, threads: int, *dependencies: dict[str, Any]) -> dict[str, Any]:
+def _ray_job(job: Job, threads: int, *dependencies: JobResult) -> JobResult:
     """One job inside a Ray worker: torch uses the job's CPUs; Ray has set CUDA_VISIBLE_DEVICES."""
     import torch
 
     for dep in dependencies:
-        if not dep["ok"]:
-            return spec.result(False, f"not run: {dep['job']} failed")
+        if not dep.ok:
+            return JobResult(job.label, False, {}, f"not run: {dep.job} failed")
     torch.set_num_threads(max(1, threads))
-    return execute(spec)
+    return execute(job)
 
 
-def connect(ray_settings: dict[str, Any]):
+def connect(ray_settings: RaySpec):
     """The ``ray`` module, attached to the configured cluster (or a new local instance)."""
     try:
         import ray
@@ -50,7 +52,7 @@ def connect(ray_settings: dict[str, Any]):
         raise UserError("executor=ray needs Ray; install it with `pip install 'superlens[ray]'`") from None
     if ray.is_initialized():
         return ray
-    address = ray_settings["address"] or os.environ.get("RAY_ADDRESS")
+    address = ray_settings.address or os.environ.get("RAY_ADDRESS")
     if address and address != "auto":
         _check_reachable(address)
     try:
@@ -80,17 +82,17 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                         "ray.address / RAY_ADDRESS, and that `ray start --head` runs there") from None
 
 
-def ray_resources(ray, ray_settings: dict[str, Any]) -> tuple[float, float]:
+def ray_resources(ray, ray_settings: RaySpec) -> tuple[float, float]:
     """(gpus, cpus) per job; GPUs asked for where the cluster has none is an error before anything is submitted."""
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    gpus = ray_settings["gpus_per_job"]
+    gpus = ray_settings.gpus_per_job
     if gpus is None:
         gpus = 1.0 if cluster_gpus > 0 else 0.0
     if gpus > 0 and cluster_gpus == 0:
         raise UserError(f"ray.gpus_per_job={gpus} but the Ray cluster has no GPU; set ray.gpus_per_job=0 or add GPU nodes")
     if gpus > cluster_gpus:
         raise UserError(f"ray.gpus_per_job={gpus} is more than the cluster's {cluster_gpus:g} GPUs")
-    cpus = ray_settings["cpus_per_job"]
+    cpus = ray_settings.cpus_per_job
     if cpus is None:
         # CPU jobs get the threads a local run would use, so both executors do the same arithmetic
         # (CPU training is bit-identical only at equal thread counts); GPU jobs need one CPU to feed the GPU.
@@ -100,27 +102,31 @@ def ray_resources(ray, ray_settings: dict[str, Any]) -> tuple[float, float]:
     return float(gpus), float(cpus)
 
 
-def run_ray(specs: list[JobSpec], deps: dict[str, list[str]], ray_settings: dict[str, Any], log: Callable[[str], None]
-            ) -> list[dict[str, Any]]:
+def run_ray(jobs: list[Job], deps: dict[str, list[str]], ray_settings: RaySpec, log: Callable[[str], None]
+            ) -> list[JobResult]:
     ray = connect(ray_settings)
     gpus, cpus = ray_resources(ray, ray_settings)
     task = ray.remote(_ray_job)
     refs: dict[str, Any] = {}
-    done: list[dict[str, Any]] = []
-    for spec in specs:
-        if spec.done():
-            done.append(spec.result(True))
+    results: list[JobResult] = []
+    for job in jobs:
+        if done(job):
+            results.append(JobResult(job.label, True, {}))
             continue
-        waits = [refs[d] for d in deps[spec.label] if d in refs]
-        # The toy lab needs no GPU; a job whose worker dies is resubmitted up to max_retries times.
-        options = dict(num_cpus=cpus, num_gpus=0 if spec.kind == "toy" else gpus, max_retries=ray_settings["max_retries"])
-        refs[spec.label] = task.options(**options).remote(spec, int(cpus), *waits)
-    log(f"submitted {len(refs)} jobs to Ray ({gpus:g} GPU, {cpus:g} CPU each); {len(done)} already finished")
-    for label, ref in refs.items():
+        waits = [refs[d] for d in deps[job.label] if d in refs]
+        # A job whose worker dies is resubmitted up to max_retries times.
+        options = dict(num_cpus=cpus, num_gpus=gpus if job.needs_gpu else 0, max_retries=ray_settings.max_retries)
+        refs[job.label] = task.options(**options).remote(job, int(cpus), *waits)
+    log(f"submitted {len(refs)} jobs to Ray ({gpus:g} GPU, {cpus:g} CPU each); {len(results)} already finished")
+    label_of = {ref: label for label, ref in refs.items()}
+    pending = list(refs.values())
+    while pending:  # taken as they finish, so a slow job does not hold back the news of the others
+        ready, pending = ray.wait(pending, num_returns=1)
+        label = label_of[ready[0]]
         try:
-            result = ray.get(ref)
+            result = ray.get(ready[0])
         except Exception as exc:  # the worker died more than max_retries times, or the node was lost
-            result = {"job": label, "ok": False, "seconds": {}, "error": describe(exc)}
-        log(f"{label}: {'done' if result['ok'] else 'FAILED'}")
-        done.append(result)
-    return done
+            result = JobResult(label, False, {}, describe(exc))
+        log(f"{label}: {'done' if result.ok else 'FAILED'}")
+        results.append(result)
+    return results

@@ -1,0 +1,251 @@
+"""The stages of a job, run in order, each turning specs and data into the one file it writes.
+
+This is the glue between the pure stage code (training, active learning, analysis)
+and the run directory: it loads what a stage needs, calls it, and writes its result
+where ``JobPaths`` says. A job that raises writes its traceback into its folder and
+reports failure; the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from superlens.active.loop import load_checkpoint, run_arm, run_baseline, run_round0
+from superlens.data import DatasetSplits, fixed_subset, load_spec
+from superlens.errors import UserError, describe
+from superlens.fileio import atomic_path, read_json, write_json
+from superlens.layout import JobPaths
+from superlens.models import trained_model
+from superlens.study.jobs import ArmJob, Job, JobResult, Round0Job, ToyJob
+from superlens.training import resolve_device
+
+
+def execute(job: Job, splits: DatasetSplits | None = None, device: torch.device | None = None, progress: bool = False,
+            log: Callable[[str], None] = lambda _: None) -> JobResult:
+    """Run every unfinished stage of ``job``; never raises for the job's own failures.
+
+    Without ``splits`` the job loads its data itself onto its own device (a Ray worker).
+    On failure the result carries a one-line error and the traceback goes to the job's
+    error file.
+    """
+    paths = job.paths
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    paths.error.unlink(missing_ok=True)
+    seconds: dict[str, float] = {}
+    try:
+        _record_worker(paths)
+        if isinstance(job, ToyJob):
+            _toy(job, log, seconds)
+        else:
+            if splits is None:
+                device = resolve_device(job.device)
+                splits = load_spec(job.data, device)
+            if isinstance(job, Round0Job):
+                _round0(job, splits, device, progress, log, seconds)
+            else:
+                _arm(job, splits, device, progress, log, seconds)
+        _finish_worker(paths)
+        return JobResult(job.label, True, seconds)
+    except Exception as exc:  # the job failed; its folder says why and the study goes on
+        paths.error.write_text(traceback.format_exc())
+        return JobResult(job.label, False, seconds, describe(exc))
+
+
+def _timed(seconds: dict[str, float], stage: str, work: Callable[[], Any]) -> None:
+    t0 = time.perf_counter()
+    work()
+    seconds[stage] = time.perf_counter() - t0
+
+
+def _toy(job: ToyJob, log, seconds) -> None:
+    from superlens.toy import run_lab
+
+    log("toy models of superposition")
+    _timed(seconds, "toy", lambda: write_json(job.path, run_lab(job.toy)))
+
+
+def _round0(job: Round0Job, splits, device, progress, log, seconds) -> None:
+    _readable_model(job.paths, redo=True, log=log)
+    if not job.paths.done.exists():
+        log(f"round 0 of seed {job.seed} (shared by every active-learning arm)")
+    _timed(seconds, "training", lambda: run_round0(
+        job.seed, job.paths, splits, device, model=job.model, recipe=job.recipe, active=job.active,
+        snapshot=job.snapshot, baseline=job.baseline, progress=progress))
+
+
+def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
+    if job.round0 is not None:
+        _readable_model(job.round0, redo=False, log=log)
+    _readable_model(job.paths, redo=True, log=log)
+    checkpoint = _readable_checkpoint(job.paths, log)
+    runners = {
+        "training": lambda: train_arm(job, splits, device, progress, checkpoint),
+        "analysis": lambda: analysis_stage(job, splits, device),
+        "sae": lambda: sae_stage(job, splits, device),
+        "featvis": lambda: featvis_stage(job, splits, device),
+    }
+    for stage, output in job.outputs().items():
+        if output.exists():
+            continue
+        log(f"{job.label}: {stage}")
+        _timed(seconds, stage, runners[stage])
+
+
+def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: dict[str, Any] | None = None,
+              after_round: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """The training stage of an arm: the baseline on all data, or the rounds of an AL arm."""
+    if job.active is None:
+        return run_baseline(job.seed, job.paths, splits, device, model=job.model, recipe=job.recipe,
+                            snapshot=job.snapshot, progress=progress)
+    return run_arm(job.arm, job.seed, job.paths, splits, device, model=job.model, recipe=job.recipe, active=job.active,
+                   round0=job.round0, snapshot=job.snapshot, baseline=job.baseline,
+                   keep_round_models=job.sae is not None and job.sae.per_round, checkpoint=checkpoint,
+                   progress=progress, after_round=after_round)
+
+
+def _final_model(job: ArmJob, splits: DatasetSplits, weights=None) -> torch.nn.Module:
+    return trained_model(job.model, splits.train.num_classes, weights or job.paths.model)
+
+
+def analysis_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
+    """``analysis.json`` (and the t-SNE points) of the job's final model."""
+    from superlens.analysis.representation import analyze_model
+
+    result = analyze_model(_final_model(job, splits), splits, job.analysis, job.recipe, job.seed, device)
+    coords, labels = result.pop("tsne"), result.pop("labels")
+    if coords is not None:
+        with atomic_path(job.paths.tsne) as tmp, open(tmp, "wb") as f:
+            np.savez(f, coords=coords.astype(np.float32), labels=labels)
+    write_json(job.paths.analysis, result)
+
+
+def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's activations on ``data`` and the SAE's vectors made of them."""
+    from superlens.analysis.features import capture
+    from superlens.analysis.sae import conv_vectors
+
+    acts = capture(model, data, spec.layer, pool="avg" if spec.pooled else "none", recipe=recipe, device=device)[spec.layer]
+    return acts, conv_vectors(acts)
+
+
+def sae_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
+    """``sae.json``: an SAE on the final model's layer (a second one for stability), psi, and
+    with ``sae.per_round`` psi of every round's model."""
+    from superlens.analysis.sae import image_latents
+    from superlens.analysis.superposition import measure_sae, neurons_and_latents
+
+    spec = job.sae
+    model = _final_model(job, splits)
+    train = fixed_subset(splits.train, spec.max_images)
+    test = fixed_subset(splits.test, spec.test_images)
+    _, train_vectors = _sae_vectors(model, train, spec, job.recipe, device)
+    test_acts, test_vectors = _sae_vectors(model, test, spec, job.recipe, device)
+    splice = dict(data=test, mean_activation=torch.from_numpy(test_acts.mean(0)), recipe=job.recipe, pooled=spec.pooled)
+    sae, m = measure_sae(model, spec.layer, train_vectors, test_vectors, spec.settings_for(job.seed), spec.stability,
+                         device, splice)
+    pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
+    m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
+    result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
+              "train_vectors": int(len(train_vectors)), "metrics": m}
+    if spec.per_round:
+        result["per_round"] = _per_round_psi(job, splits, train, test, device)
+    write_json(job.paths.sae, result)
+
+
+def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, test, device) -> list[dict[str, float]]:
+    """psi and FVU of an SAE trained on the model of each active-learning round (kept by the loop)."""
+    from superlens.analysis.sae import sae_metrics, train_sae
+    from superlens.analysis.superposition import psi_of
+
+    records = {r["round"]: r for r in read_json(job.paths.records)} if job.paths.records.exists() else {}
+    out = []
+    for round_, path in job.paths.round_models():
+        model = _final_model(job, splits, weights=path)
+        _, train_vectors = _sae_vectors(model, train, job.sae, job.recipe, device)
+        _, test_vectors = _sae_vectors(model, test, job.sae, job.recipe, device)
+        sae = train_sae(train_vectors, job.sae.settings_for(job.seed), device=device).sae
+        out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"),
+                    "psi": psi_of(sae, test_vectors)["psi"], "sae_fvu": sae_metrics(sae, test_vectors)["fvu"]})
+    return out
+
+
+def featvis_stage(job: ArmJob, splits: DatasetSplits, device, layer: str | None = None, units=None,
+                  settings=None) -> Path:
+    """Activation maximization and dataset exemplars of the featvis units (or ``layer``/``units``),
+    saved in the job's featvis file of that layer."""
+    from superlens.analysis.featvis import exemplars, visualize
+
+    spec = job.featvis
+    layer, units = layer or spec.layer, list(units if units is not None else spec.units)
+    settings = (settings or spec.settings).at_input_size(job.recipe.input_size)
+    model = _final_model(job, splits)
+    t0 = time.perf_counter()
+    result = visualize(model, layer, units, splits.train, settings, device=device)
+    seconds = time.perf_counter() - t0
+    ex = exemplars(model, layer, units, splits.train, top=spec.top, recipe=job.recipe, device=device)
+    path = job.paths.featvis(layer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f, layer=layer, units=np.asarray(units), images=(result.images * 255).round().astype(np.uint8),
+            activation=result.activation, exemplar_indices=ex.indices, exemplar_activation=ex.activation,
+            exemplar_labels=ex.labels, exemplar_images=splits.train.images[ex.indices.reshape(-1)].cpu().numpy()
+            .reshape(ex.indices.shape + tuple(splits.train.images.shape[1:])),
+            seconds=seconds, steps=settings.steps,
+        )
+    return path
+
+
+def _record_worker(paths: JobPaths) -> None:
+    """The worker record: where and how often the job ran (a retried job counts its attempts)."""
+    attempts = 0
+    if paths.worker.exists():
+        try:
+            attempts = read_json(paths.worker).get("attempts", 0)
+        except (UserError, OSError):  # a half-written record from a killed worker
+            attempts = 0
+    write_json(paths.worker, {"pid": os.getpid(), "host": socket.gethostname(), "attempts": attempts + 1,
+                              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time()})
+
+
+def _finish_worker(paths: JobPaths) -> None:
+    if paths.worker.exists():
+        write_json(paths.worker, {**read_json(paths.worker), "finished": time.time()})
+
+
+def _readable_model(paths: JobPaths, redo: bool, log) -> None:
+    """A finished job whose model cannot be read is trained again (``redo``) or named in an error."""
+    if not paths.done.exists() or not paths.model.exists():
+        return
+    try:
+        torch.load(paths.model, map_location="cpu", weights_only=True)
+        return
+    except Exception as exc:
+        reason = describe(exc)
+    if not redo:
+        raise UserError(f"{paths.model} is unreadable ({reason}); delete {paths.folder} and run `superlens resume` "
+                        "to train it again")
+    log(f"{paths.model} is unreadable ({reason}); training this job again")
+    for path in paths.trained_outputs():
+        path.unlink(missing_ok=True)
+
+
+def _readable_checkpoint(paths: JobPaths, log) -> dict[str, Any] | None:
+    """The job's checkpoint (read once, handed to the job), or None. An unreadable one is
+    dropped: the job restarts from its last good state, round 0."""
+    if not paths.checkpoint.exists():
+        return None
+    try:
+        return load_checkpoint(paths.checkpoint)
+    except Exception as exc:
+        log(f"{paths.checkpoint} is unreadable ({type(exc).__name__}); this job restarts from round 0")
+        for path in (paths.checkpoint, paths.pool, paths.records):
+            path.unlink(missing_ok=True)
+        return None
