@@ -80,9 +80,10 @@ DEFAULTS: dict[str, Any] = {
         "layer": "layer4",  # one vector per image and position of this layer (post-ReLU block output)
         "pooled": False,  # one spatially averaged vector per image instead
         "max_images": 5000,  # training images whose activations train the SAE
-        "stability": True,  # train a second SAE (another seed) and match decoders
+        "stability": False,  # train a second decoding SAE (another seed) and match decoders (sae_stability)
         "per_round": False,  # also psi for the model of every active-learning round (keeps each round's weights)
-        "settings": {},  # any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...
+        "settings": {},  # the decoding SAE: any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...
+        "superposition": {},  # the psi protocol: any SuperpositionSettings field: seeds, k, expansion, max_steps, ...
     },
     "quirks": {name: False for name in ()},  # filled from QUIRKS below
     "paper": {},  # numbers a published study reports, to print beside this run's
@@ -110,7 +111,8 @@ QUIRKS: dict[str, dict[str, Any]] = {
 }
 DEFAULTS["quirks"] = {name: False for name in QUIRKS}
 
-FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings", "paper")
+FREE_FORM = ("data.options", "recipe", "active.strategy_options", "featvis.settings", "sae.settings",
+             "sae.superposition", "paper")
 
 
 def preset_names() -> list[str]:

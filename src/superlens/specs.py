@@ -240,6 +240,33 @@ class SAESettings(Spec):
 
 
 @dataclass(frozen=True)
+class SuperpositionSettings(Spec):
+    """The psi protocol: several TopK SAEs trained to convergence on class-centred vectors; a latent
+    counts as a feature when another seed reproduces it (docs/superposition.md has the bench)."""
+
+    SECTION = "sae.superposition"
+    RULES = {"seeds": integer(2), "k": integer(1), "expansion": integer(1), "max_steps": integer(1),
+             "batch_size": integer(1), "lr": number(0, lo_open=True), "tolerance": number(0, lo_open=True),
+             "window": integer(1), "match": number(0, 1, lo_open=True), "max_vectors": integer(2), "seed": integer()}
+
+    seeds: int = 3  # SAEs per model; psi is their mean, psi_sd their SD
+    k: int = 4  # active latents per vector
+    expansion: int = 8  # latents = expansion x neurons
+    max_steps: int = 3000  # step cap of the convergence rule
+    batch_size: int = 2048
+    lr: float = 1e-3
+    tolerance: float = 0.01  # converged when a window's mean loss moves less than this fraction
+    window: int = 250  # steps per window of the convergence rule
+    match: float = 0.9  # decoder cosine at which another seed reproduces a latent
+    max_vectors: int = 100_000  # a seeded sample of the rows beyond this
+    seed: int = 0  # the first SAE seed; the others follow it
+
+    def sae_settings(self) -> "SAESettings":
+        return SAESettings(kind="topk", expansion=self.expansion, k=self.k, steps=self.max_steps,
+                           batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+
+
+@dataclass(frozen=True)
 class SAESpec(Spec):
     """The sparse-autoencoder stage of a job."""
 
@@ -250,9 +277,10 @@ class SAESpec(Spec):
     layer: str = "layer4"  # one vector per image and position of this layer (post-ReLU block output)
     pooled: bool = False  # one spatially averaged vector per image instead
     max_images: int = 5000  # training images whose activations train the SAE
-    stability: bool = True  # train a second SAE (another seed) and match decoders
+    stability: bool = False  # train a second decoding SAE (another seed) and match decoders
     per_round: bool = False  # also psi for the model of every active-learning round
-    settings: SAESettings = SAESettings()
+    settings: SAESettings = SAESettings()  # the decoding SAE (reconstruction, splicing, latent selectivity)
+    superposition: SuperpositionSettings = SuperpositionSettings()  # the psi protocol
     test_images: int = 10000  # test images it is measured on (analysis.max_samples)
     topk: int = 100  # top images per unit or latent for the class entropy (analysis.topk)
 
@@ -388,7 +416,7 @@ def stage_specs(cfg: dict[str, Any]) -> StageSpecs:
     analysis = AnalysisSpec.from_section(a)
     snapshot = SnapshotSpec.from_section(a)
     sae = SAESpec.from_section(s, settings=SAESettings.from_settings(s["settings"]), test_images=a["max_samples"],
-                               topk=a["topk"])
+                               topk=a["topk"], superposition=SuperpositionSettings.from_settings(s["superposition"]))
     featvis = featvis_spec(fv)
     toy_spec = ToySpec.from_section(toy, selection=ToySelection.from_section(toy["selection"]), seeds=tuple(cfg["seeds"]))
     return StageSpecs(
@@ -405,5 +433,5 @@ def stage_specs(cfg: dict[str, Any]) -> StageSpecs:
 
 
 __all__ = ["ActiveSpec", "AnalysisSpec", "DataSpec", "FeatVisSettings", "FeatVisSpec", "ModelSpec", "RECIPES",
-           "RaySpec", "Recipe", "SAESettings", "SAESpec", "SnapshotSpec", "StageSpecs", "ToySelection", "ToySpec",
+           "RaySpec", "Recipe", "SAESettings", "SAESpec", "SuperpositionSettings", "SnapshotSpec", "StageSpecs", "ToySelection", "ToySpec",
            "featvis_spec", "make_recipe", "stage_specs"]

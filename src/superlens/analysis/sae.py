@@ -23,7 +23,7 @@ Metrics, each with one definition:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -130,6 +130,101 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
         sae.normalize_decoder()
         losses[step] = loss.detach()
     return SAETraining(sae, losses.cpu().tolist())
+
+
+@dataclass
+class SAEBatch:
+    """Several SAEs trained side by side (one per seed) and how their training ended."""
+
+    saes: list[SparseAutoencoder]
+    losses: np.ndarray  # (seeds, steps run) training loss
+    steps: int  # optimizer steps run
+    converged: bool  # every seed's windowed loss settled before the step cap
+
+
+def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: float = 0.01, window: int = 250,
+               device=None, progress=None) -> SAEBatch:
+    """Train one TopK (or L1) SAE per seed in one batched model until the loss settles.
+
+    Every ``window`` steps the mean loss of the window is compared with the previous
+    window's; training stops when the relative change is below ``tolerance`` for every
+    seed, or at ``settings.steps`` (the cap). Each seed draws its own initial weights
+    (as ``train_sae`` with that seed would) and its own batches. ``progress(step, loss,
+    eta_seconds)`` is called once per window.
+    """
+    import time
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device)
+    if x.ndim != 2 or len(x) < 2:
+        raise UserError(f"sae needs a 2-D array of at least 2 vectors, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise UserError("sae input has NaN or inf values")
+    n, d = x.shape
+    latents, s_count = settings.expansion * d, len(seeds)
+    scale = float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12)))
+    inits = [F.normalize(torch.randn(latents, d, generator=torch.Generator().manual_seed(s)), dim=1) for s in seeds]
+    W_dec = nn.Parameter(torch.stack(inits).to(device))  # (S, L, d)
+    W_enc = nn.Parameter(W_dec.detach().transpose(1, 2).clone())  # (S, d, L), tied at the start
+    b_enc = nn.Parameter(torch.zeros(s_count, 1, latents, device=device))
+    b_dec = nn.Parameter((x * scale).mean(0).expand(s_count, 1, d).clone())
+    params = [W_dec, W_enc, b_enc, b_dec]
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    batch = min(settings.batch_size, n)
+    k_aux = min(settings.aux_k, latents)
+    draws = torch.Generator(device=device).manual_seed(seeds[0])
+    since_fired = torch.zeros(s_count, latents, device=device)
+    losses = torch.zeros(s_count, settings.steps, device=device)
+    host_checks = x.device.type == "cpu"
+    previous, settled, step, started = None, False, 0, time.perf_counter()
+    while step < settings.steps and not settled:
+        idx = torch.randint(n, (s_count, batch), generator=draws, device=device)
+        xb = x[idx] * scale  # (S, B, d)
+        pre = torch.baddbmm(b_enc, xb - b_dec, W_enc)
+        z = F.relu(pre)
+        if settings.kind == "topk" and settings.k < latents:
+            vals, j = z.topk(settings.k, dim=2)
+            z = torch.zeros_like(z).scatter_(2, j, vals)
+        residual = xb - torch.baddbmm(b_dec, z, W_dec)
+        per_seed = (residual * residual).sum(2).mean(1)
+        if settings.kind == "l1":
+            per_seed = per_seed + settings.l1 * z.sum(2).mean(1)
+        fired = (z > 0).any(1)
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + batch)
+        dead = since_fired >= settings.dead_after  # (S, L)
+        if not host_checks or dead.any():
+            dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
+            vals, j = dead_pre.topk(k_aux, dim=2)
+            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), W_dec)
+            err = residual.detach()
+            aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
+            per_seed = per_seed + settings.aux_coef * aux * dead.any(1)
+        optimizer.zero_grad(set_to_none=True)
+        per_seed.sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            W_dec.data = F.normalize(W_dec.data, dim=2)
+        losses[:, step] = per_seed.detach()
+        step += 1
+        if step % window == 0:
+            current = losses[:, step - window : step].mean(1).cpu()
+            if previous is not None:
+                settled = bool(((previous - current).abs() <= tolerance * previous.abs()).all())
+            previous = current
+            if progress is not None:
+                rate = (time.perf_counter() - started) / step
+                progress(step, float(current.mean()), rate * (settings.steps - step))
+    saes = []
+    for i, seed in enumerate(seeds):
+        sae = SparseAutoencoder(d, latents, replace(settings, seed=seed), torch.Generator().manual_seed(seed)).to(device)
+        with torch.no_grad():
+            sae.W_dec.copy_(W_dec[i])
+            sae.W_enc.copy_(W_enc[i])
+            sae.b_enc.copy_(b_enc[i, 0])
+            sae.b_dec.copy_(b_dec[i, 0])
+            sae.scale.fill_(scale)
+        saes.append(sae)
+    return SAEBatch(saes, losses[:, :step].cpu().numpy(), step, settled)
 
 
 @torch.no_grad()

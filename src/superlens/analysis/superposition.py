@@ -6,10 +6,11 @@ Arrays and models in, numbers out; shared by studies and ``superlens analyze``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from superlens.analysis import neurons
 from superlens.analysis.sae import (effective_features, latent_activity, matched_decoder_cosine, sae_metrics,
-                                    spliced_accuracies, train_sae)
+                                    spliced_accuracies, train_sae, train_saes)
 from superlens.specs import SAESettings
 
 
@@ -48,3 +49,133 @@ def neurons_and_latents(acts: np.ndarray, latents: np.ndarray, labels: np.ndarra
         out[f"sae_{name}_class_selectivity_mean"] = float(neurons.class_selectivity(v, labels).mean())
         out[f"sae_{name}_topk_class_entropy_mean"] = float(neurons.topk_class_entropy(v, labels, k=topk).mean())
     return out
+
+
+# --- superposition measured by a protocol that passes the ground-truth bench (docs/superposition.md) ---
+
+def class_centered(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``x`` with each class's mean vector subtracted from its rows: class separation removed."""
+    labels = np.asarray(labels)
+    out = np.asarray(x, dtype=np.float32).copy()
+    for y in np.unique(labels):
+        rows = labels == y
+        out[rows] -= out[rows].mean(0)
+    return out
+
+
+def unit_rows(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64)
+    return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+
+
+def reproduced(a: np.ndarray, b: np.ndarray, match: float) -> np.ndarray:
+    """Which rows of ``a`` (decoder directions of one SAE) another SAE ``b`` reproduces: mutual nearest
+    neighbours by cosine, at cosine >= ``match``."""
+    sim = unit_rows(a) @ unit_rows(b).T
+    best_b, best_a = sim.argmax(1), sim.argmax(0)
+    rows = np.arange(len(a))
+    return (best_a[best_b] == rows) & (sim[rows, best_b] >= match)
+
+
+def feature_dimensionality(w: np.ndarray) -> np.ndarray:
+    """D_i = |W_i|^2 / sum_j (W_i_hat . W_j)^2 for the rows W_i of ``w`` (features x neurons): the share
+    of a dimension feature i has to itself (1: orthogonal to all others; 1/2: an antipodal pair)."""
+    w = np.asarray(w, dtype=np.float64)
+    norms = np.linalg.norm(w, axis=1)
+    overlap = ((unit_rows(w) @ w.T) ** 2).sum(1)
+    return np.where(norms > 0, norms**2 / np.maximum(overlap, 1e-300), 0.0)
+
+
+def interference(w: np.ndarray, frequency: np.ndarray) -> float:
+    """Frequency-weighted mean over features of sum_{j != i} (W_i_hat . W_j_hat)^2: how much of the
+    other features a feature's direction picks up, weighted by how often it fires."""
+    u = unit_rows(w)
+    overlap = (u @ u.T) ** 2
+    per_feature = overlap.sum(1) - np.diag(overlap)
+    p = np.asarray(frequency, dtype=np.float64)
+    return float((p * per_feature).sum() / p.sum()) if p.sum() > 0 else float("nan")
+
+
+@torch.no_grad()
+def _codes_summary(sae, x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean absolute code and firing frequency of each latent on ``x``, and the FVU of the reconstruction."""
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    dev = sae.W_dec.device
+    activity = torch.zeros(sae.W_dec.shape[0], dtype=torch.float64, device=dev)
+    fired = torch.zeros_like(activity)
+    err = 0.0
+    for i in range(0, len(xt), chunk):
+        xb = xt[i : i + chunk].to(dev)
+        z = sae.encode(xb * sae.scale)
+        activity += z.abs().sum(0, dtype=torch.float64)
+        fired += (z > 0).sum(0, dtype=torch.float64)
+        err += float(((xb - sae.decode(z) / sae.scale) ** 2).sum())
+    total = float(((xt - xt.mean(0)) ** 2).sum())
+    n = max(1, len(xt))
+    return (activity / n).cpu().numpy(), (fired / n).cpu().numpy(), err / max(total, 1e-30)
+
+
+def measure_superposition(activations, *, seeds: int | None = None, labels=None, layer_name: str | None = None,
+                          device=None, progress=None, **settings) -> dict:
+    """Superposition of a layer's activations by the validated protocol.
+
+    ``activations``: (n, C) array or tensor (rows: images or positions; columns:
+    neurons). ``labels``: the class of each row; when given, each class's mean is
+    removed first, so class separation does not pass for features. ``seeds`` SAEs
+    (default 3) are trained side by side to a convergence rule; a latent counts as a
+    feature when another seed's SAE reproduces it (mutual nearest decoder directions,
+    cosine >= ``match``). Per seed: psi = exp(entropy of the reproduced latents' activity
+    shares) / C, the effective number of features per neuron; the returned psi is the
+    mean over seeds and ``psi_sd`` its SD over seeds. ``settings``: any field of
+    ``SuperpositionSettings`` (k, expansion, max_steps, tolerance, match, ...).
+    """
+    from superlens.specs import SuperpositionSettings
+
+    opts = SuperpositionSettings.from_settings({**settings, **({"seeds": seeds} if seeds is not None else {})})
+    x = activations.detach().float().cpu().numpy() if isinstance(activations, torch.Tensor) else np.asarray(
+        activations, dtype=np.float32)
+    if x.ndim != 2:
+        from superlens.errors import UserError
+
+        raise UserError(f"activations must be (rows, neurons), got shape {x.shape}; "
+                        "flatten positions first (superlens.analysis.sae.conv_vectors)")
+    rng = np.random.default_rng(opts.seed)
+    if len(x) > opts.max_vectors:
+        keep = np.sort(rng.choice(len(x), opts.max_vectors, replace=False))
+        x = x[keep]
+        labels = None if labels is None else np.asarray(labels)[keep]
+    if labels is not None:
+        x = class_centered(x, labels)
+    neurons = x.shape[1]
+    batch = train_saes(x, opts.sae_settings(), [opts.seed + s for s in range(opts.seeds)], opts.tolerance,
+                       opts.window, device=device, progress=progress)
+    decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
+    summaries = [_codes_summary(s, x) for s in batch.saes]
+    per_seed = {k: [] for k in ("psi", "features_per_neuron", "feature_dimensionality_mean", "interference",
+                                "stable_fraction")}
+    for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
+        values = {k: [] for k in per_seed}
+        live = freq > 0
+        for j, other in enumerate(decoders):
+            if j == i:
+                continue
+            kept = reproduced(dec, other, opts.match) & live
+            values["psi"].append(effective_features(activity=activity[kept]) / neurons)
+            values["features_per_neuron"].append(kept.sum() / neurons)
+            values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept]).mean())
+                                                         if kept.any() else float("nan"))
+            values["interference"].append(interference(dec[kept], freq[kept]) if kept.any() else float("nan"))
+            values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
+        for k, v in values.items():
+            per_seed[k].append(float(np.mean(v)))
+    psi = np.array(per_seed["psi"])
+    return {
+        "psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)) if len(psi) > 1 else 0.0,
+        "psi_per_seed": psi.tolist(),
+        **{k: float(np.nanmean(v)) for k, v in per_seed.items() if k != "psi"},
+        "dead_fraction": float(np.mean([(f == 0).mean() for _, f, _ in summaries])),
+        "fvu": float(np.mean([fvu for _, _, fvu in summaries])),
+        "converged": batch.converged, "steps": batch.steps, "expansion": opts.expansion, "k": opts.k,
+        "seeds": opts.seeds, "neurons": neurons, "vectors": len(x), "class_centered": labels is not None,
+        "layer": layer_name,
+    }
