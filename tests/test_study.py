@@ -165,13 +165,21 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
                 "cosine_mean", "class_selectivity_mean", "nc1", "knn_accuracy", "linear_probe_accuracy"):
         assert key in summary["arms"]["baseline"] and f"{key}_ci95" in summary["arms"]["baseline"], key
     assert summary["arms"]["al-random"]["vs_baseline"]["cosine_mean"]["p_value"] <= 1
-    for key in ("psi", "sae_fvu", "sae_l0", "sae_recovered_vs_zero", "sae_stability", "sae_latent_class_selectivity_mean"):
+    for key in ("psi", "psi_sae_sd", "features_per_neuron", "sae_stable_fraction", "sae_fvu", "sae_l0",
+                "sae_recovered_vs_zero", "sae_latent_class_selectivity_mean"):
         assert key in summary["arms"]["al-least_confidence"], key
+    assert "sae_effective_features" not in summary["arms"]["al-least_confidence"]  # psi appears once
+    cka = summary["arms"]["al-least_confidence"]["cka_vs_random"]["layer4"]
+    assert 0 <= cka["mean"] <= 1 and len(cka["per_seed"]) == 2
+    assert summary["primary"]["metric"] == "psi" and "al-least_confidence" in summary["primary"]["arms"]
+    assert set(summary["arms"]["al-least_confidence"]["vs_random_matched"]) >= {"silhouette_features", "nc1"}
     assert json.loads((out / "toy.json").read_text())["m"] == 5
     html = (out / "report.html").read_text()
-    for section in ("Setup", "Accuracy against labels", "Metrics per arm", "t-SNE", "Cosine similarity",
-                    "Neuron polysemanticity", "What each strategy queried", "Decoding superposition",
-                    "Toy models of superposition"):
+    for section in ("Primary endpoint: psi", "Setup", "Accuracy against labels", "Superposition (layer4)",
+                    "Representation similarity to al-random", "Representation quality (class separation)",
+                    "Other metrics per arm", "t-SNE", "Cosine similarity", "Neuron polysemanticity",
+                    "What each strategy queried", "Decoding superposition", "Toy models of superposition",
+                    "at equal test accuracy"):
         assert section in html, section
     assert html.count("data:image/png;base64,") == 8
     assert "Verdict: each strategy against random sampling" in html
@@ -228,12 +236,13 @@ def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):
 
 def test_psi_per_active_learning_round(tmp_path):
     cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
-                      "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64")
+                      "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64",
+                      "sae.superposition.max_steps=100", "sae.superposition.window=50", "sae.superposition.batch_size=64")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     sae = json.loads((RunDir(tmp_path).job("al-random", 0).sae).read_text())
     assert [r["round"] for r in sae["per_round"]] == [0, 1, 2]
     assert [r["n_labeled"] for r in sae["per_round"]] == [40, 80, 120]
-    assert all(r["psi"] > 0 for r in sae["per_round"])
+    assert all(r["psi"] >= 0 and r["psi_sae_sd"] >= 0 for r in sae["per_round"])
     assert sae["per_round"][-1]["psi"] == pytest.approx(sae["metrics"]["psi"])  # the last round is the final model
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
 
@@ -272,3 +281,19 @@ def test_checkpoints_hold_no_pickled_code_and_round_trip_strategy_state(tmp_path
     torch.save({"round": 1, "hook": pickle.loads(pickle.dumps(Path))}, tmp_path / "checkpoint.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries(tmp_path):
+    cfg = tiny_config("arms=[al-random,al-random@2]", "seeds=[0]")
+    summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    run = RunDir(tmp_path)
+    a = json.loads(run.job("al-random", 0).done.read_text())["records"]
+    b = json.loads(run.job("al-random@2", 0).done.read_text())["records"]
+    assert strip_timing(a[:1]) == [{**strip_timing(b[:1])[0], "arm": "al-random"}]  # round 0 identical
+    pa, pb = np.load(run.job("al-random", 0).pool), np.load(run.job("al-random@2", 0).pool)
+    assert np.array_equal(pa == 0, pb == 0) and not np.array_equal(pa, pb)  # later queries differ
+    assert "vs_random" in summary["arms"]["al-random@2"]
+    with pytest.raises(UserError, match="integer k >= 2"):
+        tiny_config("arms=[al-random@1]")
+    with pytest.raises(UserError, match="unknown strategy 'nope' in arm 'al-nope@2'"):
+        tiny_config("arms=[al-nope@2]")

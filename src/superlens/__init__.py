@@ -13,3 +13,12 @@ def analyze(models, data, layers, **kwargs):
     from superlens.lens import analyze as _analyze
 
     return _analyze(models, data, layers, **kwargs)
+
+
+def measure_superposition(activations, *, seeds=3, labels=None, layer_name=None, device=None, **settings):
+    """Superposition of an (n, neurons) activation matrix by the validated protocol: psi (effective
+    features per neuron) with its SD over SAE seeds, and the dictionary metrics; see
+    :func:`superlens.analysis.superposition.measure_superposition` and docs/superposition.md."""
+    from superlens.analysis.superposition import measure_superposition as _measure
+
+    return _measure(activations, seeds=seeds, labels=labels, layer_name=layer_name, device=device, **settings)

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "stats": {
         "test": "t",  # paired test over seeds: "t" (paired t-test) or "signflip" (exact sign-flip permutation)
+        "primary": "psi",  # the one metric tested alone at alpha 0.05 against al-random, reported first
     },
     "featvis": {
         "enabled": True,
@@ -211,6 +212,8 @@ def validate(cfg: dict[str, Any]) -> None:
     _check_study(cfg)
     need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
     need(cfg["stats"]["test"] in TESTS, f"stats.test must be one of {', '.join(TESTS)}, got {cfg['stats']['test']!r}")
+    need(isinstance(cfg["stats"]["primary"], str) and cfg["stats"]["primary"],
+         f"stats.primary must name one metric (e.g. psi or test_accuracy), got {cfg['stats']['primary']!r}")
     specs = stage_specs(cfg)
     if specs.active.start_from_baseline:
         need("baseline" in cfg["arms"] and cfg["arms"][0] == "baseline",
@@ -224,7 +227,7 @@ def need(ok: bool, message: str) -> None:
 
 
 def _check_study(cfg: dict[str, Any]) -> None:
-    from superlens.active.strategies import REGISTRY
+    from superlens.active.strategies import REGISTRY, parse_arm
 
     need(cfg["executor"] in ("local", "ray"), f"executor must be 'local' or 'ray', got {cfg['executor']!r}")
     seeds = cfg["seeds"]
@@ -236,7 +239,8 @@ def _check_study(cfg: dict[str, Any]) -> None:
     for arm in arms:
         if arm != "baseline":
             need(arm.startswith("al-"), f"arm {arm!r} must be 'baseline' or 'al-<strategy>'")
-            need(arm[3:] in REGISTRY, f"unknown strategy {arm[3:]!r} in arm {arm!r}; known: {', '.join(REGISTRY)}")
+            name, _ = parse_arm(arm)
+            need(name in REGISTRY, f"unknown strategy {name!r} in arm {arm!r}; known: {', '.join(REGISTRY)}")
     need(len(set(arms)) == len(arms), f"arms must not repeat, got {arms!r}")
 
 

@@ -57,6 +57,10 @@ class JobPaths:
         return self.folder / "sae.json"
 
     @property
+    def similarity(self) -> Path:  # CKA against al-random's model of the same seed
+        return self.folder / "similarity.json"
+
+    @property
     def error(self) -> Path:  # the traceback of a failed attempt
         return self.folder / "error.txt"
 
@@ -80,7 +84,8 @@ class JobPaths:
 
     def trained_outputs(self) -> list[Path]:
         """Everything derived from the trained model: dropped together when the model must be trained again."""
-        return [self.done, self.model, self.optimizer, self.analysis, self.sae, self.tsne, *self.featvis_files()]
+        return [self.done, self.model, self.optimizer, self.analysis, self.sae, self.tsne, self.similarity,
+                *self.featvis_files()]
 
 
 class RunLayout:

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"stem": "cifar", "width": 64, "dropout": 0.0},  # for MODEL=resnet18
     "analysis": {"pool": "avg", "max_samples": 10000, "probe_samples": 10000, "tsne": True, "perplexity": 30.0,
                  "topk": 100, "knn_k": 10, "eval_batch_size": 256},
-    "sae": {"enabled": True, "max_images": 5000, "stability": False, "settings": {}},
+    "sae": {"enabled": True, "max_images": 5000, "stability": False, "settings": {}, "superposition": {}},
     "featvis": {"top": 9, "settings": {}},
     "data": {"options": {}},  # keyword arguments of the dataset's loader, e.g. data.options.image_size=16
 }
@@ -62,7 +62,7 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
 
     cfg = OmegaConf.create(DEFAULTS)
     OmegaConf.set_struct(cfg, True)
-    for key in ("sae.settings", "featvis.settings", "data.options"):
+    for key in ("sae.settings", "sae.superposition", "featvis.settings", "data.options"):
         OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
     if base:
         cfg = OmegaConf.merge(cfg, base)
@@ -76,6 +76,20 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
             raise UserError(f"unknown or invalid option {key!r}; known: device, seed, model.*, analysis.*, sae.*, featvis.*, "
                             "data.options.*") from None
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# On a CPU the SAEs get fewer steps and smaller batches unless the user set them: at the GPU sizes a
+# 512-unit layer takes tens of minutes on 2 cores; these finish a layer in a few minutes (docs/analyze.md).
+CPU_SAE = {"settings": {"steps": 1000, "batch_size": 1024},
+           "superposition": {"max_steps": 1500, "batch_size": 512, "window": 150}}
+
+
+def fit_to_device(options: dict[str, Any], device) -> dict[str, Any]:
+    """``options`` with the CPU sizes of ``CPU_SAE`` filled in where the user left them unset."""
+    if torch.device(device).type != "cpu":
+        return options
+    sae = options["sae"]
+    return {**options, "sae": {**sae, **{part: {**CPU_SAE[part], **sae[part]} for part in CPU_SAE}}}
 
 
 def _recipe(options: dict[str, Any], input_size: int | None):
@@ -92,7 +106,8 @@ def _sae_vectors(acts: np.ndarray) -> np.ndarray:
     return conv_vectors(acts)
 
 
-def _layer(model, name, test, train, recipe, options, device, accuracy_known, units_to_show, seed) -> LayerResult:
+def _layer(model, name, test, train, recipe, options, device, accuracy_known, units_to_show, seed,
+           progress=None) -> LayerResult:
     from superlens.analysis.features import capture, resolve_module
     from superlens.analysis.representation import representation_metrics
     from superlens.specs import AnalysisSpec
@@ -129,7 +144,7 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         alive = np.asarray(out["alive_units"], bool)
         result.per_unit = {k: np.asarray(v)[alive] for k, v in out["per_unit"].items()}
     if options["sae"]["enabled"]:
-        result.metrics.update(_sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed))
+        result.metrics.update(_sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed, progress))
     if units_to_show:
         if raw.ndim != 4:
             result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
@@ -145,9 +160,9 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
     return reduce_outputs(torch.from_numpy(acts), pool).numpy()
 
 
-def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed) -> dict[str, float]:
+def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed, progress=None) -> dict[str, float]:
     from superlens.analysis.features import capture
-    from superlens.analysis.superposition import measure_sae
+    from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
     from superlens.data import fixed_subset
     from superlens.specs import SAESettings
     from superlens.training import output_accuracy
@@ -159,7 +174,23 @@ def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known,
     splice = dict(data=test, mean_activation=torch.from_numpy(test_vectors.mean(0)), recipe=recipe,
                   accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
     settings = SAESettings.from_settings(section["settings"], seed=seed)
-    return measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice)[1]
+    metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice)[1]
+    positions = len(train_vectors) // max(1, len(sae_train))
+    labels = np.repeat(sae_train.labels.cpu().numpy(), positions)
+    protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
+                                     progress=_progress(name, progress), **section["superposition"])
+    return {**metrics, **superposition_metrics(protocol)}
+
+
+def _progress(name: str, log, every: float = 10.0):
+    """Log the superposition SAEs' step, loss and the most time left, at most once per ``every`` seconds."""
+    last = [time.perf_counter()]
+
+    def report(step: int, loss: float, eta: float) -> None:
+        if log is not None and time.perf_counter() - last[0] >= every:
+            last[0] = time.perf_counter()
+            log(f"{name}: superposition SAEs at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
+    return report
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:
@@ -219,6 +250,7 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
         data = load(data, **options["data"]["options"])
     train, test = data
     device = resolve_device(options["device"])
+    options = fit_to_device(options, device)
     recipe = _recipe(options, input_size)
     a = options["analysis"]
     test_sub = fixed_subset(test, a["max_samples"]).to(device)
@@ -235,7 +267,7 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
         for layer in layers:
             progress(f"{label}: {layer}")
             result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
-                                          list(units or []), options["seed"])
+                                          list(units or []), options["seed"], progress)
         results.append(result)
     summary = lens_summary(results, layers, test, options, input_size)
     if out is not None:

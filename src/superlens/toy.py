@@ -19,31 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from superlens.analysis.superposition import feature_dimensionality, interference
 from superlens.errors import UserError
 
-
-def feature_dimensionality(w) -> np.ndarray:
-    """D_i per feature (column) of W; 0 for a feature with zero norm."""
-    w = np.asarray(w, dtype=np.float64)
-    norms = np.linalg.norm(w, axis=0)
-    unit = w / np.where(norms > 0, norms, 1.0)
-    overlap = ((unit.T @ w) ** 2).sum(axis=1)  # sum_j (W_i_hat . W_j)^2, includes j = i
-    return np.where(norms > 0, norms**2 / np.where(overlap > 0, overlap, 1.0), 0.0)
+__all__ = ["feature_dimensionality", "interference", "dimensions_per_feature", "train_toy", "phase_diagram",
+           "selection_experiment", "run_lab"]
 
 
 def dimensions_per_feature(w) -> float:
     """D* = m / ||W||_F^2."""
     w = np.asarray(w, dtype=np.float64)
     return float(w.shape[0] / (w**2).sum())
-
-
-def interference(w) -> np.ndarray:
-    """sum over other features j of (W_i_hat . W_j)^2, per feature i."""
-    w = np.asarray(w, dtype=np.float64)
-    norms = np.linalg.norm(w, axis=0)
-    unit = w / np.where(norms > 0, norms, 1.0)
-    overlap = (unit.T @ w) ** 2
-    return overlap.sum(axis=1) - np.diag(overlap)
 
 
 def sparse_batch(batch: int, n: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:

@@ -266,7 +266,8 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
     if paths.done.exists():
         return read_json(paths.done)["records"]
     started = time.perf_counter()
-    strategy = strategies.get(arm[3:])
+    name, replicate = strategies.parse_arm(arm)
+    strategy = strategies.get(name)
     options = active.strategy_options.get(strategy.name, {})
     train, labels = splits.train, splits.train.labels.cpu().numpy()
     sizes = active.query_sizes(len(train))
@@ -296,7 +297,9 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         torch.manual_seed(derive_seed(seed, "round", round_))
         t0 = time.perf_counter()
         inputs = query_inputs(net, train, pool, strategy.needs, recipe, device, state, mc_rate, active.mc_samples)
-        rng = np.random.default_rng(derive_seed(seed, "query", round_))
+        # a replicate (al-<strategy>@k) draws its own selection stream; everything else is shared with the arm
+        rng = np.random.default_rng(derive_seed(seed, "query", round_) if replicate == 1
+                                    else derive_seed(seed, "query", round_, "replicate", replicate))
         picked = np.asarray(strategy.select(inputs, sizes[round_ - 1], rng, **options))
         queried = inputs.pool_ids[picked]
         pool.acquire(queried, round_)

@@ -48,6 +48,15 @@ def register(name: str, needs: set[str]):
     return wrap
 
 
+def parse_arm(arm: str) -> tuple[str, int]:
+    """``al-<strategy>[@<k>]`` -> (strategy, replicate): ``@k`` (k >= 2) is a replicate of the arm with
+    an independent selection stream (an A/A control when the strategy is random); 1 without it."""
+    name, _, replicate = arm[3:].partition("@")
+    if replicate and not (replicate.isdigit() and int(replicate) >= 2):
+        raise UserError(f"arm {arm!r}: a replicate is written al-<strategy>@<k> with an integer k >= 2")
+    return name, int(replicate) if replicate else 1
+
+
 def get(name: str) -> Strategy:
     if name not in REGISTRY:
         raise UserError(f"unknown strategy {name!r}; known: {', '.join(REGISTRY)}")

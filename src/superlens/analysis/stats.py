@@ -140,10 +140,28 @@ def compare_paired(a: dict[int, float], b: dict[int, float], method: str = "t", 
 
 
 def adjust_family(block: dict[str, dict], keys: list[str]) -> None:
-    """Holm-adjust the p-values of ``keys`` in ``block`` together (one family), in place."""
+    """Holm-adjust the p-values of ``keys`` in ``block`` together (one family), in place, and add each
+    difference's simultaneous interval at the Bonferroni level of the family (``difference_ci95_adjusted``):
+    when the adjusted p is >= 0.05 that interval contains 0, so words and intervals never disagree."""
     keys = [k for k in keys if k in block]
+    m = sum(block[k]["p_value"] is not None for k in keys)
     for key, adjusted in zip(keys, holm([block[k]["p_value"] for k in keys])):
         block[key]["p_adjusted"] = none_if_nan(adjusted)
+        block[key]["difference_ci95_adjusted"] = simultaneous_interval(block[key], m)
+
+
+def simultaneous_interval(comparison: dict, family_size: int, confidence: float = 0.95) -> list[float | None]:
+    """The t-interval of a comparison's difference widened to confidence 1 - (1 - ``confidence``) / m
+    (Bonferroni over a family of m comparisons), from its 95% interval and seed count."""
+    from scipy.stats import t
+
+    low, high = comparison.get("difference_ci95") or (None, None)
+    n, d = len(comparison.get("seeds") or []), comparison.get("difference")
+    if low is None or high is None or d is None or n < 2 or family_size < 1:
+        return [None, None]
+    scale = t.ppf(1 - (1 - confidence) / (2 * family_size), n - 1) / t.ppf(0.5 + confidence / 2, n - 1)
+    half = (high - low) / 2 * scale
+    return [d - half, d + half]
 
 
 def _ok(v) -> bool:
@@ -153,3 +171,118 @@ def _ok(v) -> bool:
 def none_if_nan(v: float | None) -> float | None:
     """``v`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
     return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _curve(accuracies, values) -> tuple[np.ndarray, np.ndarray]:
+    """A metric as a function of accuracy: points sorted by accuracy, ties averaged, non-finite dropped."""
+    acc, val = np.asarray(accuracies, dtype=float), np.asarray(values, dtype=float)
+    keep = np.isfinite(acc) & np.isfinite(val)
+    acc, val = acc[keep], val[keep]
+    levels, inverse = np.unique(acc, return_inverse=True)
+    return levels, np.bincount(inverse, weights=val) / np.bincount(inverse)
+
+
+def matched_difference(arm: tuple, control: tuple, grid: int = 101) -> tuple[float, tuple[float, float]] | None:
+    """Mean over the accuracy range both curves cover of (arm's metric - control's metric), each
+    interpolated linearly in accuracy between its rounds; None when the ranges do not overlap."""
+    a_acc, a_val = _curve(*arm)
+    c_acc, c_val = _curve(*control)
+    if len(a_acc) == 0 or len(c_acc) == 0:
+        return None
+    low, high = max(a_acc[0], c_acc[0]), min(a_acc[-1], c_acc[-1])
+    if high < low:
+        return None
+    points = np.linspace(low, high, grid) if high > low else np.array([low])
+    return float(np.mean(np.interp(points, a_acc, a_val) - np.interp(points, c_acc, c_val))), (float(low), float(high))
+
+
+def accuracy_matched(arm, control, method: str = "t", confidence: float = 0.95) -> dict:
+    """The difference of a metric between an arm and its control at equal test accuracy, paired over seeds.
+
+    ``arm``, ``control``: one ``(accuracies, values)`` pair of arrays over rounds per seed,
+    paired by position. Per seed, each arm's metric is read as a function of its accuracy
+    (rounds sorted by accuracy, linear between them) and the two curves are compared over
+    the accuracy range both cover (their mean difference on 101 evenly spaced accuracies).
+    A seed whose ranges do not overlap is left out. Returns the mean difference over
+    seeds, its t-interval, the paired test's p, the seeds used (positions) and the
+    accuracy range (the lowest and highest accuracy compared, over the seeds used).
+    """
+    if len(arm) != len(control):
+        raise ValueError(f"arm and control must have one curve per seed each, got {len(arm)} and {len(control)}")
+    per_seed = [matched_difference(a, c) for a, c in zip(arm, control)]
+    used = [i for i, r in enumerate(per_seed) if r is not None]
+    d = np.array([per_seed[i][0] for i in used])
+    low, high = t_interval(d, confidence)
+    ranges = [per_seed[i][1] for i in used]
+    return {
+        "difference": float(d.mean()) if len(d) else None,
+        "difference_ci95": [none_if_nan(low), none_if_nan(high)],
+        "p_value": none_if_nan(paired_test(d, method)),
+        "seeds": used,
+        "accuracy_range": [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
+    }
+
+
+def compare_to_control(per_seed: dict[str, dict[str, list]], control: str = "al-random", headline=None,
+                       test: str = "t") -> dict[str, dict[str, dict]]:
+    """Every arm minus ``control``, per metric, paired by seed position, with study-wide error control.
+
+    ``per_seed``: ``{arm: {metric: [value per seed]}}``. ``headline``: the metrics of the
+    headline family (default: every metric); one Holm adjustment runs over every
+    (arm, headline metric) pair of the study, and one over every other pair, so the
+    chance of any false positive in a family stays at the nominal level however many
+    arms share the control.
+    """
+    if control not in per_seed:
+        raise ValueError(f"the control arm {control!r} is not among {', '.join(per_seed)}")
+    base = per_seed[control]
+    out: dict[str, dict[str, dict]] = {}
+    for arm, metrics in per_seed.items():
+        if arm == control:
+            continue
+        out[arm] = {}
+        for metric, values in metrics.items():
+            if metric not in base:
+                continue
+            block = compare_paired(dict(enumerate(values)), dict(enumerate(base[metric])), test)
+            block["family"] = "headline" if headline is None or metric in headline else "secondary"
+            out[arm][metric] = block
+    for family in ("headline", "secondary"):
+        pairs = [(arm, m) for arm, block in out.items() for m, v in block.items() if v["family"] == family]
+        for (arm, m), adjusted in zip(pairs, holm([out[arm][m]["p_value"] for arm, m in pairs])):
+            out[arm][m]["p_adjusted"] = none_if_nan(adjusted)
+    return out
+
+
+def _power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with ``n`` seeds for a true mean difference ``effect``
+    when the per-seed differences have SD ``sd`` (noncentral t)."""
+    from scipy.stats import nct, t
+
+    if n < 2 or sd <= 0:
+        return float("nan")
+    crit = t.ppf(1 - alpha / 2, n - 1)
+    nc = effect / sd * np.sqrt(n)
+    power = float(nct.sf(crit, n - 1, nc) + nct.cdf(-crit, n - 1, nc))
+    if not np.isfinite(power) and abs(nc) > crit:  # far tails scipy cannot evaluate: the test always rejects
+        return 1.0
+    return power
+
+
+def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest mean difference the paired t-test detects with ``power`` at ``n`` seeds."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not np.isfinite(sd) or sd <= 0:
+        return float("nan")
+    try:
+        return float(brentq(lambda e: _power(e, sd, n, alpha) - power, 1e-9 * sd, 15 * sd / np.sqrt(n)))
+    except ValueError:  # scipy's noncentral t failed to evaluate on the way (very few seeds)
+        return float("nan")
+
+
+def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05, most: int = 1000) -> int | None:
+    """The fewest seeds with which the paired t-test detects ``effect`` with ``power`` (None beyond ``most``)."""
+    if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0 or sd <= 0:
+        return None
+    return next((n for n in range(2, most + 1) if _power(abs(effect), sd, n, alpha) >= power), None)

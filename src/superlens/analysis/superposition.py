@@ -9,16 +9,17 @@ import numpy as np
 import torch
 
 from superlens.analysis import neurons
-from superlens.analysis.sae import (effective_features, latent_activity, matched_decoder_cosine, sae_metrics,
-                                    spliced_accuracies, train_sae, train_saes)
+from superlens.analysis.sae import (effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies,
+                                    train_sae, train_saes)
 from superlens.specs import SAESettings
 
 
 def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.ndarray, settings: SAESettings,
                 stability: bool, device, splice: dict | None = None):
-    """Train an SAE on ``train_vectors`` and measure it on ``test_vectors``: the ``sae_*`` metrics,
-    psi, with ``stability`` a second seed's matched decoders, and with ``splice`` (keyword
-    arguments of ``spliced_accuracies``) the accuracies with the layer replaced. Returns (sae, metrics)."""
+    """Train the decoding SAE on ``train_vectors`` and measure it on ``test_vectors``: the ``sae_*``
+    metrics (reconstruction, dead latents), with ``stability`` a second seed's matched decoders, and
+    with ``splice`` (keyword arguments of ``spliced_accuracies``) the accuracies with the layer
+    replaced. psi is measured by ``measure_superposition``, not here. Returns (sae, metrics)."""
     from dataclasses import replace
 
     sae = train_sae(train_vectors, settings, device=device).sae
@@ -28,14 +29,19 @@ def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.n
     if stability:
         second = train_sae(train_vectors, replace(settings, seed=settings.seed + 10_000), device=device).sae
         m["sae_stability"] = matched_decoder_cosine(sae, second)
-    m.update(psi_of(sae, test_vectors))
     return sae, m
 
 
-def psi_of(sae, test_vectors: np.ndarray) -> dict[str, float]:
-    """Effective features F of the SAE's latent activity on ``test_vectors``, and psi = F / neurons."""
-    f = effective_features(activity=latent_activity(sae, test_vectors))
-    return {"sae_effective_features": f, "psi": f / test_vectors.shape[1]}
+# Keys of measure_superposition's result that a study stores per model (sae.json "metrics"), by their
+# summary names: psi_sae_sd is the SD of psi over the SAE seeds of one model.
+SUPERPOSITION_KEYS = {"psi": "psi", "psi_sd": "psi_sae_sd", "features_per_neuron": "features_per_neuron",
+                      "feature_dimensionality_mean": "feature_dimensionality_mean", "interference": "interference",
+                      "stable_fraction": "sae_stable_fraction", "dead_fraction": "superposition_dead_fraction"}
+
+
+def superposition_metrics(result: dict) -> dict[str, float]:
+    """The per-model numbers of a ``measure_superposition`` result, under their summary names."""
+    return {name: result[key] for key, name in SUPERPOSITION_KEYS.items()}
 
 
 def neurons_and_latents(acts: np.ndarray, latents: np.ndarray, labels: np.ndarray, topk: int) -> dict[str, float]:
@@ -77,22 +83,30 @@ def reproduced(a: np.ndarray, b: np.ndarray, match: float) -> np.ndarray:
     return (best_a[best_b] == rows) & (sim[rows, best_b] >= match)
 
 
-def feature_dimensionality(w: np.ndarray) -> np.ndarray:
-    """D_i = |W_i|^2 / sum_j (W_i_hat . W_j)^2 for the rows W_i of ``w`` (features x neurons): the share
-    of a dimension feature i has to itself (1: orthogonal to all others; 1/2: an antipodal pair)."""
+def feature_dimensionality(w) -> np.ndarray:
+    """D_i = |W_i|^2 / sum_j (W_i_hat . W_j)^2 per feature i, a column of ``w`` (neurons x features), as in
+    Elhage et al. 2022: 1 for a feature orthogonal to all others, 1/2 for an antipodal pair; 0 for a
+    feature of zero norm."""
     w = np.asarray(w, dtype=np.float64)
-    norms = np.linalg.norm(w, axis=1)
-    overlap = ((unit_rows(w) @ w.T) ** 2).sum(1)
-    return np.where(norms > 0, norms**2 / np.maximum(overlap, 1e-300), 0.0)
+    norms = np.linalg.norm(w, axis=0)
+    unit = w / np.where(norms > 0, norms, 1.0)
+    overlap = ((unit.T @ w) ** 2).sum(axis=1)  # includes j = i
+    return np.where(norms > 0, norms**2 / np.where(overlap > 0, overlap, 1.0), 0.0)
 
 
-def interference(w: np.ndarray, frequency: np.ndarray) -> float:
-    """Frequency-weighted mean over features of sum_{j != i} (W_i_hat . W_j_hat)^2: how much of the
-    other features a feature's direction picks up, weighted by how often it fires."""
-    u = unit_rows(w)
-    overlap = (u @ u.T) ** 2
-    per_feature = overlap.sum(1) - np.diag(overlap)
+def interference(w) -> np.ndarray:
+    """sum over the other features j of (W_i_hat . W_j)^2, per feature i (a column of ``w``)."""
+    w = np.asarray(w, dtype=np.float64)
+    norms = np.linalg.norm(w, axis=0)
+    unit = w / np.where(norms > 0, norms, 1.0)
+    overlap = (unit.T @ w) ** 2
+    return overlap.sum(axis=1) - np.diag(overlap)
+
+
+def weighted_interference(w, frequency) -> float:
+    """``interference`` of unit-norm features averaged with weights ``frequency`` (how often each fires)."""
     p = np.asarray(frequency, dtype=np.float64)
+    per_feature = interference(unit_rows(np.asarray(w).T).T)
     return float((p * per_feature).sum() / p.sum()) if p.sum() > 0 else float("nan")
 
 
@@ -113,6 +127,13 @@ def _codes_summary(sae, x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, 
     total = float(((xt - xt.mean(0)) ** 2).sum())
     n = max(1, len(xt))
     return (activity / n).cpu().numpy(), (fired / n).cpu().numpy(), err / max(total, 1e-30)
+
+
+def _mean_finite(values) -> float:
+    """Mean of the finite values; NaN (no warning) when there are none (no latent was reproduced)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def measure_superposition(activations, *, seeds: int | None = None, labels=None, layer_name: str | None = None,
@@ -162,9 +183,10 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
             kept = reproduced(dec, other, opts.match) & live
             values["psi"].append(effective_features(activity=activity[kept]) / neurons)
             values["features_per_neuron"].append(kept.sum() / neurons)
-            values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept]).mean())
+            values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept].T).mean())
                                                          if kept.any() else float("nan"))
-            values["interference"].append(interference(dec[kept], freq[kept]) if kept.any() else float("nan"))
+            values["interference"].append(weighted_interference(dec[kept].T, freq[kept]) if kept.any()
+                                          else float("nan"))
             values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
         for k, v in values.items():
             per_seed[k].append(float(np.mean(v)))
@@ -172,7 +194,7 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
     return {
         "psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)) if len(psi) > 1 else 0.0,
         "psi_per_seed": psi.tolist(),
-        **{k: float(np.nanmean(v)) for k, v in per_seed.items() if k != "psi"},
+        **{k: _mean_finite(v) for k, v in per_seed.items() if k != "psi"},
         "dead_fraction": float(np.mean([(f == 0).mean() for _, f, _ in summaries])),
         "fvu": float(np.mean([fvu for _, _, fvu in summaries])),
         "converged": batch.converged, "steps": batch.steps, "expansion": opts.expansion, "k": opts.k,

@@ -16,20 +16,38 @@ from superlens.report import figures
 from superlens.fileio import read_json
 from superlens.rundir import RunDir
 
+SUPERPOSITION_DOCS = {
+    "psi": "effective features per neuron: exp(entropy of the activity shares of the SAE latents another SAE seed "
+           "reproduces) / neurons, on class-centred vectors; mean over SAE seeds (passes the ground-truth bench, "
+           "docs/superposition.md)",
+    "psi_sae_sd": "SD of psi over the SAE seeds of one model (the measurement's own noise)",
+    "features_per_neuron": "latents another SAE seed reproduces, per neuron (a count, not weighted by activity)",
+    "feature_dimensionality_mean": "mean D_i = 1 / sum_j cos^2(W_i, W_j) over the reproduced decoder directions "
+                                   "(Elhage et al. 2022); falls as features crowd the neurons",
+    "interference": "frequency-weighted mean over reproduced latents of sum_{j != i} cos^2(W_i, W_j)",
+    "sae_stable_fraction": "share of the live latents that another SAE seed reproduces",
+    "superposition_dead_fraction": "share of the protocol SAEs' latents that never fire",
+}
+QUALITY_DOCS = {
+    "silhouette_features": "mean silhouette (euclidean) of the features with the true labels",
+    "davies_bouldin_features": "Davies-Bouldin index of the features (lower = better separated)",
+    "nc1": "within-class variability collapse tr(S_W S_B^+)/C (0 = classes collapse to points)",
+    "silhouette_features_area": "silhouette over the labelling budget (area under its curve / budget range)",
+    "davies_bouldin_features_area": "Davies-Bouldin over the labelling budget (area / budget range)",
+    "nc1_area": "NC1 over the labelling budget (area / budget range)",
+}
 METRIC_DOCS = {
     "test_accuracy": "accuracy of the final model on the test split",
     "aubc": "area under the accuracy-vs-labels curve over the budget range, divided by that range",
     "label_efficiency": "labels random sampling needs for the same accuracy, divided by the labels used (mean over rounds)",
-    "silhouette_features": "mean silhouette (euclidean) of the features with the true labels",
     "silhouette_features_cosine": "mean silhouette with cosine distance on the features",
     "silhouette_tsne": "mean silhouette of the 2-D t-SNE points with the true labels",
-    "davies_bouldin_features": "Davies-Bouldin index of the features (lower = better separated)",
     "davies_bouldin_tsne": "Davies-Bouldin index of the t-SNE points",
-    "nc1": "within-class variability collapse tr(S_W S_B^+)/C (0 = classes collapse to points)",
     "knn_accuracy": "k-NN (cosine) accuracy of training features on test features",
     "linear_probe_accuracy": "logistic-regression probe accuracy on standardized features",
     "cosine_mean": "mean cosine similarity over all pairs of test images",
-    "cosine_centered_mean": "mean cosine similarity after subtracting the mean feature",
+    "cosine_centered_mean": "mean cosine similarity after subtracting the mean feature (equals (n|u|^2 - 1)/(n - 1), "
+                            "u the mean of the unit-normalized centred features: a norm/direction asymmetry)",
     "neuron_correlation_mean": "mean correlation between pairs of units",
     "filter_cosine_mean": "mean cosine similarity between pairs of conv filters",
     "class_selectivity_mean": "mean class selectivity index over live units (Morcos et al. 2018)",
@@ -38,8 +56,6 @@ METRIC_DOCS = {
     "dead_unit_fraction": "fraction of units that never fire on the test images",
 }
 SAE_DOCS = {
-    "psi": "effective features F / neurons N: above 1, the layer carries more features than neurons",
-    "sae_effective_features": "F = exp(H(p)), p the normalized mean absolute activity of the SAE latents",
     "sae_l0": "mean number of active latents per vector",
     "sae_fvu": "fraction of variance unexplained by the reconstruction",
     "sae_cosine": "mean cosine between vectors and their reconstructions",
@@ -47,12 +63,13 @@ SAE_DOCS = {
     "sae_recovered_vs_zero": "accuracy recovered by splicing the reconstruction in, against zero ablation",
     "sae_recovered_vs_mean": "accuracy recovered by splicing the reconstruction in, against mean ablation",
     "sae_accuracy_spliced": "test accuracy with the layer replaced by its reconstruction",
-    "sae_stability": "mean decoder cosine between two seeds' SAEs, matched one-to-one",
+    "sae_stability": "mean decoder cosine between two seeds' decoding SAEs, matched one-to-one",
     "sae_neuron_class_selectivity_mean": "class selectivity of the layer's neurons",
     "sae_latent_class_selectivity_mean": "class selectivity of the SAE latents",
     "sae_neuron_topk_class_entropy_mean": "top-k class entropy of the layer's neurons",
     "sae_latent_topk_class_entropy_mean": "top-k class entropy of the SAE latents",
 }
+TABLES = {"superposition": SUPERPOSITION_DOCS, "quality": QUALITY_DOCS, "main": METRIC_DOCS, "sae": SAE_DOCS}
 HIST_TITLES = {
     "cosine": "samples (raw)", "cosine_centered": "samples (mean-centred)",
     "neuron_correlation": "units (correlation)", "filter_cosine": "conv filters",
@@ -77,7 +94,10 @@ def _signed(v: float) -> str:
     return ("+" if v > 0 else "") + _fmt(v)
 
 
-VERDICT_METRICS = ("test_accuracy", "aubc") + ROUND_METRICS + ("psi",)
+# (metric, family) in the order the verdict lists them
+VERDICT_METRICS = (("test_accuracy", "headline"), ("aubc", "headline"), ("psi", "headline"),
+                   ("silhouette_features", "representation quality"), ("davies_bouldin_features", "representation quality"),
+                   ("nc1", "representation quality"))
 
 
 def _verdict(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,26 +109,59 @@ def _verdict(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if not block:
             continue
         lines = []
-        for key in VERDICT_METRICS:
+        for key, family in VERDICT_METRICS:
             vs = block.get(key)
             if not vs or vs["difference"] is None:
                 continue
             lo, hi = vs["difference_ci95"]
             n = len(vs["seeds"])
-            interval = f"[{_fmt(lo)}, {_fmt(hi)}]"
+            alo, ahi = vs.get("difference_ci95_adjusted") or (None, None)
+            interval = f"[{_fmt(lo)}, {_fmt(hi)}]" + (f", adjusted [{_fmt(alo)}, {_fmt(ahi)}]" if alo is not None else "")
             if vs["p_adjusted"] is None:
                 words = f"not testable with {n} seed{'s' if n != 1 else ''} (difference {_signed(vs['difference'])})"
             elif vs["p_adjusted"] < 0.05:
                 words = f"{'higher' if vs['difference'] > 0 else 'lower'} by {_fmt(abs(vs['difference']))} {interval}"
             else:
                 words = f"no detectable difference with {n} seeds ({_signed(vs['difference'])} {interval})"
-            lines.append({"metric": key, "words": words, "p": _fmt(vs["p_adjusted"]),
+            matched = entry.get("vs_random_matched", {}).get(key)
+            at_accuracy = "-"
+            if matched and matched["difference"] is not None:
+                mlo, mhi = matched["difference_ci95"]
+                acc_lo, acc_hi = matched["accuracy_range"]
+                at_accuracy = (f"{_signed(matched['difference'])} [{_fmt(mlo)}, {_fmt(mhi)}], p_adj={_fmt(matched['p_adjusted'])}"
+                               f" (accuracy {_fmt(acc_lo)}-{_fmt(acc_hi)})")
+            lines.append({"metric": key, "family": family, "words": words, "p": _fmt(vs["p_adjusted"]), "matched": at_accuracy,
                           "sig": vs["p_adjusted"] is not None and vs["p_adjusted"] < 0.05})
-        out.append({"arm": arm, "lines": lines})
+        note = None
+        if arm.startswith("al-random@"):
+            hits = sum(line["sig"] for line in lines)
+            note = (f"{arm} is an A/A control: a second random-sampling arm with its own draws. Any difference from "
+                    f"al-random is noise of the whole pipeline; here {hits} of {len(lines)} verdict lines reach "
+                    "p_adj < 0.05.")
+        out.append({"arm": arm, "lines": lines, "note": note})
     if out and stats and not stats.get("can_reach_0.05", True):
         out[0]["warning"] = (f"With {len(summary['seeds'])} seeds the {stats['test']} cannot reach p < 0.05 "
                              f"(smallest attainable p = {_fmt(stats['smallest_p'])}); no difference can be called significant.")
     return out
+
+
+def _primary_rows(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The declared primary endpoint, per AL arm, in words."""
+    primary = summary.get("primary")
+    if not primary or not primary.get("arms"):
+        return None
+    rows = []
+    for arm, p in primary["arms"].items():
+        lo, hi = p["difference_ci95"]
+        matched = p.get("at_equal_accuracy")
+        at_acc = "needs a value per round" if not matched or matched["difference"] is None else (
+            f"{_signed(matched['difference'])} [{_fmt(matched['difference_ci95'][0])}, {_fmt(matched['difference_ci95'][1])}]"
+            f", p={_fmt(matched['p_value'])}")
+        rows.append({"arm": arm, "difference": f"{_signed(p['difference'])} [{_fmt(lo)}, {_fmt(hi)}]",
+                     "p": _fmt(p["p_value"]), "sig": p["significant"], "matched": at_acc,
+                     "detectable": _fmt(p["detectable_effect_80"]),
+                     "needed": str(p["seeds_for_observed_effect"]) if p["seeds_for_observed_effect"] else "more than 1,000"})
+    return {"metric": primary["metric"], "rows": rows, "n": len(summary.get("seeds", []))}
 
 
 def _compute_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -121,20 +174,15 @@ def _compute_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _metric_rows(summary: dict[str, Any], which: str) -> list[dict[str, Any]]:
-    """Table rows: ``main`` headline metrics, ``sae`` decoding metrics, or ``other`` (everything else)."""
+    """Table rows of one group of metrics (a key of ``TABLES``), or ``other`` (every undocumented one)."""
     arms = list(summary["arms"])
     keys: list[str] = []
     for entry in summary["arms"].values():
         for key, value in entry.items():
             if isinstance(value, (int, float)) and not key.endswith("_ci95") and key != "n_labeled" and key not in keys:
                 keys.append(key)
-    docs = {**METRIC_DOCS, **SAE_DOCS}
-    if which == "main":
-        keys = [k for k in METRIC_DOCS if k in keys]
-    elif which == "sae":
-        keys = [k for k in SAE_DOCS if k in keys]
-    else:
-        keys = [k for k in keys if k not in docs]
+    documented = {k: doc for table in TABLES.values() for k, doc in table.items()}
+    keys = [k for k in TABLES[which] if k in keys] if which in TABLES else [k for k in keys if k not in documented]
     rows = []
     for key in keys:
         cells = []
@@ -147,14 +195,27 @@ def _metric_rows(summary: dict[str, Any], which: str) -> list[dict[str, Any]]:
             against, vs = "random", entry.get("vs_random", {}).get(key)
             if vs is None:
                 against, vs = "baseline", entry.get("vs_baseline", {}).get(key)
-            cell = {"mean": _fmt(entry[key]), "lo": _fmt(lo), "hi": _fmt(hi), "vs": None}
+            cell = {"mean": _fmt(entry[key]), "lo": _fmt(lo), "hi": _fmt(hi), "vs": None, "note": None}
+            if key == "psi" and entry.get("psi_sae_sd") is not None:
+                cell["note"] = f"SAE-seed SD {_fmt(entry['psi_sae_sd'])} per model"
             if vs and vs["difference"] is not None:
                 dlo, dhi = vs["difference_ci95"]
                 cell["vs"] = (f"vs {against}: {_signed(vs['difference'])} [{_fmt(dlo)}, {_fmt(dhi)}], "
                               f"p_adj={_fmt(vs['p_adjusted'])}")
                 cell["sig"] = vs["p_adjusted"] is not None and vs["p_adjusted"] < 0.05
             cells.append(cell)
-        rows.append({"key": key, "doc": docs.get(key, ""), "cells": cells})
+        rows.append({"key": key, "doc": documented.get(key, ""), "cells": cells})
+    return rows
+
+
+def _similarity_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """CKA of each AL arm's features with al-random's, per layer: mean [95% CI] over seeds."""
+    rows = []
+    for arm, entry in summary["arms"].items():
+        for layer, cka in entry.get("cka_vs_random", {}).items():
+            lo, hi = cka["ci95"]
+            rows.append({"arm": arm, "layer": layer, "cka": f"{_fmt(cka['mean'])} [{_fmt(lo)}, {_fmt(hi)}]",
+                         "seeds": str(sum(v is not None for v in cka["per_seed"]))})
     return rows
 
 
@@ -177,6 +238,8 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
+        superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
+        similarity_rows=_similarity_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
         toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
         n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
         compute=_compute_rows(summary), per_round_metrics=per_round,
@@ -234,6 +297,18 @@ def _figures(run: RunDir, cfg: dict[str, Any], arms: list[str], rows: list[dict[
     return figs, tsne_seed, n_samples, per_round
 
 
+def _protocol(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> dict[str, Any] | None:
+    """How the psi protocol ran: its settings and how many of the models' SAEs converged."""
+    runs = [(_read(run.job(arm, seed).sae) or {}).get("superposition") for arm in arms for seed in cfg["seeds"]]
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    first = runs[0]
+    return {"seeds": first["seeds"], "k": first["k"], "expansion": first["expansion"], "models": len(runs),
+            "converged": sum(bool(r["converged"]) for r in runs), "steps": max(r["steps"] for r in runs),
+            "vectors": first["vectors"], "layer": first.get("layer")}
+
+
 def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> list[dict[str, str]]:
     from markupsafe import Markup
 
@@ -247,7 +322,7 @@ def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> li
         return []
     html = (f'<img src="data:image/png;base64,{_b64(figures.psi_per_round(per_arm))}" alt="psi per round">'
             '<p class="note">An SAE trained on the model of every active-learning round (same settings as above); '
-            "psi = effective features / neurons of the layer.</p>")
+            "psi by the superposition protocol (effective features per neuron).</p>")
     return [{"title": f"Superposition per active-learning round ({cfg['sae']['layer']})", "html": Markup(html)}]
 
 

@@ -5,6 +5,6 @@ code below it takes specs.
 """
 
 from superlens.study.run import JobsFailed, run_study
-from superlens.study.summary import HEADLINE, summarize
+from superlens.study.summary import HEADLINE, REPRESENTATION_QUALITY, summarize
 
-__all__ = ["HEADLINE", "JobsFailed", "run_study", "summarize"]
+__all__ = ["HEADLINE", "REPRESENTATION_QUALITY", "JobsFailed", "run_study", "summarize"]

@@ -90,8 +90,7 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         write_json(run.classes, splits.train.classes)
         jobs, deps = plan(specs, cfg["arms"], run)
         if cfg["executor"] == "ray":
-            device = None  # each Ray worker resolves the device and loads the data itself
-            del splits
+            device = splits = None  # each Ray worker resolves the device and loads the data itself
             clock.add("data", "study", time.perf_counter() - t0)
             results = run_ray(jobs, deps, specs.ray, log)
         else:
@@ -102,6 +101,7 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         for result in results:
             for stage, seconds in result.seconds.items():
                 clock.add(stage, result.job, seconds)
+        _similarities(jobs, specs, splits, device, clock, log)
         failures = [r for r in results if not r.ok]
         summary = None
         if run.finished_jobs():
@@ -116,6 +116,27 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         if failures:
             raise JobsFailed(failures, run.path)
         return summary
+
+
+def _similarities(jobs, specs: StageSpecs, splits, device, clock: StageClock, log) -> None:
+    """CKA of every finished AL arm against al-random of its seed (``similarity.json``), on the driver."""
+    from superlens.study.stages import similarity_stage
+
+    arms = {(j.arm, j.seed): j for j in jobs if isinstance(j, ArmJob)}
+    pairs = [(job, arms[("al-random", job.seed)]) for (arm, seed), job in arms.items()
+             if arm not in ("baseline", "al-random") and ("al-random", seed) in arms and job.analysis is not None]
+    pairs = [(a, b) for a, b in pairs if a.paths.model.exists() and a.paths.done.exists() and b.paths.done.exists()
+             and not a.paths.similarity.exists()]
+    if not pairs:
+        return
+    if device is None:  # Ray ran the jobs: the driver loads the data itself
+        device = resolve_device(specs.device)
+        splits = load_spec(specs.data, device)
+    for arm, control in pairs:
+        t0 = time.perf_counter()
+        log(f"{arm.label}: similarity to {control.label}")
+        similarity_stage(arm, control, splits, device)
+        clock.add("similarity", arm.label, time.perf_counter() - t0)
 
 
 def arm_job(cfg: dict[str, Any], run: RunDir, arm: str, seed: int) -> ArmJob:

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,7 +90,7 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
     runners = {
         "training": lambda: train_arm(job, splits, device, progress, checkpoint),
         "analysis": lambda: analysis_stage(job, splits, device),
-        "sae": lambda: sae_stage(job, splits, device),
+        "sae": lambda: sae_stage(job, splits, device, _sae_progress(job, log)),
         "featvis": lambda: featvis_stage(job, splits, device),
     }
     for stage, output in job.outputs().items():
@@ -97,6 +98,17 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
             continue
         log(f"{job.label}: {stage}")
         _timed(seconds, stage, runners[stage])
+
+
+def _sae_progress(job: ArmJob, log, every: float = 10.0):
+    """Log the superposition SAEs' step, loss and the most time left, at most once per ``every`` seconds."""
+    last = [time.perf_counter()]
+
+    def report(step: int, loss: float, eta: float) -> None:
+        if time.perf_counter() - last[0] >= every:
+            last[0] = time.perf_counter()
+            log(f"{job.label}: superposition SAEs at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
+    return report
 
 
 def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: dict[str, Any] | None = None,
@@ -136,11 +148,27 @@ def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndar
     return acts, conv_vectors(acts)
 
 
-def sae_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
-    """``sae.json``: an SAE on the final model's layer (a second one for stability), psi, and
-    with ``sae.per_round`` psi of every round's model."""
+def _vector_labels(acts: np.ndarray, data) -> np.ndarray:
+    """The class of each SAE vector: its image's label, repeated over the image's positions."""
+    positions = 1 if acts.ndim == 2 else acts.shape[2] * acts.shape[3]
+    return np.repeat(data.labels.cpu().numpy(), positions)
+
+
+def _superposition(model, train, spec, recipe, device, log=None) -> dict[str, Any]:
+    """The psi protocol on the layer's vectors of the SAE training images (class means removed)."""
+    from superlens.analysis.superposition import measure_superposition
+
+    acts, vectors = _sae_vectors(model, train, spec, recipe, device)
+    return measure_superposition(vectors, labels=_vector_labels(acts, train), layer_name=spec.layer, device=device,
+                                 progress=log, **asdict(spec.superposition))
+
+
+def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
+    """``sae.json``: the decoding SAE on the final model's layer (reconstruction, splicing, latents
+    vs neurons), psi and the dictionary metrics by the superposition protocol, and with
+    ``sae.per_round`` psi of every round's model."""
     from superlens.analysis.sae import image_latents
-    from superlens.analysis.superposition import measure_sae, neurons_and_latents
+    from superlens.analysis.superposition import measure_sae, neurons_and_latents, superposition_metrics
 
     spec = job.sae
     model = _final_model(job, splits)
@@ -153,28 +181,40 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
                          device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
+    protocol = _superposition(model, train, spec, job.recipe, device, log)
+    m.update(superposition_metrics(protocol))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
-              "train_vectors": int(len(train_vectors)), "metrics": m}
+              "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
     if spec.per_round:
-        result["per_round"] = _per_round_psi(job, splits, train, test, device)
+        result["per_round"] = _per_round_psi(job, splits, train, device)
     write_json(job.paths.sae, result)
 
 
-def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, test, device) -> list[dict[str, float]]:
-    """psi and FVU of an SAE trained on the model of each active-learning round (kept by the loop)."""
-    from superlens.analysis.sae import sae_metrics, train_sae
-    from superlens.analysis.superposition import psi_of
-
+def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device) -> list[dict[str, Any]]:
+    """psi (with its SAE-seed SD) of the model of each active-learning round (kept by the loop)."""
     records = {r["round"]: r for r in read_json(job.paths.records)} if job.paths.records.exists() else {}
     out = []
     for round_, path in job.paths.round_models():
-        model = _final_model(job, splits, weights=path)
-        _, train_vectors = _sae_vectors(model, train, job.sae, job.recipe, device)
-        _, test_vectors = _sae_vectors(model, test, job.sae, job.recipe, device)
-        sae = train_sae(train_vectors, job.sae.settings_for(job.seed), device=device).sae
-        out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"),
-                    "psi": psi_of(sae, test_vectors)["psi"], "sae_fvu": sae_metrics(sae, test_vectors)["fvu"]})
+        protocol = _superposition(_final_model(job, splits, weights=path), train, job.sae, job.recipe, device)
+        out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"), "psi": protocol["psi"],
+                    "psi_sae_sd": protocol["psi_sd"], "converged": protocol["converged"]})
     return out
+
+
+def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device) -> dict[str, Any]:
+    """Linear CKA between the features of ``arm``'s and ``control``'s final models on the analysed test
+    images, at the analysis layer (as analysed: same pooling, same images)."""
+    from superlens.analysis.features import capture
+    from superlens.analysis.similarity import linear_cka
+
+    spec = arm.analysis
+    test = fixed_subset(splits.test, spec.max_samples)
+    kw = dict(pool=spec.pool, recipe=arm.recipe, device=device, repeat_block=spec.repeat_block)
+    x = capture(_final_model(arm, splits), test, spec.layer, **kw)[spec.layer]
+    y = capture(_final_model(control, splits), test, spec.layer, **kw)[spec.layer]
+    result = {"against": control.arm, "layers": {spec.layer: linear_cka(x, y)}, "images": len(test)}
+    write_json(arm.paths.similarity, result)
+    return result
 
 
 def featvis_stage(job: ArmJob, splits: DatasetSplits, device, layer: str | None = None, units=None,

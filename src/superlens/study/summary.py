@@ -14,8 +14,9 @@ import numpy as np
 
 from superlens.active.curves import aubc, label_efficiency
 from superlens.analysis.snapshot import ROUND_METRICS
-from superlens.analysis.stats import (CI_METHOD, TESTS, adjust_family, compare_paired, finite, mean_ci, metric_bounds,
-                                     none_if_nan, smallest_p)
+from superlens.analysis.stats import (CI_METHOD, TESTS, accuracy_matched, adjust_family, compare_paired,
+                                     detectable_effect, finite, holm, mean_ci, metric_bounds, none_if_nan, seeds_needed,
+                                     smallest_p)
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_json
 from superlens.rundir import RunDir
@@ -26,10 +27,20 @@ def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
     return [(arm, seed) for arm in cfg["arms"] for seed in cfg["seeds"]]
 
 
-# Compared per AL arm with al-random (and with the baseline); Holm's adjustment runs over
-# this family together, and separately over every other metric (the secondary family).
-HEADLINE = ("test_accuracy", "aubc") + ROUND_METRICS + tuple(f"{m}_area" for m in ROUND_METRICS) + ("psi",)
-NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total")
+# Compared per AL arm with al-random (and with the baseline); Holm's adjustment runs within each
+# family: the headline (accuracy and the superposition metrics that pass the ground-truth bench,
+# docs/superposition.md), representation quality (class separation, which moves with accuracy), and
+# every other metric (secondary).
+SUPERPOSITION = ("psi",)
+HEADLINE = ("test_accuracy", "aubc") + SUPERPOSITION
+QUALITY = ("silhouette_features", "davies_bouldin_features", "nc1")
+REPRESENTATION_QUALITY = QUALITY + tuple(f"{m}_area" for m in QUALITY)
+FAMILIES = {"headline": HEADLINE, "representation_quality": REPRESENTATION_QUALITY}
+NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total", "psi_sae_sd")
+
+
+def family(metric: str) -> str:
+    return next((name for name, members in FAMILIES.items() if metric in members), "secondary")
 
 
 def _job_values(run: RunDir, arm: str, seed: int, rows: list[dict[str, Any]],
@@ -66,11 +77,90 @@ def _comparisons(mine: dict[int, dict[str, float]], other: dict[int, dict[str, f
     keys = [k for k in dict.fromkeys(k for v in mine.values() for k in v) if k not in NOT_COMPARED
             and any(k in v for v in other.values())]
     block = {k: {**compare_paired({s: v.get(k) for s, v in mine.items()}, {s: v.get(k) for s, v in other.items()}, method),
-                 "family": "headline" if k in HEADLINE else "secondary"} for k in keys}
+                 "family": family(k)} for k in keys}
     block = {k: v for k, v in block.items() if v["seeds"]}
-    adjust_family(block, [k for k in block if block[k]["family"] == "headline"])
-    adjust_family(block, [k for k in block if block[k]["family"] == "secondary"])
+    for name in (*FAMILIES, "secondary"):
+        adjust_family(block, [k for k in block if block[k]["family"] == name])
     return block
+
+
+MATCHED = ROUND_METRICS + ("psi",)  # metrics with a value per round, compared at equal accuracy
+
+
+def _curves(run: RunDir, arm: str, seed: int, rows: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per metric measured every round: (test accuracy, value) over the rounds of one job."""
+    accuracy = {r["round"]: r["test_accuracy"] for r in rows}
+    per_round = {m: {r["round"]: r.get(m) for r in rows} for m in ROUND_METRICS}
+    sae = run.job(arm, seed).sae
+    if sae.exists():
+        per_round["psi"] = {r["round"]: r.get("psi") for r in read_json(sae).get("per_round", [])}
+    out = {}
+    for metric, values in per_round.items():
+        rounds = [k for k, v in values.items() if v is not None and k in accuracy]
+        if len(rounds) >= 2:
+            out[metric] = (np.array([accuracy[k] for k in rounds]), np.array([values[k] for k in rounds], dtype=float))
+    return out
+
+
+def _matched(run: RunDir, finished: dict, arms: list[str], seeds: list[int], method: str) -> dict[str, dict]:
+    """``vs_random_matched`` of every AL arm: each per-round metric against al-random at equal test
+    accuracy, paired over seeds; one Holm adjustment over every (arm, metric) of the study."""
+    out: dict[str, dict] = {}
+    for arm in arms:
+        if arm in ("baseline", "al-random"):
+            continue
+        both = [s for s in seeds if (arm, s) in finished and ("al-random", s) in finished]
+        mine = {s: _curves(run, arm, s, finished[(arm, s)]) for s in both}
+        theirs = {s: _curves(run, "al-random", s, finished[("al-random", s)]) for s in both}
+        block = {}
+        for metric in MATCHED:
+            used = [s for s in both if metric in mine[s] and metric in theirs[s]]
+            if len(used) >= 2:
+                result = accuracy_matched([mine[s][metric] for s in used], [theirs[s][metric] for s in used], method)
+                block[metric] = {**result, "seeds": [used[i] for i in result["seeds"]], "p_adjusted": None}
+        if block:
+            out[arm] = block
+    pairs = [(arm, m) for arm, block in out.items() for m in block]
+    for (arm, m), adjusted in zip(pairs, holm([out[arm][m]["p_value"] for arm, m in pairs])):
+        out[arm][m]["p_adjusted"] = none_if_nan(adjusted)
+    return out
+
+
+def _primary(metric: str, values: dict[str, dict[int, dict[str, float]]], arms: dict[str, Any]) -> dict[str, Any]:
+    """The declared primary endpoint: each AL arm minus al-random, tested alone (no adjustment), with the
+    smallest effect the seeds detect with 80% power and the seeds the observed effect would need."""
+    out: dict[str, Any] = {"metric": metric, "alpha": 0.05, "arms": {}}
+    if "al-random" not in values:
+        return out
+    for arm, entry in arms.items():
+        vs = entry.get("vs_random", {}).get(metric)
+        if arm in ("baseline", "al-random") or vs is None or vs["difference"] is None:
+            continue
+        d = finite([values[arm][s].get(metric, np.nan) - values["al-random"][s].get(metric, np.nan) for s in vs["seeds"]])
+        sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+        out["arms"][arm] = {
+            "difference": vs["difference"], "difference_ci95": vs["difference_ci95"], "p_value": vs["p_value"],
+            "significant": vs["p_value"] is not None and vs["p_value"] < 0.05, "seeds": vs["seeds"],
+            "at_equal_accuracy": entry.get("vs_random_matched", {}).get(metric),
+            "detectable_effect_80": none_if_nan(detectable_effect(sd, len(d))),
+            "seeds_for_observed_effect": seeds_needed(vs["difference"], sd),
+        }
+    return out
+
+
+def _similarity(run: RunDir, arm: str, seeds: list[int]) -> dict[str, Any]:
+    """``cka_vs_random`` of an AL arm: per layer, the mean linear CKA with al-random over seeds."""
+    per_layer: dict[str, list] = {}
+    for seed in seeds:
+        path = run.job(arm, seed).similarity
+        for layer, value in (read_json(path)["layers"] if path.exists() else {}).items():
+            per_layer.setdefault(layer, [None] * len(seeds))[seeds.index(seed)] = none_if_nan(value)
+    out = {}
+    for layer, column in per_layer.items():
+        stats = mean_ci(column, bounds=(0.0, 1.0))
+        out[layer] = {"mean": none_if_nan(stats["mean"]), "ci95": [none_if_nan(v) for v in stats["ci95"]],
+                      "per_seed": column}
+    return out
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
@@ -101,6 +191,9 @@ def summarize(run: RunDir) -> dict[str, Any]:
                 entry[name] = entry[f"{name}_{space}"]
                 entry[f"{name}_ci95"] = entry[f"{name}_{space}_ci95"]
         entry["per_seed"] = {k: v for k, v in per_seed.items() if any(x is not None for x in v)}
+        similarity = _similarity(run, arm, seeds)
+        if similarity:
+            entry["cka_vs_random"] = similarity
         arms[arm] = entry
     method = cfg["stats"]["test"]
     for arm, entry in arms.items():
@@ -110,17 +203,22 @@ def summarize(run: RunDir) -> dict[str, Any]:
             entry["vs_random"] = _comparisons(values[arm], values["al-random"], method)
         if "baseline" in values:
             entry["vs_baseline"] = _comparisons(values[arm], values["baseline"], method)
+    for arm, block in _matched(run, finished, list(arms), cfg["seeds"], method).items():
+        arms[arm]["vs_random_matched"] = block
     n_seeds = len(cfg["seeds"])
     summary = {
         "name": cfg["name"], "dataset": cfg["data"]["name"], "seeds": cfg["seeds"],
         "complete": len(finished) == len(jobs(cfg)),
         "statistics": {
-            "interval": f"95% {CI_METHOD}", "test": TESTS[method], "adjustment": "Holm, within each family",
-            "headline_family": list(HEADLINE), "smallest_p": smallest_p(n_seeds, method),
+            "interval": f"95% {CI_METHOD}", "test": TESTS[method],
+            "adjustment": "Holm, within each family (headline, representation_quality, secondary) of each comparison",
+            "headline_family": list(HEADLINE), "representation_quality_family": list(REPRESENTATION_QUALITY),
+            "smallest_p": smallest_p(n_seeds, method),
             "can_reach_0.05": n_seeds >= 2 and smallest_p(n_seeds, method) < 0.05,
         },
         "arms": arms,
     }
+    summary["primary"] = _primary(cfg["stats"]["primary"], values, arms)
     if cfg["paper"]:
         summary["paper_comparison"] = paper_comparison(cfg, arms)
     write_json(run.summary, summary)
