@@ -49,3 +49,38 @@ def dead_layer(num_classes: int = 10) -> nn.Module:
 
 def not_a_model(num_classes: int = 10):
     return "a string"
+
+
+def flat_32px(num_classes: int = 10) -> nn.Module:
+    """Takes only 32 x 32 inputs (a flatten before a linear layer), as many small CIFAR models do."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, num_classes))
+
+
+def flat_20px(num_classes: int = 10) -> nn.Module:
+    """Takes only 20 x 20 inputs: neither 224 nor 32 fits."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 20 * 20, num_classes))
+
+
+class NearestMean(nn.Module):
+    """Scores each class by minus the distance to its mean image."""
+
+    def __init__(self, means: torch.Tensor):
+        super().__init__()
+        self.register_buffer("means", means)  # (classes, 3 * H * W) on the 0..255 scale
+
+    def forward(self, x):
+        return -torch.cdist(x, self.means)
+
+
+def raw_pixel_digits(num_classes: int = 10) -> nn.Module:
+    """Nearest class mean on raw 0..255 pixels: a model "trained" (its means) on unnormalized images."""
+    from collections import OrderedDict
+
+    from superlens.data import load
+
+    train = load("digits").train
+    x = train.images.float().flatten(1)
+    means = torch.stack([x[train.labels == c].mean(0) for c in range(num_classes)])
+    return nn.Sequential(OrderedDict(flat=nn.Flatten(), head=NearestMean(means)))

@@ -4,7 +4,7 @@ import torch
 from sklearn.metrics import davies_bouldin_score as sk_db
 from sklearn.metrics import silhouette_score as sk_silhouette
 
-from superlens.analysis import cosine, geometry, neurons, stats
+from superlens.analysis import cosine, geometry, neurons
 from superlens.analysis.embedding import tsne
 from superlens.analysis.features import capture
 from superlens.data import load

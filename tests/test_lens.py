@@ -11,7 +11,8 @@ from conftest import run_cli
 
 FACTORIES = Path(__file__).parent / "lens_models.py"
 QUICK = ["analysis.max_samples=150", "analysis.probe_samples=200", "sae.max_images=60", "sae.settings.steps=20",
-         "sae.settings.batch_size=128", "featvis.settings.steps=4", "featvis.top=3"]
+         "sae.settings.batch_size=128", "sae.superposition.max_steps=100", "sae.superposition.window=50",
+         "featvis.settings.steps=4", "featvis.top=3"]
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +180,37 @@ def test_library_models_and_pretrained_weights_by_name(monkeypatch, tmp_path, ca
     monkeypatch.setitem(sys.modules, "timm", None)
     code, _, err = run_cli(["analyze", "timm:vit_tiny_patch16_224", "--data", "digits", "--layers", "x"], capsys)
     assert code == 2 and "pip install timm" in err
+
+
+def test_list_layers_without_data_finds_the_input_size_or_says_which_flag(capsys):
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:flat_32px", "--list-layers"], capsys)
+    assert code == 0, err
+    assert "32x32 input" in stdout and stdout.splitlines()[-1].split()[-1] == "10"
+    code, _, err = run_cli(["analyze", f"{FACTORIES}:flat_20px", "--list-layers"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--input-size" in err
+    code, stdout, err = run_cli(["analyze", f"{FACTORIES}:flat_20px", "--list-layers", "--input-size", "20"], capsys)
+    assert code == 0, err
+
+
+def test_normalization_flags_are_checked(tmp_path, capsys):
+    for flags, message in ((["--std", "0,0,0"], "--std must be positive"), (["--mean", "0.5,0.5"], "1 or 3"),
+                           (["--input-size", "0"], "--input-size")):
+        code, _, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", "--data", "digits", *flags, "--out", tmp_path,
+                                *QUICK], capsys)
+        assert code == 2 and message in err, err
+
+
+def test_a_raw_pixel_model_reaches_its_accuracy_with_pixels_raw(tmp_path, capsys):
+    def analyse(out, *flags):
+        code, stdout, err = run_cli(["analyze", f"{FACTORIES}:raw_pixel_digits", "--data", "digits", "--layers", "flat",
+                                     *flags, "--out", out, *QUICK, "sae.enabled=false", "analysis.tsne=false"], capsys)
+        assert code == 0, err
+        summary = json.loads((out / "summary.json").read_text())
+        return summary["arms"]["raw_pixel_digits"]["test_accuracy"], stdout, (out / "report.html").read_text()
+
+    acc, stdout, report = analyse(tmp_path / "raw", "--pixels", "raw")
+    assert acc > 0.8 and "near chance" not in stdout
+    assert "0..255 pixels, mean 0, 0, 0, std 1, 1, 1 (--pixels raw)" in report
+    acc, stdout, report = analyse(tmp_path / "wrong")  # the dataset's normalization: not what it was trained on
+    assert acc < 0.15 and "near chance" in stdout and "near chance" in report
+    assert "0..1 pixels normalized with the dataset&#39;s mean and std" in report

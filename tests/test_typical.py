@@ -18,20 +18,55 @@ def blobs():
     return points.astype(np.float32), blob
 
 
+def lifted():
+    """Six 5 x 5 grids (spacing 0.02) around orthogonal unit directions in 8-D: TypiClust's L2
+    normalization changes each point's norm by a factor that depends only on its distance from its
+    grid's centre, so point 12 of each 25-point grid stays its centre and its most typical point."""
+    grid = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), -1).reshape(-1, 2) * 0.02
+    points = np.zeros((6 * 25, 8), np.float32)
+    for b in range(6):
+        points[b * 25 : (b + 1) * 25, b] = 1.0
+        points[b * 25 : (b + 1) * 25, 6:] = grid
+    return points, np.repeat(np.arange(6), 25)
+
+
 def test_typiclust_picks_the_centre_of_every_blob():
-    x, blob = blobs()
+    x, blob = lifted()
     picks = typiclust(x, x[:0], 6, np.random.default_rng(0), k=20)
     assert sorted(blob[picks]) == list(range(6))  # one per blob
-    assert np.allclose(np.sort(x[picks], axis=0), np.sort(CENTRES, axis=0), atol=1e-6)  # each its centre
+    assert (picks % 25 == 12).all()  # each its centre
 
 
 def test_typiclust_never_picks_a_covered_blob_while_one_is_uncovered():
-    x, blob = blobs()
+    x, blob = lifted()
     covered = np.isin(blob, [1, 4])
     pool, labeled = x[~covered], x[covered][[0, 30]]  # one labelled point in blob 1, one in blob 4
     picks = typiclust(pool, labeled, 4, np.random.default_rng(1), k=20)
     assert sorted(blob[~covered][picks]) == [0, 2, 3, 5]
-    assert np.allclose(np.sort(pool[picks], axis=0), np.sort(CENTRES[[0, 2, 3, 5]], axis=0), atol=1e-6)
+    assert (np.flatnonzero(~covered)[picks] % 25 == 12).all()
+
+
+def test_typiclust_ignores_the_scale_of_each_embedding():
+    rng = np.random.default_rng(5)
+    pool, labeled = rng.normal(size=(600, 16)).astype(np.float32), rng.normal(size=(20, 16)).astype(np.float32)
+    picks = typiclust(pool, labeled, 30, np.random.default_rng(0))
+    scaled = typiclust(pool * rng.uniform(0.5, 2, (600, 1)).astype(np.float32), labeled, 30, np.random.default_rng(0))
+    assert np.array_equal(picks, scaled)
+
+
+def test_typiclust_typicality_is_over_the_remaining_points_of_a_cluster(monkeypatch):
+    """Each pick recomputes typicality over the cluster's points not yet labelled or picked, with
+    k = min(k, remaining // 2)."""
+    calls, real = [], typical.knn_mean_distance
+
+    def recording(x, k):
+        calls.append((len(x), k))
+        return real(x, k)
+
+    monkeypatch.setattr(typical, "knn_mean_distance", recording)
+    x = np.random.default_rng(6).normal(size=(10, 4)).astype(np.float32) + 20
+    picks = typiclust(x, x[:0], 3, np.random.default_rng(0), k=20, max_clusters=1)
+    assert len(set(picks.tolist())) == 3 and calls == [(10, 5), (9, 4), (8, 4)]
 
 
 def brute_force_cover(x, delta, candidates, covered, budget):

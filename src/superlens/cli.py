@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from superlens.errors import UserError
+from superlens.errors import UserError, describe
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -208,11 +208,15 @@ def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | Non
 @click.option("--list-layers", is_flag=True, help="Print every module name with its output shape for one input, then stop.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects (runs code from the file).")
 @click.option("--strict", type=click.BOOL, default=True, show_default=True, help="Refuse weights whose keys or shapes do not match.")
-@click.option("--input-size", type=int, default=None, help="Resize inputs to this many pixels (default: the dataset's size).")
-@click.option("--mean", default=None, help="Normalization mean, 3 comma-separated numbers (default: the dataset's).")
-@click.option("--std", default=None, help="Normalization std, 3 comma-separated numbers (default: the dataset's).")
+@click.option("--input-size", type=click.IntRange(min=1), default=None,
+              help="Resize inputs to this many pixels (default: the dataset's size).")
+@click.option("--pixels", type=click.Choice(["dataset", "unit", "raw"]), default="dataset", show_default=True,
+              help="What the model was trained on: 'dataset' (0..1 pixels normalized with the dataset's mean/std), "
+                   "'unit' (0..1 pixels, no normalization) or 'raw' (0..255 pixels). --mean/--std are on that scale.")
+@click.option("--mean", default=None, help="Normalization mean: 1 or 3 comma-separated numbers, on the --pixels scale.")
+@click.option("--std", default=None, help="Normalization std: 1 or 3 comma-separated positive numbers, on the --pixels scale.")
 def analyze(args, data_name, root, weights, layers, units, labels, out, list_layers, trust_pickle, strict, input_size,
-            mean, std) -> None:
+            pixels, mean, std) -> None:
     """The superposition lens on trained models: MODEL [MODEL ...] [key=value ...].
 
     MODEL is resnet18, torchvision:<name>, timm:<name>, path/to/file.py:function or
@@ -231,16 +235,13 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
         raise UserError("name at least one MODEL (resnet18, torchvision:<name>, timm:<name>, file.py:function)")
     if weights and len(weights) != len(specs):
         raise UserError(f"give one --weights per MODEL: {len(specs)} models but {len(weights)} weight files")
-    splits = _analyze_data(data_name, root, options, mean, std) if data_name else None
+    normalization = _normalization(pixels, mean, std)
+    splits = _analyze_data(data_name, root, options, normalization) if data_name else None
     if splits is None and not list_layers:
         raise UserError("--data is required (e.g. --data cifar10 --root /path/to/data)")
     models = _analyze_models(specs, weights, splits, options, trust_pickle, strict)
     if list_layers:
-        import torch
-
-        side = input_size or (splits.train.image_size[0] if splits else 224)
-        for name, kind, shape in layer_table(models[0], torch.zeros(1, 3, side, side)):
-            click.echo(f"{name:<40} {kind:<22} {'x'.join(str(d) for d in shape[1:])}")
+        _print_layers(models[0], input_size or (splits.train.image_size[0] if splits else None), layer_table)
         return
     layer_list = [l for l in (layers or "").split(",") if l] or (["layer4"] if specs[0] == "resnet18" else [])
     if not layer_list:
@@ -252,33 +253,79 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     out = out or "runs/analyze"
     names = labels.split(",") if labels else (None if weights else [spec.rsplit(":", 1)[-1] for spec in specs])
     summary = run_lens(models, splits, layer_list, weights=list(weights) or None, labels=names, units=unit_list, out=out,
-                       options=options, input_size=input_size, progress=click.echo)
+                       options=options, input_size=input_size, progress=click.echo,
+                       normalization=normalization["words"])
     for label, entry in summary["arms"].items():
         acc = entry.get("test_accuracy")
         click.echo(f"{label}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")
     click.echo(f"report: {out}/report.html")
 
 
-def _analyze_data(name: str, root: str | None, options: dict, mean: str | None, std: str | None):
-    """The dataset of ``superlens analyze``, with --mean/--std applied."""
+def _numbers(text: str, what: str, positive: bool = False) -> tuple[float, float, float]:
+    """--mean/--std: 1 number (for every channel) or 3, comma-separated."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3):
+        raise UserError(f"--{what} must be 1 or 3 comma-separated numbers, got {text!r}")
+    if positive and min(values) <= 0:
+        raise UserError(f"--{what} must be positive (it divides the pixels), got {text!r}")
+    return values * 3 if len(values) == 1 else values
+
+
+def _normalization(pixels: str, mean: str | None, std: str | None) -> dict:
+    """The mean/std (on the 0..1 scale the loader uses) that turn a dataset's pixels into what the model
+    expects, and the words the report uses for it; ``None`` values keep the dataset's own."""
+    scale = 255.0 if pixels == "raw" else 1.0
+    m = _numbers(mean, "mean") if mean else None
+    s = _numbers(std, "std", positive=True) if std else None
+    if pixels != "dataset":  # raw or unit pixels: no normalization unless one is given, on that scale
+        m = tuple(v / scale for v in m) if m else (0.0, 0.0, 0.0)
+        s = tuple(v / scale for v in s) if s else (1.0 / scale,) * 3
+    scale_words = {"dataset": "0..1 pixels", "unit": "0..1 pixels", "raw": "0..255 pixels"}[pixels]
+    if m is None and s is None:
+        words = f"{scale_words} normalized with the dataset's mean and std"
+    else:
+        def shown(values) -> str:
+            return ", ".join(f"{x * scale:.4g}" for x in values) if values else "the dataset's"
+
+        flags = " ".join(f for f, given in (("--mean", mean), ("--std", std)) if given)
+        words = f"{scale_words}, mean {shown(m)}, std {shown(s)} (--pixels {pixels}{' ' + flags if flags else ''})"
+    return {"mean": m, "std": s, "words": words}
+
+
+def _analyze_data(name: str, root: str | None, options: dict, normalization: dict):
+    """The dataset of ``superlens analyze``, with the normalization the model expects."""
     from dataclasses import replace
 
     from superlens.data import DatasetSplits, load
 
-    def numbers(text, what):
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise UserError(f"--{what} must be 3 comma-separated numbers, got {text!r}")
-        return values
-
     splits = load(name, root=root, **options["data"]["options"])
-    stats = {k: numbers(v, k) for k, v in (("mean", mean), ("std", std)) if v}
+    stats = {k: normalization[k] for k in ("mean", "std") if normalization[k] is not None}
     if stats:
         splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))
     return splits
+
+
+def _print_layers(model, side: int | None, layer_table) -> None:
+    """--list-layers: every module with its output shape for one input of ``side`` pixels (or 224, else 32)."""
+    import torch
+
+    sizes = [side] if side else [224, 32]
+    for i, size in enumerate(sizes):
+        try:
+            rows = layer_table(model, torch.zeros(1, 3, size, size))
+            break
+        except RuntimeError as exc:
+            if i + 1 < len(sizes):
+                continue
+            raise UserError(f"the model cannot run on a {size}x{size} input ({describe(exc, 120)}); give the size it "
+                            "was trained at with --input-size N (or --data NAME)") from None
+    if not side and size != 224:
+        click.echo(f"note: shapes for a {size}x{size} input (the model does not take 224x224)")
+    for name, kind, shape in rows:
+        click.echo(f"{name:<40} {kind:<22} {'x'.join(str(d) for d in shape[1:])}")
 
 
 def _analyze_models(specs: list[str], weights: tuple[str, ...], splits, options: dict, trust_pickle: bool, strict: bool):
@@ -317,6 +364,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"superlens: error: {exc}", file=sys.stderr)
         return 2
+    except click.UsageError as exc:  # a bad flag or value: one line, like any user error
+        print(f"superlens: error: {exc.format_message()} (see `superlens {exc.ctx.info_name if exc.ctx else ''} --help`)"
+              .replace("  --help", " --help"), file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        print("superlens: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         from superlens.study import JobsFailed
 
@@ -327,12 +386,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"superlens: the others finished; tracebacks are in error.txt of each failed job's folder; fix the cause "
               f"and run `superlens resume {exc.run_dir}`", file=sys.stderr)
         return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        print("superlens: interrupted", file=sys.stderr)
-        return 130
     return 0

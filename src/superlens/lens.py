@@ -80,8 +80,8 @@ def options_from(overrides: Sequence[str] = (), base: dict[str, Any] | None = No
 
 # On a CPU the SAEs get fewer steps and smaller batches unless the user set them: at the GPU sizes a
 # 512-unit layer takes tens of minutes on 2 cores; these finish a layer in a few minutes (docs/analyze.md).
-CPU_SAE = {"settings": {"steps": 1000, "batch_size": 1024},
-           "superposition": {"max_steps": 1500, "batch_size": 512, "window": 150}}
+CPU_SAE = {"settings": {"steps": 500, "batch_size": 512},
+           "superposition": {"max_steps": 1000, "batch_size": 256, "window": 100}}
 
 
 def fit_to_device(options: dict[str, Any], device) -> dict[str, Any]:
@@ -174,11 +174,12 @@ def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known,
     splice = dict(data=test, mean_activation=torch.from_numpy(test_vectors.mean(0)), recipe=recipe,
                   accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
     settings = SAESettings.from_settings(section["settings"], seed=seed)
-    metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice)[1]
+    metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
+                          progress=_progress(f"{name}: decoding SAE", progress))[1]
     positions = len(train_vectors) // max(1, len(sae_train))
     labels = np.repeat(sae_train.labels.cpu().numpy(), positions)
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
-                                     progress=_progress(name, progress), **section["superposition"])
+                                     progress=_progress(f"{name}: superposition SAEs", progress), **section["superposition"])
     return {**metrics, **superposition_metrics(protocol)}
 
 
@@ -189,7 +190,7 @@ def _progress(name: str, log, every: float = 10.0):
     def report(step: int, loss: float, eta: float) -> None:
         if log is not None and time.perf_counter() - last[0] >= every:
             last[0] = time.perf_counter()
-            log(f"{name}: superposition SAEs at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
+            log(f"{name} at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
     return report
 
 
@@ -228,7 +229,8 @@ def _label(i: int, model: nn.Module, weights: str | None, labels: Sequence[str] 
 
 def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str | None] | None = None,
             labels: Sequence[str] | None = None, units: Sequence[int] | None = None, out: str | Path | None = None,
-            options: dict[str, Any] | None = None, input_size: int | None = None, progress=print) -> dict[str, Any]:
+            options: dict[str, Any] | None = None, input_size: int | None = None, progress=print,
+            normalization: str | None = None) -> dict[str, Any]:
     """The lens on one or several trained models, side by side.
 
     ``models``: an ``nn.Module`` or a list of them (built and with weights loaded);
@@ -264,15 +266,29 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
         model.to(device).eval()
         accuracy, why = output_accuracy(model, test_sub, recipe, device)
         result = ModelResult(label, {}, accuracy, [why] if why else [])
+        chance = near_chance(accuracy, test.num_classes)
+        if chance:
+            progress(f"warning: {label}: {chance}")
+            result.notes.append(chance)
         for layer in layers:
             progress(f"{label}: {layer}")
             result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
                                           list(units or []), options["seed"], progress)
         results.append(result)
     summary = lens_summary(results, layers, test, options, input_size)
+    summary["normalization"] = normalization or "0..1 pixels normalized with the dataset's mean and std"
     if out is not None:
         write_run(Path(out), results, summary, layers, test.classes, options, device, started)
     return summary
+
+
+def near_chance(accuracy: float | None, classes: int) -> str | None:
+    """A warning when a model's accuracy is within 1.5x of chance: the usual sign of wrong preprocessing."""
+    if accuracy is None or classes < 2 or accuracy >= 1.5 / classes:
+        return None
+    return (f"test accuracy {accuracy:.4f} is near chance (1/{classes} = {1 / classes:.4f}): usually the inputs are "
+            "not what the model was trained on; check --pixels (raw for 0..255 inputs), --mean/--std and --input-size, "
+            "and read every metric below with that in mind")
 
 
 def lens_summary(results: list[ModelResult], layers: list[str], test: ImageDataset, options, input_size) -> dict[str, Any]:

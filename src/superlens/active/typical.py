@@ -6,12 +6,15 @@ of rows with one matrix product each, k-nearest-neighbour lists and coverage gra
 are kept as sparse lists, so memory is O(n * k) or O(edges). ProbCover's graph skips
 the pairs of far pseudo-label clusters that a projection bound rules out (``ball_graph``).
 
-TypiClust (Hacohen, Dekel and Weinshall, ICML 2022). Cluster labelled + unlabelled
+TypiClust (Hacohen, Dekel and Weinshall, ICML 2022). On L2-normalized embeddings (so
+the picks do not depend on each embedding's scale), cluster labelled + unlabelled
 embeddings into min(labelled + budget, ``max_clusters``) clusters. Repeatedly take the
 cluster with the fewest labelled (or already chosen) members, the largest first among
 equals, ignoring clusters smaller than ``min_cluster_size`` while others remain; from
 it pick the unlabelled point of highest typicality, typicality(x) = 1 / mean distance
-of x to its ``k`` nearest neighbours within the cluster.
+of x to its k nearest neighbours among the cluster's points not yet labelled or
+picked, with k = min(``k``, remaining // 2) recomputed at every pick, as the method's
+authors compute it.
 
 ProbCover (Yehuda, Dekel, Hacohen and Weinshall, NeurIPS 2022). On L2-normalized
 embeddings, every point covers the ball of radius ``delta`` around it. Greedily pick
@@ -88,7 +91,7 @@ def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
     """Positions in ``pool`` of ``budget`` typical points, one cluster at a time (module docstring)."""
     n = len(pool)
     budget = min(budget, n)
-    x = np.concatenate([pool, labeled]).astype(np.float32) if len(labeled) else np.asarray(pool, np.float32)
+    x = _normalized(np.concatenate([pool, labeled]) if len(labeled) else pool)
     ids = kmeans(x, min(len(labeled) + budget, max_clusters), rng)
     n_clusters = int(ids.max()) + 1
     sizes = np.bincount(ids, minlength=n_clusters)
@@ -96,7 +99,6 @@ def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
     order = np.argsort(ids, kind="stable")
     members = np.split(order, np.cumsum(sizes)[:-1])  # the points of each cluster, by index
     remaining = np.bincount(ids[:n], minlength=n_clusters)  # unlabelled points not yet picked
-    typicality: dict[int, np.ndarray] = {}
     taken = np.zeros(len(x), bool)
     taken[n:] = True  # labelled points are never picked
     picks = []
@@ -108,10 +110,9 @@ def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
         candidates = np.flatnonzero(eligible)
         # fewest labelled first, then largest, then lowest id
         c = candidates[np.lexsort((candidates, -sizes[candidates], covered[candidates]))[0]]
-        if c not in typicality:
-            typicality[c] = 1.0 / (knn_mean_distance(x[members[c]], k) + 1e-12)
-        score = np.where(taken[members[c]], -np.inf, typicality[c])
-        best = members[c][int(np.argmax(score))]
+        free = members[c][~taken[members[c]]]
+        typicality = 1.0 / (knn_mean_distance(x[free], min(k, len(free) // 2)) + 1e-12)
+        best = free[int(np.argmax(typicality))]
         picks.append(best)
         taken[best] = True
         covered[c] += 1

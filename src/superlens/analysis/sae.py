@@ -77,14 +77,25 @@ class SAETraining:
     losses: list[float] = field(default_factory=list)
 
 
-def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SAETraining:
-    """Train a sparse autoencoder on ``vectors`` (n x d), sampled in random batches."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
+def _training_vectors(vectors, device: torch.device) -> torch.Tensor:
+    """``vectors`` as a float32 (n, d) tensor on ``device``, checked: at least 2 rows, all finite."""
     x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device)
     if x.ndim != 2 or len(x) < 2:
         raise UserError(f"sae needs a 2-D array of at least 2 vectors, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise UserError("sae input has NaN or inf values")
+    return x
+
+
+def train_sae(vectors, settings: SAESettings = SAESettings(), device=None, progress=None) -> SAETraining:
+    """Train a sparse autoencoder on ``vectors`` (n x d), sampled in random batches.
+
+    ``progress(step, loss, eta_seconds)`` is called every 250 steps (one host sync each)."""
+    import time
+
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = _training_vectors(vectors, device)
     generator = torch.Generator().manual_seed(settings.seed)
     n, d = x.shape
     sae = SparseAutoencoder(d, settings.expansion * d, settings, generator).to(device)
@@ -129,7 +140,69 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None) -> SA
         optimizer.step()
         sae.normalize_decoder()
         losses[step] = loss.detach()
+        if progress is not None and (step + 1) % 250 == 0:
+            rate = (time.perf_counter() - started) / (step + 1)
+            progress(step + 1, float(losses[step - 249 : step + 1].mean()), rate * (settings.steps - step - 1))
     return SAETraining(sae, losses.cpu().tolist())
+
+
+@dataclass
+class _Batched:
+    """The parameters of several SAEs stacked along a first (seed) dimension."""
+
+    W_dec: nn.Parameter  # (S, L, d), rows kept at unit norm
+    W_enc: nn.Parameter  # (S, d, L)
+    b_enc: nn.Parameter  # (S, 1, L)
+    b_dec: nn.Parameter  # (S, 1, d)
+
+    @classmethod
+    def start(cls, x: torch.Tensor, scale: float, latents: int, seeds: list[int]) -> "_Batched":
+        """Each seed's initial weights as ``SparseAutoencoder`` draws them; decoder bias at the data mean."""
+        d = x.shape[1]
+        inits = [F.normalize(torch.randn(latents, d, generator=torch.Generator().manual_seed(s)), dim=1) for s in seeds]
+        W_dec = nn.Parameter(torch.stack(inits).to(x.device))
+        return cls(W_dec, nn.Parameter(W_dec.detach().transpose(1, 2).clone()),  # tied at the start
+                   nn.Parameter(torch.zeros(len(seeds), 1, latents, device=x.device)),
+                   nn.Parameter((x * scale).mean(0).expand(len(seeds), 1, d).clone()))
+
+    def params(self) -> list[nn.Parameter]:
+        return [self.W_dec, self.W_enc, self.b_enc, self.b_dec]
+
+    def loss(self, xb: torch.Tensor, settings: SAESettings, since_fired: torch.Tensor, k_aux: int,
+             host_checks: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed loss of the batch ``xb`` (S, B, d) and the updated steps-since-fired counters."""
+        pre = torch.baddbmm(self.b_enc, xb - self.b_dec, self.W_enc)
+        z = F.relu(pre)
+        if settings.kind == "topk" and settings.k < z.shape[2]:
+            vals, j = z.topk(settings.k, dim=2)
+            z = torch.zeros_like(z).scatter_(2, j, vals)
+        residual = xb - torch.baddbmm(self.b_dec, z, self.W_dec)
+        per_seed = (residual * residual).sum(2).mean(1)
+        if settings.kind == "l1":
+            per_seed = per_seed + settings.l1 * z.sum(2).mean(1)
+        since_fired = torch.where((z > 0).any(1), torch.zeros_like(since_fired), since_fired + xb.shape[1])
+        dead = since_fired >= settings.dead_after  # (S, L)
+        if not host_checks or dead.any():  # the auxiliary-k loss on each seed's dead latents, as in train_sae
+            dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
+            vals, j = dead_pre.topk(k_aux, dim=2)
+            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), self.W_dec)
+            err = residual.detach()
+            aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
+            per_seed = per_seed + settings.aux_coef * aux * dead.any(1)
+        return per_seed, since_fired
+
+    def split(self, settings: SAESettings, seeds: list[int], scale: float) -> list[SparseAutoencoder]:
+        saes = []
+        for i, seed in enumerate(seeds):
+            latents, d = self.W_dec.shape[1:]
+            sae = SparseAutoencoder(d, latents, replace(settings, seed=seed), torch.Generator().manual_seed(seed))
+            sae = sae.to(self.W_dec.device)
+            with torch.no_grad():
+                for name in ("W_dec", "W_enc", "b_enc", "b_dec"):
+                    getattr(sae, name).copy_(getattr(self, name)[i].reshape(getattr(sae, name).shape))
+                sae.scale.fill_(scale)
+            saes.append(sae)
+        return saes
 
 
 @dataclass
@@ -155,76 +228,35 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     import time
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device)
-    if x.ndim != 2 or len(x) < 2:
-        raise UserError(f"sae needs a 2-D array of at least 2 vectors, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise UserError("sae input has NaN or inf values")
+    x = _training_vectors(vectors, device)
     n, d = x.shape
-    latents, s_count = settings.expansion * d, len(seeds)
+    latents = settings.expansion * d
     scale = float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12)))
-    inits = [F.normalize(torch.randn(latents, d, generator=torch.Generator().manual_seed(s)), dim=1) for s in seeds]
-    W_dec = nn.Parameter(torch.stack(inits).to(device))  # (S, L, d)
-    W_enc = nn.Parameter(W_dec.detach().transpose(1, 2).clone())  # (S, d, L), tied at the start
-    b_enc = nn.Parameter(torch.zeros(s_count, 1, latents, device=device))
-    b_dec = nn.Parameter((x * scale).mean(0).expand(s_count, 1, d).clone())
-    params = [W_dec, W_enc, b_enc, b_dec]
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
-    batch = min(settings.batch_size, n)
-    k_aux = min(settings.aux_k, latents)
+    model = _Batched.start(x, scale, latents, seeds)
+    optimizer = torch.optim.Adam(model.params(), lr=settings.lr)
+    batch, k_aux = min(settings.batch_size, n), min(settings.aux_k, latents)
     draws = torch.Generator(device=device).manual_seed(seeds[0])
-    since_fired = torch.zeros(s_count, latents, device=device)
-    losses = torch.zeros(s_count, settings.steps, device=device)
-    host_checks = x.device.type == "cpu"
+    since_fired = torch.zeros(len(seeds), latents, device=device)
+    losses = torch.zeros(len(seeds), settings.steps, device=device)
     previous, settled, step, started = None, False, 0, time.perf_counter()
     while step < settings.steps and not settled:
-        idx = torch.randint(n, (s_count, batch), generator=draws, device=device)
-        xb = x[idx] * scale  # (S, B, d)
-        pre = torch.baddbmm(b_enc, xb - b_dec, W_enc)
-        z = F.relu(pre)
-        if settings.kind == "topk" and settings.k < latents:
-            vals, j = z.topk(settings.k, dim=2)
-            z = torch.zeros_like(z).scatter_(2, j, vals)
-        residual = xb - torch.baddbmm(b_dec, z, W_dec)
-        per_seed = (residual * residual).sum(2).mean(1)
-        if settings.kind == "l1":
-            per_seed = per_seed + settings.l1 * z.sum(2).mean(1)
-        fired = (z > 0).any(1)
-        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + batch)
-        dead = since_fired >= settings.dead_after  # (S, L)
-        if not host_checks or dead.any():
-            dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
-            vals, j = dead_pre.topk(k_aux, dim=2)
-            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), W_dec)
-            err = residual.detach()
-            aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
-            per_seed = per_seed + settings.aux_coef * aux * dead.any(1)
+        xb = x[torch.randint(n, (len(seeds), batch), generator=draws, device=device)] * scale
+        per_seed, since_fired = model.loss(xb, settings, since_fired, k_aux, host_checks=x.device.type == "cpu")
         optimizer.zero_grad(set_to_none=True)
         per_seed.sum().backward()
         optimizer.step()
         with torch.no_grad():
-            W_dec.data = F.normalize(W_dec.data, dim=2)
+            model.W_dec.data = F.normalize(model.W_dec.data, dim=2)
         losses[:, step] = per_seed.detach()
         step += 1
-        if step % window == 0:
+        if step % window == 0:  # one host sync per window
             current = losses[:, step - window : step].mean(1).cpu()
             if previous is not None:
                 settled = bool(((previous - current).abs() <= tolerance * previous.abs()).all())
             previous = current
             if progress is not None:
-                rate = (time.perf_counter() - started) / step
-                progress(step, float(current.mean()), rate * (settings.steps - step))
-    saes = []
-    for i, seed in enumerate(seeds):
-        sae = SparseAutoencoder(d, latents, replace(settings, seed=seed), torch.Generator().manual_seed(seed)).to(device)
-        with torch.no_grad():
-            sae.W_dec.copy_(W_dec[i])
-            sae.W_enc.copy_(W_enc[i])
-            sae.b_enc.copy_(b_enc[i, 0])
-            sae.b_dec.copy_(b_dec[i, 0])
-            sae.scale.fill_(scale)
-        saes.append(sae)
-    return SAEBatch(saes, losses[:, :step].cpu().numpy(), step, settled)
+                progress(step, float(current.mean()), (time.perf_counter() - started) / step * (settings.steps - step))
+    return SAEBatch(model.split(settings, seeds, scale), losses[:, :step].cpu().numpy(), step, settled)
 
 
 @torch.no_grad()

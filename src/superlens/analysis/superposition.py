@@ -15,14 +15,14 @@ from superlens.specs import SAESettings
 
 
 def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.ndarray, settings: SAESettings,
-                stability: bool, device, splice: dict | None = None):
+                stability: bool, device, splice: dict | None = None, progress=None):
     """Train the decoding SAE on ``train_vectors`` and measure it on ``test_vectors``: the ``sae_*``
     metrics (reconstruction, dead latents), with ``stability`` a second seed's matched decoders, and
     with ``splice`` (keyword arguments of ``spliced_accuracies``) the accuracies with the layer
     replaced. psi is measured by ``measure_superposition``, not here. Returns (sae, metrics)."""
     from dataclasses import replace
 
-    sae = train_sae(train_vectors, settings, device=device).sae
+    sae = train_sae(train_vectors, settings, device=device, progress=progress).sae
     m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
     if splice is not None:
         m.update({f"sae_{k}": v for k, v in spliced_accuracies(model, layer, sae, device=device, **splice).items()})
@@ -34,7 +34,8 @@ def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.n
 
 # Keys of measure_superposition's result that a study stores per model (sae.json "metrics"), by their
 # summary names: psi_sae_sd is the SD of psi over the SAE seeds of one model.
-SUPERPOSITION_KEYS = {"psi": "psi", "psi_sd": "psi_sae_sd", "features_per_neuron": "features_per_neuron",
+SUPERPOSITION_KEYS = {"psi": "psi", "psi_sd": "psi_sae_sd", "psi_per_live_neuron": "psi_per_live_neuron",
+                      "features_per_neuron": "features_per_neuron",
                       "feature_dimensionality_mean": "feature_dimensionality_mean", "interference": "interference",
                       "stable_fraction": "sae_stable_fraction", "dead_fraction": "superposition_dead_fraction"}
 
@@ -129,6 +130,30 @@ def _codes_summary(sae, x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, 
     return (activity / n).cpu().numpy(), (fired / n).cpu().numpy(), err / max(total, 1e-30)
 
 
+def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match: float, neurons: int) -> dict:
+    """For each SAE: psi and the dictionary metrics over its latents that each other SAE reproduces,
+    averaged over the other SAEs."""
+    per_seed = {k: [] for k in ("psi", "features_per_neuron", "feature_dimensionality_mean", "interference",
+                                "stable_fraction")}
+    for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
+        values = {k: [] for k in per_seed}
+        live = freq > 0
+        for j, other in enumerate(decoders):
+            if j == i:
+                continue
+            kept = reproduced(dec, other, match) & live
+            values["psi"].append(effective_features(activity=activity[kept]) / neurons)
+            values["features_per_neuron"].append(kept.sum() / neurons)
+            values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept].T).mean())
+                                                         if kept.any() else float("nan"))
+            values["interference"].append(weighted_interference(dec[kept].T, freq[kept]) if kept.any()
+                                          else float("nan"))
+            values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
+        for k, v in values.items():
+            per_seed[k].append(float(np.mean(v)))
+    return per_seed
+
+
 def _mean_finite(values) -> float:
     """Mean of the finite values; NaN (no warning) when there are none (no latent was reproduced)."""
     v = np.asarray(values, dtype=np.float64)
@@ -165,6 +190,7 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
         keep = np.sort(rng.choice(len(x), opts.max_vectors, replace=False))
         x = x[keep]
         labels = None if labels is None else np.asarray(labels)[keep]
+    live_neurons = int((x != 0).any(0).sum())  # neurons that ever respond (a dead ReLU unit is 0 everywhere)
     if labels is not None:
         x = class_centered(x, labels)
     neurons = x.shape[1]
@@ -172,28 +198,13 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
                        opts.window, device=device, progress=progress)
     decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
     summaries = [_codes_summary(s, x) for s in batch.saes]
-    per_seed = {k: [] for k in ("psi", "features_per_neuron", "feature_dimensionality_mean", "interference",
-                                "stable_fraction")}
-    for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
-        values = {k: [] for k in per_seed}
-        live = freq > 0
-        for j, other in enumerate(decoders):
-            if j == i:
-                continue
-            kept = reproduced(dec, other, opts.match) & live
-            values["psi"].append(effective_features(activity=activity[kept]) / neurons)
-            values["features_per_neuron"].append(kept.sum() / neurons)
-            values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept].T).mean())
-                                                         if kept.any() else float("nan"))
-            values["interference"].append(weighted_interference(dec[kept].T, freq[kept]) if kept.any()
-                                          else float("nan"))
-            values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
-        for k, v in values.items():
-            per_seed[k].append(float(np.mean(v)))
+    per_seed = _per_seed_metrics(decoders, summaries, opts.match, neurons)
     psi = np.array(per_seed["psi"])
     return {
         "psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)) if len(psi) > 1 else 0.0,
         "psi_per_seed": psi.tolist(),
+        "psi_per_live_neuron": float(psi.mean() * neurons / live_neurons) if live_neurons else float("nan"),
+        "live_neurons": live_neurons,
         **{k: _mean_finite(v) for k, v in per_seed.items() if k != "psi"},
         "dead_fraction": float(np.mean([(f == 0).mean() for _, f, _ in summaries])),
         "fvu": float(np.mean([fvu for _, _, fvu in summaries])),

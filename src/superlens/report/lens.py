@@ -8,7 +8,8 @@ from typing import Any
 
 
 from superlens.report import figures
-from superlens.report.html import HIST_TITLES, METRIC_DOCS, SAE_DOCS, UNIT_TITLES, _b64, _fmt
+from superlens.report.html import HIST_TITLES, UNIT_TITLES, _b64, _fmt
+from superlens.report.metrics import METRIC_DOCS, QUALITY_DOCS, SAE_DOCS, SUPERPOSITION_DOCS
 
 
 def _rows(results, layer: str, docs: dict[str, str]) -> list[dict[str, Any]]:
@@ -24,12 +25,14 @@ def build_lens_report(out: Path, results, summary: dict[str, Any], layers: list[
     from superlens.fileio import write_text
 
     sections = []
-    main_docs = {k: v for k, v in METRIC_DOCS.items() if k not in ("test_accuracy", "aubc", "label_efficiency")}
+    main_docs = {k: v for k, v in {**QUALITY_DOCS, **METRIC_DOCS}.items()
+                 if k not in ("test_accuracy", "aubc", "label_efficiency") and not k.endswith("_area")}
+    sae_docs = {**SUPERPOSITION_DOCS, **SAE_DOCS}
     for layer in layers:
         shown = [r for r in results if r.layers[layer].metrics]
         section: dict[str, Any] = {"layer": layer, "shape": "x".join(str(d) for d in results[0].layers[layer].shape),
                                    "main": _rows(shown, layer, main_docs) if shown else [],
-                                   "sae": _rows(shown, layer, SAE_DOCS) if shown else [], "labels": [r.label for r in shown]}
+                                   "sae": _rows(shown, layer, sae_docs) if shown else [], "labels": [r.label for r in shown]}
         panels = [(r.label, r.layers[layer].tsne, r.layers[layer].labels) for r in shown if r.layers[layer].tsne is not None]
         section["tsne"] = _b64(figures.tsne_panels(panels, classes)) if panels else None
         views = {v: {r.label: r.layers[layer].histograms[v] for r in shown if v in r.layers[layer].histograms}
