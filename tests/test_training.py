@@ -114,3 +114,27 @@ def test_warm_start_continues_optimizer_state(digits):
 def test_too_few_images_is_a_user_error(digits):
     with pytest.raises(UserError, match="at least 2 images"):
         fit(resnet18(10, width=4), digits.train.subset([0]), small_recipe(), progress=False)
+
+
+def test_a_saved_optimizer_state_takes_the_layout_of_channels_last_parameters(digits):
+    """Resuming on a GPU a run made on a CPU: the saved Adam moments are contiguous, the parameters
+    channels_last; fit gives the state the parameters' strides (fused CUDA kernels require them)."""
+    subset = digits.train.subset(np.arange(64))
+    model = resnet18(10, stem="cifar", width=4)
+    recipe = make_recipe("devkar2024", epochs=1, batch_size=32)
+    first = fit(model, subset, recipe, progress=False)
+    saved = first.optimizer.state_dict()  # as a checkpoint holds it: contiguous tensors
+    model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    optimizer.load_state_dict(saved)
+    conv = model.conv1.weight
+    assert optimizer.state[conv]["exp_avg"].stride() != conv.stride()  # what load_state_dict leaves
+    before = optimizer.state[conv]["exp_avg"].clone()
+    from superlens.training import align_optimizer_state
+
+    align_optimizer_state(optimizer)
+    assert optimizer.state[conv]["exp_avg"].stride() == conv.stride()
+    assert torch.equal(optimizer.state[conv]["exp_avg"], before)
+    optimizer.load_state_dict(saved)
+    fit(model, subset, make_recipe("devkar2024", epochs=0, batch_size=32), optimizer=optimizer, progress=False)
+    assert all(s["exp_avg"].stride() == p.stride() for p, s in optimizer.state.items())

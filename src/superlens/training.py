@@ -42,6 +42,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def align_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, Adam moments) its parameter's memory layout.
+
+    ``Optimizer.load_state_dict`` casts a saved state's dtype and device but not its layout:
+    a state saved on the CPU (contiguous) and loaded for parameters that are channels_last
+    on CUDA breaks the fused kernels, which need equal strides."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride()):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer; fused kernels (one launch for all parameters) when they sit on CUDA."""
     on_cuda = all(p.is_cuda for p in model.parameters())
@@ -161,6 +173,7 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     data = data.to(device)
     optimizer = optimizer or make_optimizer(model, recipe)
+    align_optimizer_state(optimizer)
     dtype = amp_dtype(recipe, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # fp16 needs loss scaling
     net = compiled(model, recipe)
