@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _file(name: str) -> property:
+    """A file of the folder an instance stands for (its ``root``)."""
+    return property(lambda self: self.root / name)
+
+
 @dataclass(frozen=True)
 class JobPaths:
     """The files of one job folder."""
@@ -21,52 +26,21 @@ class JobPaths:
     folder: Path
 
     @property
-    def model(self) -> Path:  # final weights (state dict)
-        return self.folder / "model.pt"
+    def root(self) -> Path:
+        return self.folder
 
-    @property
-    def optimizer(self) -> Path:  # optimizer state, for a job that continues this model
-        return self.folder / "optimizer.pt"
-
-    @property
-    def checkpoint(self) -> Path:  # model, optimizer, pool, strategy state and records after the last round
-        return self.folder / "checkpoint.pt"
-
-    @property
-    def pool(self) -> Path:  # round in which each training image was labelled (-1: never)
-        return self.folder / "pool.npy"
-
-    @property
-    def records(self) -> Path:  # per-round records so far
-        return self.folder / "records.json"
-
-    @property
-    def done(self) -> Path:  # written last by training: the job's records, and that it finished
-        return self.folder / "done.json"
-
-    @property
-    def analysis(self) -> Path:
-        return self.folder / "analysis.json"
-
-    @property
-    def tsne(self) -> Path:
-        return self.folder / "tsne.npz"
-
-    @property
-    def sae(self) -> Path:
-        return self.folder / "sae.json"
-
-    @property
-    def similarity(self) -> Path:  # CKA against al-random's model of the same seed
-        return self.folder / "similarity.json"
-
-    @property
-    def error(self) -> Path:  # the traceback of a failed attempt
-        return self.folder / "error.txt"
-
-    @property
-    def worker(self) -> Path:  # where and how often the job ran
-        return self.folder / "worker.json"
+    model = _file("model.pt")  # final weights (state dict)
+    optimizer = _file("optimizer.pt")  # optimizer state, for a job that continues this model
+    checkpoint = _file("checkpoint.pt")  # model, optimizer, pool, strategy state and records after the last round
+    pool = _file("pool.npy")  # round in which each training image was labelled (-1: never)
+    records = _file("records.json")  # per-round records so far
+    done = _file("done.json")  # written last by training: the job's records, and that it finished
+    analysis = _file("analysis.json")
+    tsne = _file("tsne.npz")
+    sae = _file("sae.json")
+    similarity = _file("similarity.json")  # CKA against al-random's model of the same seed
+    error = _file("error.txt")  # the traceback of a failed attempt
+    worker = _file("worker.json")  # where and how often the job ran
 
     def featvis(self, layer: str) -> Path:
         return self.folder / f"featvis-{layer}.npz"
@@ -95,36 +69,17 @@ class RunLayout:
         self.path = Path(path)
 
     @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
+    def root(self) -> Path:
+        return self.path
 
-    @property
-    def manifest(self) -> Path:
-        return self.path / "manifest.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def rounds_csv(self) -> Path:
-        return self.path / "rounds.csv"
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report.html"
-
-    @property
-    def classes(self) -> Path:
-        return self.path / "classes.json"
-
-    @property
-    def toy(self) -> Path:
-        return self.path / "toy.json"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / ".lock"
+    config = _file("config.yaml")
+    manifest = _file("manifest.json")
+    summary = _file("summary.json")
+    rounds_csv = _file("rounds.csv")
+    report = _file("report.html")
+    classes = _file("classes.json")
+    toy = _file("toy.json")
+    lock_file = _file(".lock")
 
     def job(self, arm: str, seed: int) -> JobPaths:
         return JobPaths(self.path / "arms" / arm / f"seed{seed}")

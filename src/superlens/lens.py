@@ -162,6 +162,7 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 
 def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed, progress=None) -> dict[str, float]:
     from superlens.analysis.features import capture
+    from superlens.analysis.sae import progress_log
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
     from superlens.data import fixed_subset
     from superlens.specs import SAESettings
@@ -175,23 +176,13 @@ def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known,
                   accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
     settings = SAESettings.from_settings(section["settings"], seed=seed)
     metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
-                          progress=_progress(f"{name}: decoding SAE", progress))[1]
+                          progress=progress_log(progress, f"{name}: decoding SAE"))[1]
     positions = len(train_vectors) // max(1, len(sae_train))
     labels = np.repeat(sae_train.labels.cpu().numpy(), positions)
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
-                                     progress=_progress(f"{name}: superposition SAEs", progress), **section["superposition"])
+                                     progress=progress_log(progress, f"{name}: superposition SAEs"),
+                                     **section["superposition"])
     return {**metrics, **superposition_metrics(protocol)}
-
-
-def _progress(name: str, log, every: float = 10.0):
-    """Log the superposition SAEs' step, loss and the most time left, at most once per ``every`` seconds."""
-    last = [time.perf_counter()]
-
-    def report(step: int, loss: float, eta: float) -> None:
-        if log is not None and time.perf_counter() - last[0] >= every:
-            last[0] = time.perf_counter()
-            log(f"{name} at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
-    return report
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:

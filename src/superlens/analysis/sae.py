@@ -77,6 +77,22 @@ class SAETraining:
     losses: list[float] = field(default_factory=list)
 
 
+def progress_log(log, label: str, every: float = 10.0):
+    """A ``progress`` callback for ``train_sae``/``train_saes`` that logs ``label``'s step, loss and the
+    most time left through ``log``, at most once per ``every`` seconds (None when ``log`` is None)."""
+    import time
+
+    if log is None:
+        return None
+    last = [time.perf_counter()]
+
+    def report(step: int, loss: float, eta: float) -> None:
+        if time.perf_counter() - last[0] >= every:
+            last[0] = time.perf_counter()
+            log(f"{label} at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
+    return report
+
+
 def _training_vectors(vectors, device: torch.device) -> torch.Tensor:
     """``vectors`` as a float32 (n, d) tensor on ``device``, checked: at least 2 rows, all finite."""
     x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device)

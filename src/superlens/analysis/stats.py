@@ -128,15 +128,20 @@ def compare_paired(a: dict[int, float], b: dict[int, float], method: str = "t", 
     """``a`` minus ``b`` over the seeds both have a finite value for: the contract's comparison block."""
     seeds = sorted(s for s in a if s in b and _ok(a[s]) and _ok(b[s]))
     d = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    low, high = t_interval(d, confidence)
     return {
-        "difference": float(d.mean()) if len(d) else None,
-        "difference_ci95": [none_if_nan(low), none_if_nan(high)],
-        "p_value": none_if_nan(paired_test(d, method)),
+        **_differences(d, method, confidence),
         "p_adjusted": None,  # filled by ``adjust_family``
         "effect_size": none_if_nan(paired_effect(d)),
         "seeds": seeds,
     }
+
+
+def _differences(d: np.ndarray, method: str, confidence: float) -> dict:
+    """Mean of the per-seed differences ``d``, its t-interval and the paired test's p."""
+    low, high = t_interval(d, confidence)
+    return {"difference": float(d.mean()) if len(d) else None,
+            "difference_ci95": [none_if_nan(low), none_if_nan(high)],
+            "p_value": none_if_nan(paired_test(d, method))}
 
 
 def adjust_family(block: dict[str, dict], keys: list[str]) -> None:
@@ -211,13 +216,9 @@ def accuracy_matched(arm, control, method: str = "t", confidence: float = 0.95) 
         raise ValueError(f"arm and control must have one curve per seed each, got {len(arm)} and {len(control)}")
     per_seed = [matched_difference(a, c) for a, c in zip(arm, control)]
     used = [i for i, r in enumerate(per_seed) if r is not None]
-    d = np.array([per_seed[i][0] for i in used])
-    low, high = t_interval(d, confidence)
     ranges = [per_seed[i][1] for i in used]
     return {
-        "difference": float(d.mean()) if len(d) else None,
-        "difference_ci95": [none_if_nan(low), none_if_nan(high)],
-        "p_value": none_if_nan(paired_test(d, method)),
+        **_differences(np.array([per_seed[i][0] for i in used]), method, confidence),
         "seeds": used,
         "accuracy_range": [min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
     }

@@ -75,10 +75,10 @@ def unit_rows(w: np.ndarray) -> np.ndarray:
     return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
-def reproduced(a: np.ndarray, b: np.ndarray, match: float) -> np.ndarray:
+def reproduced(a: np.ndarray, b: np.ndarray, match: float, sim: np.ndarray | None = None) -> np.ndarray:
     """Which rows of ``a`` (decoder directions of one SAE) another SAE ``b`` reproduces: mutual nearest
-    neighbours by cosine, at cosine >= ``match``."""
-    sim = unit_rows(a) @ unit_rows(b).T
+    neighbours by cosine, at cosine >= ``match``. ``sim``: their cosine matrix, when already computed."""
+    sim = unit_rows(a) @ unit_rows(b).T if sim is None else sim
     best_b, best_a = sim.argmax(1), sim.argmax(0)
     rows = np.arange(len(a))
     return (best_a[best_b] == rows) & (sim[rows, best_b] >= match)
@@ -135,13 +135,16 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
     averaged over the other SAEs."""
     per_seed = {k: [] for k in ("psi", "features_per_neuron", "feature_dimensionality_mean", "interference",
                                 "stable_fraction")}
+    # decoders are unit rows: one cosine matrix per pair of SAEs, read both ways
+    sims = {(i, j): decoders[i] @ decoders[j].T for i in range(len(decoders)) for j in range(i + 1, len(decoders))}
     for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
         values = {k: [] for k in per_seed}
         live = freq > 0
         for j, other in enumerate(decoders):
             if j == i:
                 continue
-            kept = reproduced(dec, other, match) & live
+            sim = sims[(i, j)] if i < j else sims[(j, i)].T
+            kept = reproduced(dec, other, match, sim) & live
             values["psi"].append(effective_features(activity=activity[kept]) / neurons)
             values["features_per_neuron"].append(kept.sum() / neurons)
             values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept].T).mean())

@@ -90,7 +90,7 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
     runners = {
         "training": lambda: train_arm(job, splits, device, progress, checkpoint),
         "analysis": lambda: analysis_stage(job, splits, device),
-        "sae": lambda: sae_stage(job, splits, device, _sae_progress(job, log)),
+        "sae": lambda: sae_stage(job, splits, device, log),
         "featvis": lambda: featvis_stage(job, splits, device),
     }
     for stage, output in job.outputs().items():
@@ -98,17 +98,6 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
             continue
         log(f"{job.label}: {stage}")
         _timed(seconds, stage, runners[stage])
-
-
-def _sae_progress(job: ArmJob, log, every: float = 10.0):
-    """Log the superposition SAEs' step, loss and the most time left, at most once per ``every`` seconds."""
-    last = [time.perf_counter()]
-
-    def report(step: int, loss: float, eta: float) -> None:
-        if time.perf_counter() - last[0] >= every:
-            last[0] = time.perf_counter()
-            log(f"{job.label}: superposition SAEs at step {step}, loss {loss:.4g}, at most {eta:.0f} s left")
-    return report
 
 
 def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: dict[str, Any] | None = None,
@@ -154,13 +143,14 @@ def _vector_labels(acts: np.ndarray, data) -> np.ndarray:
     return np.repeat(data.labels.cpu().numpy(), positions)
 
 
-def _superposition(model, train, spec, recipe, device, log=None) -> dict[str, Any]:
+def _superposition(model, train, spec, recipe, device, log=None, label: str = "") -> dict[str, Any]:
     """The psi protocol on the layer's vectors of the SAE training images (class means removed)."""
+    from superlens.analysis.sae import progress_log
     from superlens.analysis.superposition import measure_superposition
 
     acts, vectors = _sae_vectors(model, train, spec, recipe, device)
     return measure_superposition(vectors, labels=_vector_labels(acts, train), layer_name=spec.layer, device=device,
-                                 progress=log, **asdict(spec.superposition))
+                                 progress=progress_log(log, label), **asdict(spec.superposition))
 
 
 def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
@@ -181,7 +171,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
                          device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
-    protocol = _superposition(model, train, spec, job.recipe, device, log)
+    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs")
     m.update(superposition_metrics(protocol))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
