@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli
 from superlens.active.curves import aubc, label_efficiency, labels_to_reach
@@ -235,15 +236,34 @@ def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):
 
 
 def test_psi_per_active_learning_round(tmp_path):
-    cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
+    cfg = tiny_config("arms=[al-random,al-random@2]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
                       "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64",
                       "sae.superposition.max_steps=100", "sae.superposition.window=50", "sae.superposition.batch_size=64")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
-    sae = json.loads((RunDir(tmp_path).job("al-random", 0).sae).read_text())
+    run = RunDir(tmp_path)
+    sae = json.loads(run.job("al-random", 0).sae.read_text())
     assert [r["round"] for r in sae["per_round"]] == [0, 1, 2]
     assert [r["n_labeled"] for r in sae["per_round"]] == [40, 80, 120]
     assert all(r["psi"] >= 0 and r["psi_sae_sd"] >= 0 for r in sae["per_round"])
     assert sae["per_round"][-1]["psi"] == pytest.approx(sae["metrics"]["psi"])  # the last round is the final model
+    # round 0 is one model for every arm of a seed: measured once, kept beside it, the same for both arms
+    twin = json.loads(run.job("al-random@2", 0).sae.read_text())
+    assert twin["per_round"][0] == sae["per_round"][0]
+    kept = json.loads(run.round0(0).round_psi.read_text())
+    assert kept["protocol"]["psi"] == sae["per_round"][0]["psi"]
+    # and the kept number is what measuring the kept round-0 weights gives
+    from superlens.data import fixed_subset, load_spec
+    from superlens.specs import stage_specs
+    from superlens.study.stages import _final_model, _superposition
+    from superlens.study.jobs import plan
+
+    jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), run)
+    job = next(j for j in jobs if getattr(j, "arm", None) == "al-random")
+    splits = load_spec(job.data)
+    train = fixed_subset(splits.train, job.sae.max_images)
+    again = _superposition(_final_model(job, splits, weights=job.paths.round_model(0)), train, job.sae, job.recipe,
+                           torch.device("cpu"))
+    assert again["psi"] == pytest.approx(kept["protocol"]["psi"])
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
 
 

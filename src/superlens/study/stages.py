@@ -8,6 +8,7 @@ reports failure; the other jobs go on.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -176,19 +177,48 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
     if spec.per_round:
-        result["per_round"] = _per_round_psi(job, splits, train, device)
+        result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log)
     write_json(job.paths.sae, result)
 
 
-def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device) -> list[dict[str, Any]]:
-    """psi (with its SAE-seed SD) of the model of each active-learning round (kept by the loop)."""
+def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None
+                   ) -> list[dict[str, Any]]:
+    """psi (with its SAE-seed SD) of the model of each active-learning round (kept by the loop).
+
+    The last round's model is the final model, measured already (``final``); round 0's
+    model is the one every arm of the seed starts from, so its psi is measured once and
+    kept in the round-0 folder for the other arms."""
     records = {r["round"]: r for r in read_json(job.paths.records)} if job.paths.records.exists() else {}
+    rounds = job.paths.round_models()
+    last = rounds[-1][0] if rounds else None
     out = []
-    for round_, path in job.paths.round_models():
-        protocol = _superposition(_final_model(job, splits, weights=path), train, job.sae, job.recipe, device)
+    for round_, path in rounds:
+        def measure() -> dict[str, Any]:
+            model = _final_model(job, splits, weights=path)
+            return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: round {round_} psi")
+
+        if round_ == last:
+            protocol = final
+        elif round_ == 0 and job.round0 is not None:
+            protocol = _shared_round0_psi(job.round0, job.sae, measure)
+        else:
+            protocol = measure()
         out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"), "psi": protocol["psi"],
                     "psi_sae_sd": protocol["psi_sd"], "converged": protocol["converged"]})
     return out
+
+
+def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The round-0 model's protocol result, measured by the first arm that needs it; a kept result
+    measured with other SAE settings is measured again."""
+    key = json.loads(json.dumps({"layer": spec.layer, "max_images": spec.max_images, "pooled": spec.pooled,
+                                 "superposition": asdict(spec.superposition)}))
+    kept = read_json(round0.round_psi) if round0.round_psi.exists() else None
+    if kept is not None and kept.get("settings") == key:
+        return kept["protocol"]
+    protocol = measure()
+    write_json(round0.round_psi, {"settings": key, "protocol": protocol})
+    return protocol
 
 
 def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device) -> dict[str, Any]:
