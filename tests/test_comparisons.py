@@ -128,9 +128,14 @@ def test_vs_random_recomputed_by_hand(study):
     quality = [k for k in block if block[k]["family"] == "representation_quality"]
     assert set(quality) <= set(REPRESENTATION_QUALITY) and "silhouette_features_area" in quality and "nc1" in quality
     assert block["cosine_centered_mean"]["family"] == "secondary"
-    for members in (headline, quality):  # Holm within each family
-        expected = stats.holm([block[k]["p_value"] for k in members])
-        assert [block[k]["p_adjusted"] for k in members] == pytest.approx(expected)
+    other = summary["arms"]["al-margin"]["vs_random"]
+    for members in (headline, quality):  # one Holm within each family, over both AL arms' comparisons: study-wide
+        expected = stats.holm([block[k]["p_value"] for k in members] + [other[k]["p_value"] for k in members])
+        assert [block[k]["p_adjusted"] for k in members] + [other[k]["p_adjusted"] for k in members] == \
+            pytest.approx(expected)
+        m = len(expected)  # the simultaneous intervals at the Bonferroni level of the whole family
+        assert block[members[0]]["difference_ci95_adjusted"] == pytest.approx(
+            stats.simultaneous_interval(block[members[0]], m))
     assert "vs_random" not in ref and "vs_baseline" in ref and "vs_baseline" in arm
     assert summary["statistics"]["test"] == "paired t-test over seeds"
     assert "t-interval" in summary["statistics"]["interval"]

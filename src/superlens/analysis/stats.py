@@ -148,11 +148,16 @@ def adjust_family(block: dict[str, dict], keys: list[str]) -> None:
     """Holm-adjust the p-values of ``keys`` in ``block`` together (one family), in place, and add each
     difference's simultaneous interval at the Bonferroni level of the family (``difference_ci95_adjusted``):
     when the adjusted p is >= 0.05 that interval contains 0, so words and intervals never disagree."""
-    keys = [k for k in keys if k in block]
-    m = sum(block[k]["p_value"] is not None for k in keys)
-    for key, adjusted in zip(keys, holm([block[k]["p_value"] for k in keys])):
-        block[key]["p_adjusted"] = none_if_nan(adjusted)
-        block[key]["difference_ci95_adjusted"] = simultaneous_interval(block[key], m)
+    adjust_together([block[k] for k in keys if k in block])
+
+
+def adjust_together(comparisons: list[dict]) -> None:
+    """Holm-adjust ``comparisons`` (any mix of arms and metrics: one family) together, in place, with
+    each one's simultaneous interval at the family's Bonferroni level (``difference_ci95_adjusted``)."""
+    m = sum(c["p_value"] is not None for c in comparisons)
+    for comparison, adjusted in zip(comparisons, holm([c["p_value"] for c in comparisons])):
+        comparison["p_adjusted"] = none_if_nan(adjusted)
+        comparison["difference_ci95_adjusted"] = simultaneous_interval(comparison, m)
 
 
 def simultaneous_interval(comparison: dict, family_size: int, confidence: float = 0.95) -> list[float | None]:
