@@ -214,3 +214,53 @@ def test_a_raw_pixel_model_reaches_its_accuracy_with_pixels_raw(tmp_path, capsys
     acc, stdout, report = analyse(tmp_path / "wrong")  # the dataset's normalization: not what it was trained on
     assert acc < 0.15 and "near chance" in stdout and "near chance" in report
     assert "0..1 pixels normalized with the dataset&#39;s mean and std" in report
+
+
+def test_a_stopped_analysis_continues_where_it_stopped(saved, tmp_path):
+    """Each layer is written as it finishes; run again with the same out, only the unfinished layers are analysed,
+    and a change of settings or weights analyses a kept layer again."""
+    import lens_models
+
+    import superlens
+
+    options = {"analysis": {"max_samples": 120, "probe_samples": 150}, "sae": {"max_images": 40,
+               "settings": {"steps": 10, "batch_size": 64}, "superposition": {"max_steps": 60, "window": 30}}}
+    lines: list[str] = []
+
+    def stop_after_first_layer(line: str) -> None:
+        lines.append(line)
+        if line.startswith("small_cnn: 3: done in"):
+            raise KeyboardInterrupt
+
+    model = saved["small_cnn_model"]
+    with pytest.raises(KeyboardInterrupt):
+        superlens.analyze(model, "digits", ["3", "8"], labels=["small_cnn"], out=tmp_path, options=options,
+                          progress=stop_after_first_layer)
+    assert any("about" in line and "for the 1 left" in line for line in lines)  # the time the rest should take
+    assert any("t-SNE of 120 points" in line for line in lines) and any("SAEs on" in line for line in lines)
+    first = json.loads((tmp_path / "models" / "small_cnn" / "3" / "analysis.json").read_text())
+    assert not (tmp_path / "models" / "small_cnn" / "8").exists() and not (tmp_path / "summary.json").exists()
+
+    lines.clear()
+    summary = superlens.analyze(model, "digits", ["3", "8"], labels=["small_cnn"], out=tmp_path, options=options,
+                                progress=lines.append)
+    assert any(line.startswith("small_cnn: 3: kept from an earlier run") for line in lines)
+    assert "small_cnn: 8" in lines and "small_cnn: 3" not in lines
+    layers = summary["arms"]["small_cnn"]["layers"]
+    assert layers["3"]["silhouette_features"] == first["metrics"]["silhouette_features"]
+    assert layers["8"]["psi"] is not None
+    html = (tmp_path / "report.html").read_text()
+    assert "Layer 3" in html and "Layer 8" in html and "t-SNE" in html
+
+    # the kept layer matches what a fresh, uninterrupted run computes
+    fresh = superlens.analyze(model, "digits", ["3"], labels=["small_cnn"], options=options, progress=None)
+    assert fresh["arms"]["small_cnn"]["silhouette_features"] == pytest.approx(layers["3"]["silhouette_features"])
+
+    lines.clear()  # other settings: nothing kept
+    superlens.analyze(model, "digits", ["3"], labels=["small_cnn"], out=tmp_path, options={**options, "seed": 1},
+                      progress=lines.append)
+    assert "small_cnn: 3" in lines and not any("kept" in line for line in lines)
+    lines.clear()  # other weights under the same label: nothing kept
+    superlens.analyze(lens_models.small_cnn(), "digits", ["3"], labels=["small_cnn"], out=tmp_path,
+                      options={**options, "seed": 1}, progress=lines.append)
+    assert "small_cnn: 3" in lines and not any("kept" in line for line in lines)

@@ -98,6 +98,22 @@ def _recipe(options: dict[str, Any], input_size: int | None):
     return make_recipe("standard", input_size=input_size, eval_batch_size=options["analysis"]["eval_batch_size"])
 
 
+def capture_progress(log, what: str, every: float = 10.0):
+    """A ``capture`` progress callback that logs ``what``'s images done and the time left, at most once per
+    ``every`` seconds (None when ``log`` is None)."""
+    if log is None:
+        return None
+    start = time.perf_counter()
+    last = [start]
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every and done < total:
+            last[0] = now
+            log(f"{what}: {done:,}/{total:,} images, about {(now - start) / done * (total - done):.0f} s left")
+    return report
+
+
 def _sae_vectors(acts: np.ndarray) -> np.ndarray:
     from superlens.analysis.sae import conv_vectors
 
@@ -113,7 +129,8 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
     from superlens.specs import AnalysisSpec
 
     a = options["analysis"]
-    raw = capture(model, test, name, pool="none", recipe=recipe, device=device)[name]
+    raw = capture(model, test, name, pool="none", recipe=recipe, device=device,
+                  progress=capture_progress(progress, "capture of the test images"))[name]
     result = LayerResult({}, shape=tuple(raw.shape[1:]))
     if not np.isfinite(raw).all():
         result.notes.append(f"{name}: activations contain NaN or inf on the analysed images; layer skipped")
@@ -130,25 +147,32 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         result.notes.append(f"{name}: activations take negative values (not after a ReLU), so the neuron "
                             "polysemanticity metrics, which need non-negative units, are skipped")
         units = None
-    x_train = _reduce(capture(model, train, name, pool="none", recipe=recipe, device=device)[name], a["pool"])
+    x_train = _reduce(capture(model, train, name, pool="none", recipe=recipe, device=device,
+                              progress=capture_progress(progress, "capture of the probes' training images"))[name], a["pool"])
     module = resolve_module(model, name)
     weight = getattr(module, "weight", None)
     n_units = raw.shape[1] if raw.ndim == 4 else raw.shape[-1]
     if not (isinstance(weight, torch.Tensor) and weight.ndim in (2, 4) and weight.shape[0] == n_units):
         weight = None
     out = representation_metrics(x, test.labels.cpu().numpy(), x_train, train.labels.cpu().numpy(), units,
-                                 weight, AnalysisSpec.from_section(a), seed, device)
+                                 weight, AnalysisSpec.from_section(a), seed, device, log=progress)
     result.metrics, result.histograms, result.tsne = out["metrics"], out["histograms"], out["tsne"]
     result.labels = out["labels"]
     if units is not None:
         alive = np.asarray(out["alive_units"], bool)
         result.per_unit = {k: np.asarray(v)[alive] for k, v in out["per_unit"].items()}
+    conv = raw.ndim == 4
     if options["sae"]["enabled"]:
-        result.metrics.update(_sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed, progress))
+        test_vectors = _sae_vectors(raw)  # the SAE's copy of the activations: the capture itself is let go
+        del raw
+        result.metrics.update(_sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known,
+                                   seed, progress))
     if units_to_show:
-        if raw.ndim != 4:
+        if not conv:
             result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
         else:
+            if progress is not None:
+                progress(f"activation maximization of {len(units_to_show)} units")
             result.featvis = _featvis(model, name, units_to_show, train, recipe, options, device)
     return result
 
@@ -160,7 +184,8 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
     return reduce_outputs(torch.from_numpy(acts), pool).numpy()
 
 
-def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known, seed, progress=None) -> dict[str, float]:
+def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None
+         ) -> dict[str, float]:
     from superlens.analysis.features import capture
     from superlens.analysis.sae import progress_log
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
@@ -170,17 +195,20 @@ def _sae(model, name, raw, train, test, recipe, options, device, accuracy_known,
 
     section = options["sae"]
     sae_train = fixed_subset(train, section["max_images"])
-    train_vectors = _sae_vectors(capture(model, sae_train, name, pool="none", recipe=recipe, device=device)[name])
-    test_vectors = _sae_vectors(raw)
+    train_vectors = _sae_vectors(capture(model, sae_train, name, pool="none", recipe=recipe, device=device,
+                                         progress=capture_progress(progress, "capture of the SAE's training images"))[name])
     splice = dict(data=test, mean_activation=torch.from_numpy(test_vectors.mean(0)), recipe=recipe,
                   accuracy=lambda: output_accuracy(model, test, recipe, device)[0]) if accuracy_known else None
     settings = SAESettings.from_settings(section["settings"], seed=seed)
+    if progress is not None:
+        progress(f"SAEs on {len(train_vectors):,} vectors of {train_vectors.shape[1]:,} values: the decoding SAE, "
+                 f"then the psi protocol")
     metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
-                          progress=progress_log(progress, f"{name}: decoding SAE"))[1]
+                          progress=progress_log(progress, "decoding SAE"))[1]
     positions = len(train_vectors) // max(1, len(sae_train))
     labels = np.repeat(sae_train.labels.cpu().numpy(), positions)
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
-                                     progress=progress_log(progress, f"{name}: superposition SAEs"),
+                                     progress=progress_log(progress, "superposition SAEs"),
                                      **section["superposition"])
     return {**metrics, **superposition_metrics(protocol)}
 
@@ -237,6 +265,7 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     from superlens.training import output_accuracy, resolve_device
 
     options = options_from((), options)
+    progress = progress or (lambda line: None)
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     layers = [layers] if isinstance(layers, str) else list(layers)
     if isinstance(data, str):
@@ -251,6 +280,11 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     taken: set[str] = set()
     results: list[ModelResult] = []
     started = time.time()
+    out = Path(out) if out is not None else None
+    normalization = normalization or "0..1 pixels normalized with the dataset's mean and std"
+    setup = {"options": options, "input_size": input_size, "normalization": normalization, "dataset": test.name,
+             "test_images": len(test_sub), "train_images": len(train_sub), "units": list(units or [])}
+    pace = _Pace(len(models) * len(layers), progress)
     for i, model in enumerate(models):
         check_layers(model, layers)
         label = _label(i, model, (weights or [None] * len(models))[i] if weights else None, labels, taken)
@@ -261,16 +295,117 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
         if chance:
             progress(f"warning: {label}: {chance}")
             result.notes.append(chance)
+        fingerprint = model_fingerprint(model) if out is not None else None
         for layer in layers:
+            folder = layer_folder(out, label, layer) if out is not None else None
+            key = _layer_key(setup, fingerprint, layer) if out is not None else None
+            kept = read_layer(folder, key) if folder is not None else None
+            if kept is not None:
+                progress(f"{label}: {layer}: kept from an earlier run in {folder}")
+                result.layers[layer] = kept
+                pace.skip()
+                continue
             progress(f"{label}: {layer}")
             result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
-                                          list(units or []), options["seed"], progress)
+                                          list(units or []), options["seed"], _prefixed(progress, f"{label}: {layer}"))
+            if folder is not None:
+                write_layer(folder, key, result.layers[layer])
+            pace.done(f"{label}: {layer}")
         results.append(result)
     summary = lens_summary(results, layers, test, options, input_size)
-    summary["normalization"] = normalization or "0..1 pixels normalized with the dataset's mean and std"
+    summary["normalization"] = normalization
     if out is not None:
-        write_run(Path(out), results, summary, layers, test.classes, options, device, started)
+        write_run(out, results, summary, layers, test.classes, setup, device, started)
     return summary
+
+
+def _prefixed(progress, prefix: str):
+    return None if progress is None else (lambda line: progress(f"{prefix}: {line}"))
+
+
+class _Pace:
+    """Logs, after each analysed (model, layer), the seconds it took and the time the rest should take
+    at the mean pace so far (layers kept from an earlier run are not counted)."""
+
+    def __init__(self, total: int, log) -> None:
+        self.left, self.log, self.times, self.t0 = total, log, [], time.perf_counter()
+
+    def skip(self) -> None:
+        self.left -= 1
+        self.t0 = time.perf_counter()
+
+    def done(self, what: str) -> None:
+        self.left -= 1
+        self.times.append(time.perf_counter() - self.t0)
+        self.t0 = time.perf_counter()
+        if self.log is not None:
+            rest = f"; about {np.mean(self.times) * self.left:.0f} s for the {self.left} left" if self.left else ""
+            self.log(f"{what}: done in {self.times[-1]:.0f} s{rest}")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of the model's parameters and buffers (names, shapes, values): the same weights, the same digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().reshape(-1).contiguous()  # 1-D: a 0-dim counter cannot be viewed as bytes
+        h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _layer_key(setup: dict[str, Any], fingerprint: str, layer: str) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps({"setup": setup, "model": fingerprint, "layer": layer}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def layer_folder(out: Path, label: str, layer: str) -> Path:
+    return Path(out) / "models" / label.replace("/", "_") / layer
+
+
+def write_layer(folder: Path, key: str, lr: LayerResult) -> None:
+    """One analysed layer, complete: ``analysis.json`` (metrics, notes, histograms, and the key of the
+    model and settings it was computed with) and ``arrays.npz`` (per-unit values, t-SNE, activation
+    maximization). The json is written last, so a layer with a json is whole."""
+    from superlens.fileio import atomic_path, write_json
+
+    arrays = {f"unit_{k}": np.asarray(v) for k, v in lr.per_unit.items()}
+    if lr.tsne is not None:
+        arrays["coords"] = lr.tsne.astype(np.float32)
+    if lr.labels is not None:
+        arrays["labels"] = np.asarray(lr.labels)
+    for k, v in (lr.featvis or {}).items():
+        arrays[f"featvis_{k}"] = np.asarray(v)
+    with atomic_path(folder / "arrays.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    write_json(folder / "analysis.json", {"metrics": summary_metrics(lr), "notes": lr.notes,
+                                          "histograms": lr.histograms, "shape": list(lr.shape), "key": key})
+
+
+def read_layer(folder: Path, key: str) -> LayerResult | None:
+    """The layer kept in ``folder`` when it was computed with ``key``, else None (to be computed again)."""
+    from superlens.fileio import read_json
+
+    meta, arrays = folder / "analysis.json", folder / "arrays.npz"
+    if not (meta.exists() and arrays.exists()):
+        return None
+    kept = read_json(meta)
+    if kept.get("key") != key:
+        return None
+    with np.load(arrays, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    featvis = {k[len("featvis_"):]: v for k, v in a.items() if k.startswith("featvis_")}
+    if "layer" in featvis:
+        featvis["layer"] = str(featvis["layer"])
+    metrics = {k: (float("nan") if v is None else v) for k, v in kept["metrics"].items()}
+    return LayerResult(metrics, notes=list(kept["notes"]), histograms=kept["histograms"],
+                       per_unit={k[len("unit_"):]: v for k, v in a.items() if k.startswith("unit_")},
+                       tsne=a.get("coords"), labels=a.get("labels"), featvis=featvis or None,
+                       shape=tuple(kept["shape"]))
 
 
 def near_chance(accuracy: float | None, classes: int) -> str | None:
@@ -303,24 +438,17 @@ def lens_summary(results: list[ModelResult], layers: list[str], test: ImageDatas
 
 
 def write_run(out: Path, results: list[ModelResult], summary: dict[str, Any], layers: list[str], classes: list[str],
-              options: dict[str, Any], device, started: float) -> Path:
+              setup: dict[str, Any], device, started: float) -> Path:
+    """The run's summary, settings, manifest and report (each layer's files were written as it finished)."""
     import platform
 
-    from superlens.fileio import atomic_path, write_json
+    from superlens.fileio import write_json
     from superlens.report.lens import build_lens_report
     from superlens.study.run import package_version
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
-    write_json(out / "options.json", options)
-    for r in results:
-        for layer, lr in r.layers.items():
-            folder = out / "models" / r.label.replace("/", "_") / layer
-            write_json(folder / "analysis.json", {"metrics": summary_metrics(lr), "notes": lr.notes,
-                                                  "histograms": lr.histograms, "shape": list(lr.shape)})
-            if lr.tsne is not None:
-                with atomic_path(folder / "tsne.npz") as tmp, open(tmp, "wb") as f:
-                    np.savez(f, coords=lr.tsne.astype(np.float32))
+    write_json(out / "options.json", setup)
     write_json(out / "manifest.json", {"superlens": package_version(), "torch": torch.__version__, "device": str(device),
                                        "python": platform.python_version(), "seconds": round(time.time() - started, 2)})
     return build_lens_report(out, results, summary, layers, classes)

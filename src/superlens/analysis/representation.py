@@ -8,7 +8,7 @@ job (a fixed stratified subset when the test split is larger than
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,14 +58,16 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, spec: AnalysisS
 
 def representation_metrics(x: np.ndarray, y_test: np.ndarray, x_train: np.ndarray | None, y_train: np.ndarray | None,
                            units: np.ndarray | None, weight: torch.Tensor | None, spec: AnalysisSpec, seed: int,
-                           device) -> dict[str, Any]:
+                           device, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The analysis of one representation, shared by studies and ``superlens analyze``.
 
     ``x``: (n, d) features of the test images; ``x_train``: of training images, for the
     probes (skipped when None); ``units``: (n, units) non-negative unit activations for
     the neuron metrics (skipped when None); ``weight``: filters for their cosines
     (skipped when None). Of ``spec``, ``tsne``, ``perplexity``, ``knn_k`` and ``topk`` are used.
+    ``log`` hears each slow step as it starts (the probes, t-SNE: neither can tell its progress).
     """
+    log = log or (lambda line: None)
     timings: dict[str, float] = {}
     m: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -75,13 +77,15 @@ def representation_metrics(x: np.ndarray, y_test: np.ndarray, x_train: np.ndarra
     m["davies_bouldin_features"] = geometry.davies_bouldin_score(x, y_test)
     m["nc1"] = geometry.nc1(x, y_test)
     if x_train is not None:
-        m["knn_accuracy"] = geometry.knn_accuracy(x_train, y_train, x, y_test, k=spec.knn_k)
-        m["linear_probe_accuracy"] = geometry.linear_probe_accuracy(x_train, y_train, x, y_test)
+        log(f"k-NN and linear probe: {len(x_train):,} training vectors of {x.shape[1]:,} values")
+        m["knn_accuracy"] = geometry.knn_accuracy(x_train, y_train, x, y_test, k=spec.knn_k, device=geo_device)
+        m["linear_probe_accuracy"] = geometry.linear_probe_accuracy(x_train, y_train, x, y_test, device=geo_device)
     timings["geometry"] = time.perf_counter() - t0
     coords = None
     if spec.tsne:
         t0 = time.perf_counter()
-        coords = tsne(x, seed=seed, perplexity=spec.perplexity)
+        log(f"t-SNE of {len(x):,} points (probes took {timings['geometry']:.0f} s)")
+        coords = tsne(x, seed=seed, perplexity=spec.perplexity, n_jobs=torch.get_num_threads())
         m["silhouette_tsne"] = geometry.silhouette_score(coords, y_test)
         m["davies_bouldin_tsne"] = geometry.davies_bouldin_score(coords, y_test)
         timings["tsne"] = time.perf_counter() - t0
