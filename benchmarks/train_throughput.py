@@ -146,13 +146,17 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 16])
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--compile", action="store_true", help="recipe.compile=true for ours and the plain loop")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend with --compile (eager: the compile path without code generation)")
     ap.add_argument("--dataloader", action="store_true", help="also time the per-sample DataLoader pipeline")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPU cores, at most 8)")
     args = ap.parse_args()
     device = torch.device(args.device)
     n = args.images or (50_000 if device.type == "cuda" else 512)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
-    recipe = make_recipe("standard", epochs=1, batch_size=args.batch_size, eval_batch_size=1024, compile=args.compile)
+    backend = True if args.compile_backend == "inductor" else args.compile_backend
+    recipe = make_recipe("standard", epochs=1, batch_size=args.batch_size, eval_batch_size=1024,
+                         compile=backend if args.compile else False)
     data = random_dataset(n)
     dtype = amp_dtype(recipe, device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; {n} images/epoch, batch {args.batch_size}, "

@@ -66,6 +66,7 @@ def harness(monkeypatch):
 
 
 TINY = [
+    "device=cpu",  # the harness stands in for the device on the CPU, also on a machine that has a GPU
     "seeds=[0]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=64", "data.train_subset=400",
     "active.initial_size=40", "active.query_size=30", "active.rounds=1",
     "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false",
@@ -120,13 +121,15 @@ def test_bad_precision_and_compile_settings(monkeypatch, capsys):
         with pytest.raises(UserError, match="device='cuda' but this torch has no CUDA device"):
             resolve_device("cuda")
     # a GPU without bf16 (V100, T4): fp16 with loss scaling, and one warning line when bf16 was asked for
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     cuda = torch.device("cuda")
     assert amp_dtype(make_recipe("standard"), cuda) == torch.float16
     assert amp_dtype(make_recipe("standard", amp="bf16"), cuda) == torch.float16
     assert amp_dtype(make_recipe("standard", amp="bf16"), cuda) == torch.float16
     assert capsys.readouterr().err.count("Tesla T4 has no fast bf16") == 1
+    assert set(asked) == {cuda}  # the configured device is asked, not whichever is current
     assert amp_dtype(make_recipe("standard"), torch.device("cpu")) is None  # amp=true means CUDA only
     assert amp_dtype(make_recipe("standard", amp="bf16"), torch.device("cpu")) == torch.bfloat16
     monkeypatch.delattr(torch, "compile")
@@ -166,3 +169,86 @@ def test_compiled_training_keeps_one_batch_shape():
                  progress=False)
     assert result.steps == 4 and result.images_seen == 256  # 150 = 2 x 64 + 22: the ragged 22 are dropped
     assert len(set(shapes)) == 1 and shapes[0][0] == 64
+
+
+def test_the_harness_stays_on_the_cpu_where_a_gpu_is_found(monkeypatch):
+    """On a GPU machine device=auto resolves to CUDA, and the harness's CPU tensors would meet CUDA indices."""
+    from superlens.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = load_config("demo", TINY)
+    assert resolve_device(cfg["device"]).type == "cpu"
+
+
+def test_a_cuda_index_the_process_does_not_see_is_one_line(monkeypatch, tmp_path, capsys):
+    from conftest import run_cli
+    from superlens.errors import UserError
+    from superlens.training import bf16_supported, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match=r"device='cuda:1' but this process sees 1 CUDA device \(cuda:0\)"):
+        resolve_device("cuda:1")
+    with pytest.raises(UserError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    code, _, err = run_cli(["run", "demo", *TINY[1:], "device=cuda:3", "arms=[al-random]", "--out", tmp_path / "run",
+                            "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "device='cuda:3' but this process sees 1 CUDA device" in err
+    assert not (tmp_path / "run" / "round0").exists()  # nothing trained
+    code, _, err = run_cli(["run", "demo", *TINY[1:], "device=cuda:1", "executor=ray", "arms=[al-random]",
+                            "--out", tmp_path / "ray", "--quiet"], capsys)
+    assert code == 2 and "each Ray job sees the one GPU it is given as cuda:0" in err
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: {0: (9, 0), 1: (7, 0)}[device.index])
+    assert bf16_supported(torch.device("cuda", 0)) and not bf16_supported(torch.device("cuda", 1))
+
+
+def test_a_backward_the_compiler_fails_falls_back_with_one_warning(monkeypatch, capsys):
+    """torch.compile compiles the backward lazily, at the first loss.backward(): a failure there is caught too."""
+    from superlens.data import load
+    from superlens.models import resnet18
+    from superlens.training import fit, make_recipe
+
+    class FailingBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward compilation failed: no C compiler")
+
+    def compile_with_broken_backward(model, backend=None):
+        return lambda x: FailingBackward.apply(model(x))
+
+    monkeypatch.setattr(torch, "compile", compile_with_broken_backward)
+    train = load("digits").train.subset(np.arange(100))
+    torch.manual_seed(0)
+    model = resnet18(10, stem="cifar", width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = fit(model, train, make_recipe("standard", epochs=2, batch_size=50, compile=True), device="cpu",
+                 progress=False)
+    assert result.steps == 4 and all(np.isfinite(result.losses))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it trained
+    assert capsys.readouterr().err.count("recipe.compile failed (RuntimeError: backward compilation failed") == 1
+
+
+def test_compiled_models_are_not_kept_forever(monkeypatch):
+    import gc
+    import weakref
+
+    from superlens import training
+    from superlens.models import resnet18
+
+    monkeypatch.setattr(torch, "compile", lambda model, backend=None: (lambda x: model(x)))
+    monkeypatch.setattr(training, "_COMPILED", [])
+    recipe = training.make_recipe("standard", compile=True)
+    first = resnet18(10, width=4)
+    gone = weakref.ref(first)
+    wrapper = training.compiled(first, recipe)
+    assert training.compiled(first, recipe) is wrapper  # reused across rounds
+    del first, wrapper
+    for _ in range(training.COMPILED_KEPT):
+        training.compiled(resnet18(10, width=4), recipe)
+    gc.collect()
+    assert gone() is None and len(training._COMPILED) == training.COMPILED_KEPT

@@ -132,6 +132,16 @@ def test_gpus_asked_of_a_cluster_without_any_is_refused_before_submitting():
     import torch
 
     assert ray_resources(NoGPUs, RaySpec()) == (0.0, float(torch.get_num_threads()))
+
+    class EightGPUs:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 128.0, "GPU": 8.0}
+
+    # a GPU job gets the node's CPUs per GPU (its t-SNE, strategies and probes run there), not 1
+    assert ray_resources(EightGPUs, RaySpec()) == (1.0, 16.0)
+    assert ray_resources(EightGPUs, RaySpec(gpus_per_job=0.5)) == (0.5, 8.0)
+    assert ray_resources(EightGPUs, RaySpec(cpus_per_job=2)) == (1.0, 2.0)
     with pytest.raises(UserError, match="executor must be 'local' or 'ray'"):
         load_config("demo", ["executor=slurm"])
 

@@ -47,7 +47,7 @@ class DataSpec(Spec):
              "train_subset": optional(integer(2)), "test_subset": optional(integer(2)),
              "mean": optional(sequence_of(number(), size=3)), "std": optional(sequence_of(number(), size=3))}
 
-    name: str = "digits"  # digits, cifar10, tinyimagenet, synthetic, imagefolder:<path>
+    name: str = "digits"  # digits, cifar10, tinyimagenet, synthetic, imagefolder:<path>, hf:<repo>
     root: str | None = None  # folder holding the dataset or its archive; None: $SUPERLENS_DATA
     download: bool = False  # fetch a missing official archive (checksum-verified)
     options: dict = field(default_factory=dict, hash=False)  # keyword arguments of the dataset's loader
@@ -382,7 +382,7 @@ class RaySpec(Spec):
 
     address: str | None = None  # None: a local Ray (or RAY_ADDRESS); "host:port": that cluster
     gpus_per_job: float | None = None  # None: 1 when the cluster has GPUs, else 0; fractions share a GPU
-    cpus_per_job: float | None = None  # None: 1 with a GPU, else the local thread count
+    cpus_per_job: float | None = None  # None: the cluster's CPUs per GPU with a GPU, else the local thread count
     max_retries: int = 2  # times a job is rerun when its worker process dies
 
 

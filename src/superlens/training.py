@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import sys
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +31,17 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` (CUDA when there is one), or the named device, which must exist."""
     if name == "auto":
         return default_device()
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name!r} but this torch has no CUDA device; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"device={name!r} but this process sees {count} CUDA device{'s' if count != 1 else ''} "
+                        f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); a Ray job sees its own GPU as "
+                        "cuda:0, so use device=auto or device=cuda there (CUDA_VISIBLE_DEVICES picks GPUs)")
     return device
 
 
@@ -83,7 +90,7 @@ def amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     if recipe.amp is False:
         return None
     cuda = device.type == "cuda"
-    bf16_ok = not cuda or torch.cuda.is_bf16_supported()
+    bf16_ok = not cuda or bf16_supported(device)
     if recipe.amp is True:
         if not cuda:
             return None
@@ -92,6 +99,12 @@ def amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
         warn_once(f"{torch.cuda.get_device_name(device)} has no fast bf16; recipe.amp=bf16 runs in fp16 with loss scaling")
         return torch.float16
     return torch.bfloat16 if recipe.amp == "bf16" else torch.float16
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the CUDA device ``device`` (not the current one) computes bf16 natively: compute capability 8.0
+    (Ampere) or newer."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -112,19 +125,33 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_COMPILED: list[tuple[nn.Module, nn.Module]] = []  # (model, its compiled wrapper), the most recent last
+COMPILED_KEPT = 2  # compiled models kept for reuse: a job's model across its rounds, and one more
 
 
 def compiled(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """``model`` itself, or its torch.compile'd wrapper (made once per model and reused every round)."""
+    """``model`` itself, or its torch.compile'd wrapper, made once per model and reused every round.
+
+    Only the ``COMPILED_KEPT`` most recent wrappers are kept: a wrapper holds its model (and
+    its GPU memory), so an unbounded cache would keep every model a process ever trained."""
     if recipe.compile is False:
         return model
     if not hasattr(torch, "compile"):
         raise UserError("recipe.compile needs torch.compile (torch >= 2.0); set recipe.compile=false")
-    if model not in _COMPILED:
-        backend = "inductor" if recipe.compile is True else recipe.compile
-        _COMPILED[model] = torch.compile(model, backend=backend)
-    return _COMPILED[model]
+    for i, (kept, wrapper) in enumerate(_COMPILED):
+        if kept is model:
+            _COMPILED.append(_COMPILED.pop(i))
+            return wrapper
+    backend = "inductor" if recipe.compile is True else recipe.compile
+    _COMPILED.append((model, torch.compile(model, backend=backend)))
+    del _COMPILED[:-COMPILED_KEPT]
+    return _COMPILED[-1][1]
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """Forget ``model``'s compiled wrapper (its compilation failed) and train it eagerly from now on."""
+    _COMPILED[:] = [(kept, wrapper) for kept, wrapper in _COMPILED if kept is not model]
+    return model
 
 
 def prepare_batch(images: torch.Tensor, data: ImageDataset, recipe: Recipe, train: bool, generator=None) -> torch.Tensor:
@@ -197,23 +224,17 @@ def fit(
             for group in optimizer.param_groups:  # a Python float: no host sync
                 group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps, steps_per_epoch)
             x = prepare_batch(data.images[idx], data, recipe, train=True, generator=generator)
-            with autocast(device, dtype):
-                try:
-                    logits = net(x)
-                except Exception as exc:  # e.g. the compiler fails at its first call (no C compiler)
-                    if net is model:
-                        raise
-                    warn_once(f"recipe.compile failed ({describe(exc, limit=160)}); "
-                              "training continues without torch.compile")
-                    net = _COMPILED[model] = model
-                    logits = net(x)
-                loss = F.cross_entropy(logits, data.labels[idx], label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            try:
+                loss = _forward_backward(net, x, data.labels[idx], recipe, optimizer, scaler, device, dtype)
+            except Exception as exc:  # the compiler can fail at the first forward or, lazily, the first backward
+                if net is model:
+                    raise
+                warn_once(f"recipe.compile failed ({describe(exc, limit=160)}); training continues without torch.compile")
+                net = _uncompiled(model)
+                loss = _forward_backward(net, x, data.labels[idx], recipe, optimizer, scaler, device, dtype)
             if scaler is None:
-                loss.backward()
                 optimizer.step()
             else:
-                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             epoch_loss += loss.detach() * len(idx)
@@ -225,6 +246,15 @@ def fit(
     bar.close()
     losses = torch.stack(epoch_losses).cpu().tolist() if epoch_losses else []
     return TrainResult(optimizer, losses, seen, step)
+
+
+def _forward_backward(net, x, labels, recipe: Recipe, optimizer, scaler, device, dtype) -> torch.Tensor:
+    """One batch's loss and gradients (fresh: the gradients of a failed attempt are dropped)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, dtype):
+        loss = F.cross_entropy(net(x), labels, label_smoothing=recipe.label_smoothing)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return loss
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from superlens.analysis.validate import features_and_labels
+from superlens.errors import UserError
 
 
 def _distances(rows: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor, metric: str) -> torch.Tensor:
@@ -135,24 +136,59 @@ def nc1(x, labels, chunk: int = 1024) -> float:
     return float((projected / len(x) / eig).sum() / k)
 
 
-def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 10, metric: str = "cosine") -> float:
-    """Accuracy of a k-nearest-neighbour majority vote of training features on test features."""
-    from sklearn.neighbors import KNeighborsClassifier
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 10, metric: str = "cosine",
+                 device: str | torch.device | None = None) -> float:
+    """Accuracy of a k-nearest-neighbour majority vote of training features on test features.
 
+    Without ``device``: scikit-learn's ``KNeighborsClassifier``. With one: the same vote in
+    torch on that device (cosine or euclidean; chunks of test rows against all training rows;
+    a tied vote goes to the lower class index, as scikit-learn's does)."""
     train_x, train_y = features_and_labels(train_x, train_y)
     test_x, test_y = features_and_labels(test_x, test_y, min_classes=1)
-    clf = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric=metric)
-    return float(clf.fit(train_x, train_y).score(test_x, test_y))
+    k = min(k, len(train_x))
+    if device is None:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        clf = KNeighborsClassifier(n_neighbors=k, metric=metric)
+        return float(clf.fit(train_x, train_y).score(test_x, test_y))
+    if metric not in ("euclidean", "cosine"):
+        raise UserError(f"metric must be euclidean or cosine, got {metric!r}")
+    device = torch.device(device)
+    classes, codes = np.unique(train_y, return_inverse=True)
+    xt = torch.as_tensor(train_x, device=device, dtype=torch.float32)
+    yt = torch.as_tensor(codes, device=device)
+    if metric == "cosine":
+        xt = torch.nn.functional.normalize(xt, dim=1)
+    xt_sq = (xt * xt).sum(1)
+    correct, chunk = 0, max(1, 2**24 // max(1, len(xt)))
+    for start in range(0, len(test_x), chunk):
+        q = torch.as_tensor(test_x[start:start + chunk], device=device, dtype=torch.float32)
+        if metric == "cosine":
+            q = torch.nn.functional.normalize(q, dim=1)
+        d = _distances(q, xt, xt_sq, metric)
+        nearest = d.topk(k, dim=1, largest=False).indices
+        votes = torch.zeros(len(q), len(classes), device=device).scatter_add_(
+            1, yt[nearest], torch.ones(nearest.shape, device=device))
+        predicted = classes[votes.argmax(1).cpu().numpy()]  # argmax: the first (lowest) class of a tie
+        correct += int((predicted == test_y[start:start + chunk]).sum())
+    return correct / len(test_x)
 
 
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0, max_iter: int = 1000) -> float:
-    """Test accuracy of an L2-regularized logistic regression on standardized training features."""
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0, max_iter: int = 1000,
+                          device: str | torch.device | None = None) -> float:
+    """Test accuracy of an L2-regularized logistic regression on standardized training features.
+
+    Without ``device``: scikit-learn's ``LogisticRegression`` (lbfgs) after ``StandardScaler``.
+    With one: the same objective (C x the summed cross-entropy + |W|^2 / 2, intercepts not
+    penalized) minimized by L-BFGS in torch on that device, in float32."""
+    train_x, train_y = features_and_labels(train_x, train_y)
+    test_x, test_y = features_and_labels(test_x, test_y, min_classes=1)
+    if device is not None:
+        return _torch_probe(train_x, train_y, test_x, test_y, c, max_iter, torch.device(device))
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train_x, train_y = features_and_labels(train_x, train_y)
-    test_x, test_y = features_and_labels(test_x, test_y, min_classes=1)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     import warnings
 
@@ -162,3 +198,31 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0, max_
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train_x, train_y)
     return float(probe.score(test_x, test_y))
+
+
+def _torch_probe(train_x, train_y, test_x, test_y, c: float, max_iter: int, device: torch.device) -> float:
+    classes, codes = np.unique(train_y, return_inverse=True)
+    x = torch.as_tensor(train_x, device=device, dtype=torch.float32)
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature is left as it is, as StandardScaler does
+    x = (x - mean) / std
+    y = torch.as_tensor(codes, device=device)
+    w = torch.zeros(x.shape[1], len(classes), device=device, requires_grad=True)
+    b = torch.zeros(len(classes), device=device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                            history_size=20, line_search_fn="strong_wolfe")
+    n = len(x)
+
+    def closure():
+        opt.zero_grad()
+        # sklearn's objective divided by C * n: mean cross-entropy + |W|^2 / (2 C n)
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + (w * w).sum() / (2 * c * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        q = (torch.as_tensor(test_x, device=device, dtype=torch.float32) - mean) / std
+        predicted = classes[(q @ w + b).argmax(1).cpu().numpy()]
+    return float((predicted == test_y).mean())

@@ -95,10 +95,14 @@ def ray_resources(ray, ray_settings: RaySpec) -> tuple[float, float]:
     cpus = ray_settings.cpus_per_job
     if cpus is None:
         # CPU jobs get the threads a local run would use, so both executors do the same arithmetic
-        # (CPU training is bit-identical only at equal thread counts); GPU jobs need one CPU to feed the GPU.
+        # (CPU training is bit-identical only at equal thread counts). GPU jobs get the cluster's CPUs per
+        # GPU for their share of GPUs: t-SNE, the strategies and the probes run on the CPU while the GPU waits.
         import torch
 
-        cpus = 1 if gpus > 0 else torch.get_num_threads()
+        if gpus > 0:
+            cpus = max(1, int(float(ray.cluster_resources().get("CPU", 1)) / cluster_gpus * gpus))
+        else:
+            cpus = torch.get_num_threads()
     return float(gpus), float(cpus)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from superlens.data import load_spec
+from superlens.errors import UserError
 from superlens.fileio import read_json, write_json
 from superlens.models import config_model
 from superlens.report.html import build_report
@@ -90,6 +91,9 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         write_json(run.classes, splits.train.classes)
         jobs, deps = plan(specs, cfg["arms"], run)
         if cfg["executor"] == "ray":
+            if specs.device.startswith("cuda:") and specs.device != "cuda:0":
+                raise UserError(f"device={specs.device!r} with executor=ray: each Ray job sees the one GPU it is given "
+                                "as cuda:0; use device=auto (Ray picks the GPUs)")
             device = splits = None  # each Ray worker resolves the device and loads the data itself
             clock.add("data", "study", time.perf_counter() - t0)
             results = run_ray(jobs, deps, specs.ray, log)
