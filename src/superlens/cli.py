@@ -149,6 +149,34 @@ def report(run_dirs: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--arm", required=True, help="The active-learning arm, e.g. al-margin.")
+@click.option("--seed", type=int, required=True, help="The seed of the arm's job.")
+@click.option("--round", "round_", type=int, default=None, help="Only this round (0: the initial set; default: all).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "labelstudio"]), default="csv", show_default=True)
+@click.option("--image-root", default=None, help="labelstudio: the URL or folder the image ids are relative to "
+              "(datasets of files); without it each image is embedded as a PNG data URI.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="File to write (default: standard output).")
+def queries(run_dir: str, arm: str, seed: int, round_: int | None, fmt: str, image_root: str | None,
+            out: str | None) -> None:
+    """The images an arm queried: round, rank, id, true and predicted label, confidence and score."""
+    from superlens.export import image_sources, query_rows, to_csv, to_labelstudio
+    from superlens.fileio import write_text
+
+    rows = query_rows(run_dir, arm, seed, round_)
+    if fmt == "csv":
+        text = to_csv(rows)
+    else:
+        images = image_sources(run_dir, [r["id"] for r in rows], image_root)
+        text = to_labelstudio(rows, images, f"{arm}/seed{seed}")
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        write_text(out, text)
+        click.echo(f"{len(rows)} queried images -> {out}", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--layer", default=None, help="Layer to visualize (default: the run's featvis.layer).")
 @click.option("--units", default=None, help="Comma-separated channel indices (default: the run's featvis.units).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default: the run's featvis settings).")

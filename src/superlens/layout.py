@@ -34,6 +34,7 @@ class JobPaths:
     checkpoint = _file("checkpoint.pt")  # model, optimizer, pool, strategy state and records after the last round
     pool = _file("pool.npy")  # round in which each training image was labelled (-1: never)
     records = _file("records.json")  # per-round records so far
+    queries = _file("queries.npz")  # every queried image: round, index, id, label, rank, score, prediction
     done = _file("done.json")  # written last by training: the job's records, and that it finished
     analysis = _file("analysis.json")
     tsne = _file("tsne.npz")

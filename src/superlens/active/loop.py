@@ -130,6 +130,29 @@ def _save_state_dict(path: Path, module_or_optimizer) -> None:
         torch.save(state, tmp)
 
 
+QUERY_COLUMNS = ("round", "index", "rank", "score", "predicted", "confidence")
+
+
+def _add_queries(queries: dict[str, np.ndarray], round_: int, queried: np.ndarray, scores: np.ndarray | None,
+                 picked: np.ndarray, before: Any) -> dict[str, np.ndarray]:
+    """``queries`` with one round's batch appended: each image's training-set index, its rank in the
+    strategy's order (0 = first), its score (NaN when the strategy ranks by no score), and the model's
+    predicted class and probability for it when it was queried (``before``: the evaluation of the batch)."""
+    n = len(queried)
+    new = {"round": np.full(n, round_, np.int64), "index": np.asarray(queried, np.int64),
+           "rank": np.arange(n, dtype=np.int64),
+           "score": (np.asarray(scores, np.float64)[picked] if scores is not None else np.full(n, np.nan)),
+           "predicted": before.probs.argmax(1).astype(np.int64), "confidence": before.probs.max(1).astype(np.float64)}
+    return {k: np.concatenate([queries[k], new[k]]) if k in queries else new[k] for k in QUERY_COLUMNS}
+
+
+def save_queries(path: Path, queries: dict[str, np.ndarray], train: ImageDataset) -> None:
+    """``queries.npz``: the query columns, with each image's stable id and true label."""
+    index = queries["index"]
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **queries, id=train.ids[index], label=train.labels.cpu().numpy()[index])
+
+
 def _finish(paths: JobPaths, arm: str, seed: int, started: float, records, model, optimizer) -> list[dict[str, Any]]:
     _save_state_dict(paths.model, model)  # the final weights, for the analyses
     _save_state_dict(paths.optimizer, optimizer)  # for active learning that continues this model
@@ -248,6 +271,11 @@ def run_round0(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.
     _save_state_dict(paths.model, net)
     _save_state_dict(paths.optimizer, optimizer or make_optimizer(net.to(device), recipe))
     pool.save(paths.pool)
+    first = pool.labeled
+    save_queries(paths.queries, {"round": np.zeros(len(first), np.int64), "index": first.astype(np.int64),
+                                 "rank": np.full(len(first), -1, np.int64), "score": np.full(len(first), np.nan),
+                                 "predicted": np.full(len(first), -1, np.int64),
+                                 "confidence": np.full(len(first), np.nan)}, train)
     out = {"seed": seed, "seconds": time.perf_counter() - started, "record": record}
     write_json(paths.done, out)
     return out
@@ -283,7 +311,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         net.load_state_dict(torch.load(round0.model, map_location="cpu", weights_only=True))
         optimizer = make_optimizer(net.to(device), recipe)
         optimizer.load_state_dict(torch.load(round0.optimizer, map_location="cpu", weights_only=True))
-        records, state, start = [{**first, "arm": arm}], {}, 1
+        records, state, start, queries = [{**first, "arm": arm}], {}, 1, {}
         if keep_round_models:
             _save_state_dict(paths.round_model(0), net)
     else:
@@ -292,6 +320,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         optimizer = make_optimizer(net.to(device), recipe)
         optimizer.load_state_dict(checkpoint["optimizer"])
         records, state, start = checkpoint["records"], checkpoint["strategy_state"], checkpoint["round"] + 1
+        queries = checkpoint.get("queries", {})
     mc_rate = model.dropout or active.mc_dropout  # MC dropout at the model's own rate when it was trained with one
     for round_ in range(start, len(sizes) + 1):
         torch.manual_seed(derive_seed(seed, "round", round_))
@@ -304,6 +333,8 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         queried = inputs.pool_ids[picked]
         pool.acquire(queried, round_)
         query_s = time.perf_counter() - t0
+        queries = _add_queries(queries, round_, queried, inputs.scores, picked,
+                               evaluate(net, train, recipe, device=device, indices=queried))
         if active.reset == "scratch_same_init":
             net.load_state_dict(init_state)
             optimizer = None
@@ -322,8 +353,9 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         records.append(row)
         save_checkpoint(paths.checkpoint, {
             "round": round_, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "pool": pool.acquired, "strategy_state": state, "records": records,
+            "pool": pool.acquired, "strategy_state": state, "records": records, "queries": queries,
         })
+        save_queries(paths.queries, queries, train)
         if keep_round_models:
             _save_state_dict(paths.round_model(round_), net)
         pool.save(paths.pool)

@@ -3,7 +3,8 @@
 Each strategy declares what it needs from the model (``probs``, ``embeddings``,
 ``labeled_embeddings``, ``mc_probs``); the loop computes exactly that in one pass
 over the pool with evaluation transforms and hands it over as :class:`QueryInputs`.
-``select`` returns positions into the unlabelled pool, best first.
+``select`` returns positions into the unlabelled pool, best first; a strategy that ranks
+the pool by one score per image leaves it in ``inputs.scores`` (saved with the query).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class QueryInputs:
     pool_ids: np.ndarray | None = None  # (n,) training-set index of each unlabelled image
     labeled_ids: np.ndarray | None = None  # (L,) training-set index of each labelled image
     state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
+    scores: np.ndarray | None = None  # (n,) set by a strategy that ranks the pool by a score (higher: picked first)
 
 
 @dataclass(frozen=True)
@@ -110,25 +112,29 @@ def _random(inputs: QueryInputs, k: int, rng: np.random.Generator) -> np.ndarray
 # largest 1 - max softmax probability
 @register("least_confidence", {"probs"})
 def _least_confidence(inputs, k, rng):
-    return top_k(least_confidence_scores(inputs.probs), k)
+    inputs.scores = least_confidence_scores(inputs.probs)
+    return top_k(inputs.scores, k)
 
 
 # smallest gap between the two most probable classes
 @register("margin", {"probs"})
 def _margin(inputs, k, rng):
-    return top_k(margin_scores(inputs.probs), k)
+    inputs.scores = margin_scores(inputs.probs)
+    return top_k(inputs.scores, k)
 
 
 # largest entropy of the predicted class distribution
 @register("entropy", {"probs"})
 def _entropy(inputs, k, rng):
-    return top_k(entropy_scores(inputs.probs), k)
+    inputs.scores = entropy_scores(inputs.probs)
+    return top_k(inputs.scores, k)
 
 
 # largest mutual information under MC dropout (Gal et al. 2017)
 @register("bald", {"mc_probs"})
 def _bald(inputs, k, rng):
-    return top_k(bald_scores(inputs.mc_probs), k)
+    inputs.scores = bald_scores(inputs.mc_probs)
+    return top_k(inputs.scores, k)
 
 
 # greedy k-center on embeddings (Sener & Savarese 2018)
@@ -201,7 +207,8 @@ def _cluster_margin(inputs, k, rng, margin_multiplier: float = 10.0, n_clusters:
         ids = cluster_pool(inputs.embeddings, n_clusters, rng)
         state["cluster_of"] = dict(zip(inputs.pool_ids.tolist(), ids.tolist()))
     clusters = np.array([state["cluster_of"].get(int(i), -1 - int(i)) for i in inputs.pool_ids])
-    candidates = top_k(margin_scores(inputs.probs), min(len(inputs.pool_ids), int(margin_multiplier * k)))
+    inputs.scores = margin_scores(inputs.probs)
+    candidates = top_k(inputs.scores, min(len(inputs.pool_ids), int(margin_multiplier * k)))
     groups: dict[int, list[int]] = {}
     for c in candidates:
         groups.setdefault(int(clusters[c]), []).append(int(c))

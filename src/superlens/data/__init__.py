@@ -1,7 +1,8 @@
 """Datasets as whole uint8 tensors: ``load(name)`` returns train and test splits.
 
 Names: ``digits`` (bundled with scikit-learn, no download), ``cifar10``,
-``tinyimagenet``, ``synthetic`` and ``imagefolder:<path>``.
+``tinyimagenet``, ``synthetic``, ``imagefolder:<path>`` and ``hf:<repo>`` (a Hugging Face
+dataset's parquet snapshot in ``root``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from superlens.errors import UserError
 
 __all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "fixed_subset", "load", "load_spec", "NAMES"]
 
-NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>")
+NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>", "hf:<repo>")
 
 
 def default_root() -> Path:
@@ -55,6 +56,16 @@ def load(name: str, root: str | os.PathLike | None = None, download: bool = Fals
         if not path:
             raise UserError("imagefolder needs a path: use imagefolder:/path/to/folder")
         return _call(name, load_imagefolder, path, **options)
+    if name.startswith("hf:"):
+        from superlens.data.hf import load_hf
+
+        repo = name.partition(":")[2]
+        if not repo:
+            raise UserError("hf needs a repository name: use hf:<owner>/<name> with data.root its local snapshot")
+        if root is None:
+            raise UserError(f"{name} is read from a local snapshot: set data.root (huggingface-cli download {repo} "
+                            "--repo-type dataset --local-dir <root>)")
+        return _call(name, load_hf, repo, base, **options)
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
 
 

@@ -19,7 +19,9 @@ class ImageDataset:
     ``mean`` and ``std`` are the per-channel statistics (on the 0..1 scale) that the
     model's input normalization uses. ``attributes`` holds extra per-sample tensors
     (first dimension N), e.g. the planted features of the synthetic dataset; ``meta``
-    holds dataset-level facts.
+    holds dataset-level facts. ``ids`` names each image stably across subsets and runs:
+    its file path (relative to the dataset folder) for folder datasets, ``<split>/<row>``
+    for a parquet dataset, ``<split>/<index>`` in the official order otherwise (the default).
     """
 
     images: torch.Tensor
@@ -31,9 +33,17 @@ class ImageDataset:
     split: str = ""
     attributes: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    ids: np.ndarray | None = None  # (N,) str; filled with "<split>/<index>" when not given
 
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
+        if self.ids is None:
+            prefix = f"{self.split}/" if self.split else ""
+            object.__setattr__(self, "ids", np.char.add(prefix, np.arange(x.shape[0]).astype(str)))
+        else:
+            object.__setattr__(self, "ids", np.asarray(self.ids, dtype=str))
+            if self.ids.shape != (x.shape[0],):
+                raise UserError(f"ids must hold one name per image ({x.shape[0]}), got shape {self.ids.shape}")
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise UserError(
                 f"images must be a uint8 tensor of shape (N, 3, H, W), got {x.dtype} {tuple(x.shape)}"
@@ -71,6 +81,7 @@ class ImageDataset:
             images=self.images[idx],
             labels=self.labels[idx],
             attributes={k: v[idx.to(v.device)] for k, v in self.attributes.items()},
+            ids=self.ids[idx.cpu().numpy()],
         )
 
     def to(self, device: torch.device | str) -> "ImageDataset":

@@ -70,7 +70,8 @@ def load_imagefolder(path: str | Path, image_size: int | None = None) -> Dataset
         images = from_hwc(_decode(files, size))
         if mean is None:
             mean, std = channel_stats(images)
-        return ImageDataset(images, labels, classes, mean, std, name=f"imagefolder:{root}", split=split)
+        ids = [f.relative_to(root).as_posix() for f in files]
+        return ImageDataset(images, labels, classes, mean, std, name=f"imagefolder:{root}", split=split, ids=ids)
 
     train_ds = build(train, "train")
     return DatasetSplits(train_ds, build(test, "test", train_ds.mean, train_ds.std))

@@ -159,6 +159,8 @@ def load_tinyimagenet(root: str | Path, download_missing: bool = False, cache: b
             _save_cache(dirs, key, arrays)
     common = dict(classes=classes, mean=MEAN, std=STD, name="tinyimagenet", meta={"wnids": wnids})
     return DatasetSplits(
-        ImageDataset(from_hwc(arrays["train_x"]), torch.tensor(train_labels), split="train", **common),
-        ImageDataset(from_hwc(arrays["test_x"]), torch.tensor(val_labels), split="test", **common),
+        ImageDataset(from_hwc(arrays["train_x"]), torch.tensor(train_labels), split="train",
+                     ids=[Path(f).relative_to(folder).as_posix() for f in train_files], **common),
+        ImageDataset(from_hwc(arrays["test_x"]), torch.tensor(val_labels), split="test",
+                     ids=[Path(f).relative_to(folder).as_posix() for f in val_files], **common),
     )

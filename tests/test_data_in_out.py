@@ -1,0 +1,178 @@
+"""Data in and out: Hugging Face parquet snapshots, stable image ids, and the queried images exported."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from superlens.data import load
+from superlens.errors import UserError
+
+CLASSES = ["airplane", "automobile", "bird"]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_hub_parquet(path, images, labels, image_column="img", label_column="label", names=CLASSES):
+    """One parquet shard as the Hub stores an image classification split: a struct image column
+    (bytes, path), an int64 ClassLabel column, the features in the file's `huggingface` metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({image_column: pa.array([{"bytes": _png(x), "path": None} for x in images], type=image_type),
+                      label_column: pa.array(labels, type=pa.int64())})
+    features = {image_column: {"_type": "Image"}, label_column: {"names": names, "_type": "ClassLabel"}}
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def hub_snapshot(root, splits=("train", "test"), folder="plain_text", **kw):
+    rng = np.random.default_rng(0)
+    made = {}
+    for split, n in zip(splits, (9, 4)):
+        images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+        labels = np.arange(n) % 3
+        write_hub_parquet(root / folder / f"{split}-00000-of-00001.parquet", images, labels, **kw)
+        made[split] = (images, labels)
+    return made
+
+
+def test_a_hub_parquet_snapshot_loads_offline(tmp_path):
+    made = hub_snapshot(tmp_path / "cifar")
+    train, test = load("hf:uoft-cs/cifar10", root=tmp_path / "cifar")
+    assert train.classes == CLASSES and len(train) == 9 and len(test) == 4
+    assert np.array_equal(train.images.permute(0, 2, 3, 1).numpy(), made["train"][0])  # PNG round trip is exact
+    assert train.labels.tolist() == made["train"][1].tolist() and test.labels.tolist() == made["test"][1].tolist()
+    assert train.ids.tolist()[:3] == ["train/0", "train/1", "train/2"] and test.ids[-1] == "test/3"
+    assert train.name == "hf:uoft-cs/cifar10" and test.mean == train.mean
+    # a `valid` split (zh-plus/tiny-imagenet's layout) is the test split; other column names are found by feature type
+    hub_snapshot(tmp_path / "tiny", splits=("train", "valid"), folder="data", image_column="image",
+                 label_column="fine")
+    train, test = load("hf:zh-plus/tiny-imagenet", root=tmp_path / "tiny", image_size=16)
+    assert len(test) == 4 and test.images.shape[2:] == (16, 16) and test.ids[0] == "valid/0"
+
+
+def test_hub_snapshot_mistakes_are_one_line(tmp_path, capsys):
+    hub_snapshot(tmp_path / "snap", splits=("train", "valid"))
+    with pytest.raises(UserError, match="no 'holdout' split .*its splits: train, valid"):
+        load("hf:x/y", root=tmp_path / "snap", test_split="holdout")
+    with pytest.raises(UserError, match="no column 'fine_label' .*its columns: img, label"):
+        load("hf:x/y", root=tmp_path / "snap", label_column="fine_label")
+    with pytest.raises(UserError, match="set data.root"):
+        load("hf:x/y")
+    code, _, err = run_cli(["data", "check", "hf:x/y", "--root", tmp_path / "nothing"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is missing" in err
+
+
+def test_ids_survive_subsets_and_file_datasets_name_their_files(tmp_path):
+    from PIL import Image
+
+    from superlens.data import fixed_subset
+
+    train = load("digits").train
+    sub = fixed_subset(train, 50)
+    assert len(set(sub.ids.tolist())) == 50 and all(i.startswith("train/") for i in sub.ids)
+    index = [int(i.split("/")[1]) for i in sub.ids]
+    assert np.array_equal(train.images[index].numpy(), sub.images.numpy())  # the id is the image
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    folder, _ = load(f"imagefolder:{tmp_path}")
+    assert folder.ids.tolist() == [f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def queried_run(tmp_path_factory):
+    """A tiny study on an image folder: margin sampling (scores) and random (none)."""
+    from PIL import Image
+
+    from superlens.config import load_config
+    from superlens.study import run_study
+
+    data = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 10)):
+        for c, cls in enumerate(("a", "b", "c")):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 80, (8, 8, 3), dtype=np.uint8) + 60 * c).save(
+                    data / split / cls / f"{i:03d}.png")
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("demo", [f"data.name=imagefolder:{data}", "data.options.image_size=8", "seeds=[0]", "model.width=4",
+                               "recipe.epochs=1", "recipe.batch_size=32", "active.initial_size=12",
+                               "active.query_size=10", "active.rounds=2", "arms=[al-margin,al-random]",
+                               "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false",
+                               "toy.enabled=false"])
+    run_study(cfg, out, progress=False, log=lambda *_: None)
+    return out, data
+
+
+def test_queries_as_csv_match_the_pool(queried_run, capsys):
+    from superlens.rundir import RunDir
+
+    out, data = queried_run
+    code, text, err = run_cli(["queries", out, "--arm", "al-margin", "--seed", "0"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(text)))
+    pool = np.load(RunDir(out).job("al-margin", 0).pool)
+    assert len(rows) == (pool >= 0).sum() == 32
+    classes = ["a", "b", "c"]
+    for row in rows:
+        assert pool[int(row["index"])] == int(row["round"])
+        assert row["id"].startswith("train/") and (data / row["id"]).exists()  # the file it was
+        assert row["id"].split("/")[1] == row["label"]  # the true label is its folder
+    later = [r for r in rows if r["round"] != "0"]
+    assert [int(r["rank"]) for r in later if r["round"] == "1"] == list(range(10))
+    assert all(r["predicted"] in classes and 0 < float(r["confidence"]) <= 1 for r in later)
+    margins = [float(r["score"]) for r in later if r["round"] == "1"]
+    assert margins == sorted(margins, reverse=True)  # ranked by the score: smallest margin first
+    assert all(r["predicted"] == "" and r["score"] == "" for r in rows if r["round"] == "0")
+    code, text, _ = run_cli(["queries", out, "--arm", "al-random", "--seed", "0", "--round", "2"], capsys)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and len(rows) == 10 and all(r["score"] == "" and r["round"] == "2" for r in rows)
+
+
+def test_queries_for_label_studio(queried_run, tmp_path, capsys):
+    out, data = queried_run
+    target = tmp_path / "tasks.json"
+    code, _, err = run_cli(["queries", out, "--arm", "al-margin", "--seed", "0", "--round", "1",
+                            "--format", "labelstudio", "--out", target], capsys)
+    assert code == 0, err
+    tasks = json.loads(target.read_text())
+    assert len(tasks) == 10
+    for task in tasks:
+        assert task["data"]["image"].startswith("data:image/png;base64,") and task["data"]["round"] == 1
+        (prediction,) = task["predictions"]
+        (choice,) = prediction["result"][0]["value"]["choices"]
+        assert choice in ("a", "b", "c") and 0 < prediction["score"] <= 1
+    from PIL import Image
+    import base64
+
+    first = tasks[0]["data"]
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(first["image"].split(",", 1)[1]))))
+    assert np.array_equal(decoded, np.asarray(Image.open(data / first["superlens_id"]).convert("RGB")))
+    code, _, _ = run_cli(["queries", out, "--arm", "al-margin", "--seed", "0", "--format", "labelstudio",
+                          "--image-root", "/data/local-files/?d=folder", "--out", target], capsys)
+    assert code == 0 and json.loads(target.read_text())[0]["data"]["image"].startswith("/data/local-files/?d=folder/train/")
+
+
+def test_queries_mistakes_are_one_line(queried_run, capsys):
+    out, _ = queried_run
+    for args, message in ((["--arm", "al-badge", "--seed", "0"], "unknown arm 'al-badge'; the active-learning arms"),
+                          (["--arm", "al-margin", "--seed", "7"], "unknown seed 7"),
+                          (["--arm", "al-margin", "--seed", "0", "--round", "9"], "has no round 9; its rounds: 0, 1, 2")):
+        code, _, err = run_cli(["queries", out, *args], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
