@@ -38,9 +38,9 @@ def _case(n: int, channels: int, side: int, device: str, out) -> None:
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     data = ImageDataset(images, torch.zeros(n, dtype=torch.int64), ["0"], (0.5,) * 3, (0.25,) * 3)
     model = nn.Sequential(nn.Conv2d(3, channels, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(side))
-    capture(model, data.subset(np.arange(8)), "1", pool="none", device=device)  # warm-up: allocator, kernels
+    capture(model, data.subset(np.arange(8)), "2", pool="none", device=device)  # warm-up: allocator, kernels
     before = _peak_mib()
-    acts = capture(model, data, "1", pool="none", device=device)["1"]
+    acts = capture(model, data, "2", pool="none", device=device)["2"]  # the pooled output: (C, side, side)
     after_capture = _peak_mib()
     vectors = conv_vectors(acts)
     after_vectors = _peak_mib()
