@@ -60,8 +60,10 @@ def test_devkar2024_tinyimagenet_replays_the_notebook():
 @pytest.mark.parametrize("name", ["cifar10", "tinyimagenet", "cifar10-pretrained"])
 def test_corrected_presets(name):
     cfg = load_config(name)
-    assert cfg["arms"] == ["baseline", "al-random", "al-least_confidence", "al-margin", "al-entropy", "al-badge"]
-    assert len(cfg["seeds"]) >= 3 and not any(cfg["quirks"].values())
+    assert cfg["arms"] == ["baseline", "al-random", "al-random@2", "al-least_confidence", "al-margin", "al-entropy",
+                           "al-badge"]  # with the A/A control
+    assert len(cfg["seeds"]) == 10 and not any(cfg["quirks"].values())
+    assert cfg["sae"]["per_round"] and cfg["stats"]["primary"] == "psi"  # psi at equal accuracy: the primary endpoint
     assert make_recipe(cfg["recipe"]).optimizer == "sgd"
     assert cfg["analysis"]["tsne"] and cfg["analysis"]["headline_space"] == "features"
     assert cfg["sae"]["enabled"] and cfg["featvis"]["enabled"]
