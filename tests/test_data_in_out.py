@@ -176,3 +176,57 @@ def test_queries_mistakes_are_one_line(queried_run, capsys):
                           (["--arm", "al-margin", "--seed", "0", "--round", "9"], "has no round 9; its rounds: 0, 1, 2")):
         code, _, err = run_cli(["queries", out, *args], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from superlens.analysis.calibration import balanced_accuracy, expected_calibration_error
+    from superlens.config import load_config
+    from superlens.data import load_spec
+    from superlens.data.dataset import long_tail_counts
+    from superlens.specs import DataSpec
+    from superlens.study import run_study
+
+    # the profile: exponential from the smallest class's count down to count / ratio
+    assert long_tail_counts(np.array([100, 120, 100]), 10).tolist() == [100, 31, 10]
+    spec = DataSpec(name="digits", imbalance=10.0)
+    train, test = load_spec(spec)
+    full_train, full_test = load("digits")
+    counts = np.bincount(train.labels.numpy(), minlength=10)
+    assert counts.tolist() == long_tail_counts(np.bincount(full_train.labels.numpy()), 10).tolist()
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1) and train.meta["class_profile"] == counts.tolist()
+    assert np.array_equal(test.labels.numpy(), full_test.labels.numpy())  # the test set stays as it was: balanced
+    again, _ = load_spec(spec)
+    assert again.ids.tolist() == train.ids.tolist()  # the same pool every time: every arm and seed trains on it
+    with pytest.raises(UserError, match="data.imbalance must be null or a number >= 1"):
+        load_config("demo", ["data.imbalance=0.5"])
+
+    # ECE by hand: two bins used; balanced accuracy against scikit-learn
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    # confidences 0.9, 0.8 (bins 13, 11: accuracy 1 and 0), 0.6, 0.7 (bins 8, 10: both right)
+    expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.6) + abs(1 - 0.7)) / 4
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), 300)
+    y = rng.integers(0, 4, 300)
+    assert balanced_accuracy(p, y) == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+
+    cfg = load_config("demo", ["data.imbalance=10", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+                               "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
+                               "active.rounds=2", "arms=[al-least_confidence,al-random]", "analysis.enabled=false",
+                               "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false"])
+    summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    import csv as csv_
+
+    rows = list(csv_.DictReader(open(tmp_path / "rounds.csv")))
+    later = [r for r in rows if r["round"] != "0"]
+    assert all(0 <= float(r["query_minority_share"]) <= 1 for r in later)
+    assert all(0 <= float(r["test_ece"]) <= 1 and 0 <= float(r["test_balanced_accuracy"]) <= 1 for r in rows)
+    tail = np.bincount(train.labels.numpy()) < np.median(np.bincount(train.labels.numpy()))
+    queried = np.load(tmp_path / "arms" / "al-random" / "seed0" / "queries.npz")
+    first = queried["round"] == 1
+    assert float(next(r for r in later if r["arm"] == "al-random" and r["round"] == "1")["query_minority_share"]) == \
+        pytest.approx(tail[queried["label"][first]].mean())
+    assert "query_minority_share" in summary["arms"]["al-least_confidence"]["vs_random"]

@@ -25,13 +25,14 @@ DEFAULTS: dict[str, Any] = {
     "ray": {
         "address": None,  # null: start Ray on this machine (or join RAY_ADDRESS when set); "host:port": that cluster
         "gpus_per_job": None,  # null: 1 when the cluster has GPUs, else 0; fractions share a GPU
-        "cpus_per_job": None,  # CPUs reserved per job, torch threads in it; null: 1 with a GPU, else the local thread count
+        "cpus_per_job": None,  # CPUs reserved per job, torch threads in it; null: the CPUs per GPU with a GPU, else the local threads
         "max_retries": 2,  # times a job is rerun when its worker process dies (killed, out of memory, node lost)
     },
     "data": {
         "name": "digits", "root": None, "download": False, "options": {},
         "train_subset": None,  # a fixed stratified subset of this many training images
         "test_subset": None,  # likewise for the test split
+        "imbalance": None,  # a long-tailed training pool: largest / smallest class, exponential profile (test stays balanced)
         "mean": None,  # override the dataset's normalization mean (3 numbers)
         "std": None,  # and std
     },

@@ -45,6 +45,7 @@ class DataSpec(Spec):
     SECTION = "data"
     RULES = {"name": text(), "options": mapping(), "download": boolean(),
              "train_subset": optional(integer(2)), "test_subset": optional(integer(2)),
+             "imbalance": optional(number(1)),
              "mean": optional(sequence_of(number(), size=3)), "std": optional(sequence_of(number(), size=3))}
 
     name: str = "digits"  # digits, cifar10, tinyimagenet, synthetic, imagefolder:<path>, hf:<repo>
@@ -53,6 +54,7 @@ class DataSpec(Spec):
     options: dict = field(default_factory=dict, hash=False)  # keyword arguments of the dataset's loader
     train_subset: int | None = None  # a fixed stratified subset of this many training images
     test_subset: int | None = None  # likewise for the test split
+    imbalance: float | None = None  # long-tailed training pool: largest / smallest class count (test stays balanced)
     mean: tuple[float, ...] | None = None  # overrides the dataset's normalization mean
     std: tuple[float, ...] | None = None  # and std
 

@@ -161,9 +161,20 @@ def _finish(paths: JobPaths, arm: str, seed: int, started: float, records, model
     return records
 
 
+def tail_classes(labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """The pool's minority classes (fewer images than the median class), or None when no class is below it."""
+    counts = np.bincount(labels, minlength=num_classes)
+    tail = counts < np.median(counts)
+    return tail if tail.any() else None
+
+
 def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained: TrainResult | None,
-            queried_labels, num_classes, previous: dict[str, Any] | None) -> dict[str, Any]:
+            queried_labels, num_classes, previous: dict[str, Any] | None, tail: np.ndarray | None = None
+            ) -> dict[str, Any]:
+    from superlens.analysis.calibration import balanced_accuracy, expected_calibration_error
+
     hist, ent = class_histogram(queried_labels, num_classes) if len(queried_labels) else ([], None)
+    minority = float(tail[queried_labels].mean()) if tail is not None and len(queried_labels) else None
     images = trained.images_seen if trained else 0
     steps = trained.steps if trained else 0
     return {
@@ -173,6 +184,9 @@ def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained
         "images_seen_total": images + (previous["images_seen_total"] if previous else 0),
         "optimizer_steps_total": steps + (previous["optimizer_steps_total"] if previous else 0),
         "query_seconds": query_s, "train_seconds": train_s, "query_class_hist": hist, "query_class_entropy": ent,
+        "test_balanced_accuracy": balanced_accuracy(test_result.probs, test_result.labels),
+        "test_ece": expected_calibration_error(test_result.probs, test_result.labels),
+        "query_minority_share": minority,
     }
 
 
@@ -348,7 +362,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         train_s = time.perf_counter() - t0
         result = evaluate(net, splits.test, recipe, device=device)
         row = _record(arm, seed, round_, len(pool.labeled), result, query_s, train_s, trained, labels[queried],
-                      train.num_classes, records[-1])
+                      train.num_classes, records[-1], tail_classes(labels, train.num_classes))
         row.update(_snapshot(snapshot, net, splits, recipe, device))
         records.append(row)
         save_checkpoint(paths.checkpoint, {

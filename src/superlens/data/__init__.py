@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats, fixed_subset
+from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats, fixed_subset, long_tailed
 from superlens.errors import UserError
 
-__all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "fixed_subset", "load", "load_spec", "NAMES"]
+__all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "fixed_subset", "load", "load_spec",
+           "long_tailed", "NAMES"]
 
 NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>", "hf:<repo>")
 
@@ -78,6 +79,8 @@ def load_spec(spec, device=None) -> DatasetSplits:
         train = fixed_subset(train, spec.train_subset)
     if spec.test_subset:
         test = fixed_subset(test, spec.test_subset)
+    if spec.imbalance:
+        train = long_tailed(train, spec.imbalance)
     if spec.mean or spec.std:
         stats = {k: tuple(float(v) for v in getattr(spec, k)) for k in ("mean", "std") if getattr(spec, k)}
         train, test = replace(train, **stats), replace(test, **stats)

@@ -109,6 +109,29 @@ def fixed_subset(data: ImageDataset, limit: int, seed: int = 0) -> ImageDataset:
     return data.subset(np.sort(keep))
 
 
+def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:
+    """Images kept per class for a long-tailed pool: class c keeps n_max x ratio^(-c / (C - 1)) (class 0 the
+    largest, the last class n_max / ratio), where n_max is the smallest class's count, so every class can give it."""
+    c = len(counts)
+    n_max = int(counts.min())
+    keep = np.floor(n_max * float(ratio) ** (-np.arange(c) / max(1, c - 1))).astype(np.int64)
+    return np.maximum(keep, 1)
+
+
+def long_tailed(data: ImageDataset, ratio: float, seed: int = 0) -> ImageDataset:
+    """A long-tailed subset of ``data`` (``long_tail_counts``): which images of a class are kept depends only on
+    ``seed``, so every arm and seed of a study trains on the same pool. ``meta["class_profile"]`` keeps the counts."""
+    from dataclasses import replace
+
+    labels = data.labels.cpu().numpy()
+    keep_per_class = long_tail_counts(np.bincount(labels, minlength=data.num_classes), ratio)
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                                   for c, k in enumerate(keep_per_class)]))
+    out = data.subset(keep)
+    return replace(out, meta={**out.meta, "class_profile": keep_per_class.tolist(), "imbalance": float(ratio)})
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the 0..1 scale."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)

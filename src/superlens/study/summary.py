@@ -56,6 +56,12 @@ def _job_values(run: RunDir, arm: str, seed: int, rows: list[dict[str, Any]],
     values["test_accuracy"] = float(acc[-1])
     values["images_seen_total"] = float(rows[-1].get("images_seen_total", np.nan))
     values["optimizer_steps_total"] = float(rows[-1].get("optimizer_steps_total", np.nan))
+    for key in ("test_balanced_accuracy", "test_ece"):  # runs made before these existed lack them
+        if rows[-1].get(key) is not None:
+            values[key] = float(rows[-1][key])
+    shares = [r["query_minority_share"] for r in rows if r.get("query_minority_share") is not None]
+    if shares:  # a long-tailed pool: the share of minority-class images among everything the arm queried
+        values["query_minority_share"] = float(np.mean(shares))
     if arm != "baseline":
         values["aubc"] = aubc(n, acc)
         for metric in ROUND_METRICS:
