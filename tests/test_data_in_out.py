@@ -230,3 +230,64 @@ def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
     assert float(next(r for r in later if r["arm"] == "al-random" and r["round"] == "1")["query_minority_share"]) == \
         pytest.approx(tail[queried["label"][first]].mean())
     assert "query_minority_share" in summary["arms"]["al-least_confidence"]["vs_random"]
+
+
+def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import superlens.tracking as tracking
+    from superlens.config import load_config
+    from superlens.study import run_study
+
+    cfg = load_config("demo", ["tracking=tensorboard", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+                               "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
+                               "active.rounds=2", "arms=[al-margin]", "analysis.enabled=false", "featvis.enabled=false",
+                               "toy.enabled=false", "sae.max_images=40", "sae.stability=false", "sae.settings.steps=5",
+                               "sae.settings.batch_size=64", "sae.per_round=true", "sae.superposition.max_steps=500",
+                               "sae.superposition.window=250", "sae.superposition.batch_size=64"])
+    original = tracking.Tracking.rounds
+
+    def stop_after_round_1(self, records):
+        original(self, records)
+        if max(r["round"] for r in records) == 1:
+            raise KeyboardInterrupt  # the process stops right after round 1 was tracked
+
+    monkeypatch.setattr(tracking.Tracking, "rounds", stop_after_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(tracking.Tracking, "rounds", original)
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)  # resumed: round 2, then the SAE stage
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "al-margin" / "seed0"))
+    events.Reload()
+    rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    for column in ("test_accuracy", "test_ece", "optimizer_steps"):
+        written = [(e.step, e.value) for e in events.Scalars(f"rounds/{column}")]
+        assert [s for s, _ in written] == [int(r["n_labeled"]) for r in rows] == [40, 80, 120]  # each round once
+        assert [v for _, v in written] == pytest.approx([float(r[column]) for r in rows], rel=1e-6)
+    psi = [(e.step, e.value) for e in events.Scalars("sae/psi_per_round")]
+    sae = json.loads((tmp_path / "arms" / "al-margin" / "seed0" / "sae.json").read_text())
+    assert psi == [(r["n_labeled"], pytest.approx(r["psi"], abs=1e-6)) for r in sae["per_round"]]
+    assert len(events.Scalars("sae/superposition_SAEs")) >= 2  # the protocol's loss curve, every 250 steps
+    (config,) = events.Tensors("config/text_summary")  # the resolved config, attached once
+    assert "arms:\n- al-margin" in config.tensor_proto.string_val[0].decode()
+
+
+def test_tracking_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import superlens.tracking as tracking
+
+    code, _, err = run_cli(["run", "demo", "tracking=wandb", "--out", tmp_path / "a", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tracking must be 'none' or 'tensorboard'" in err
+    real = importlib.import_module
+
+    def no_tensorboard(name, *args):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_tensorboard)
+    code, _, err = run_cli(["run", "demo", "tracking=tensorboard", "--out", tmp_path / "b", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "pip install 'superlens[tensorboard]'" in err
+    assert not (tmp_path / "b" / "round0").exists()

@@ -43,6 +43,7 @@ class JobPaths:
     round_psi = _file("psi.json")  # round 0 only: psi of the shared round-0 model, measured once for every arm
     error = _file("error.txt")  # the traceback of a failed attempt
     worker = _file("worker.json")  # where and how often the job ran
+    tracked = _file("tracked.json")  # what tracking (tracking: tensorboard) has written for this job
 
     def featvis(self, layer: str) -> Path:
         return self.folder / f"featvis-{layer}.npz"
@@ -85,6 +86,9 @@ class RunLayout:
 
     def job(self, arm: str, seed: int) -> JobPaths:
         return JobPaths(self.path / "arms" / arm / f"seed{seed}")
+
+    def tensorboard(self, arm: str, seed: int) -> Path:  # one TensorBoard run per (arm, seed)
+        return self.path / "tensorboard" / arm / f"seed{seed}"
 
     def round0(self, seed: int) -> JobPaths:
         return JobPaths(self.path / "round0" / f"seed{seed}")

@@ -23,7 +23,7 @@ ROUND_COLUMNS = [
 ]
 
 
-PLACEMENT = ("executor", "ray")  # config keys that say where jobs run, not what they compute
+PLACEMENT = ("executor", "ray", "tracking")  # config keys that say where jobs run or report, not what they compute
 
 
 class RunDir(RunLayout):

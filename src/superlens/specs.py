@@ -394,6 +394,7 @@ class StageSpecs:
 
     device: str
     seeds: tuple[int, ...]
+    tracking: str  # "none" or "tensorboard"
     data: DataSpec
     model: ModelSpec
     recipe: Recipe
@@ -422,7 +423,7 @@ def stage_specs(cfg: dict[str, Any]) -> StageSpecs:
     featvis = featvis_spec(fv)
     toy_spec = ToySpec.from_section(toy, selection=ToySelection.from_section(toy["selection"]), seeds=tuple(cfg["seeds"]))
     return StageSpecs(
-        device=cfg["device"], seeds=tuple(cfg["seeds"]),
+        device=cfg["device"], seeds=tuple(cfg["seeds"]), tracking=cfg.get("tracking", "none"),
         data=DataSpec.from_section(cfg["data"]), model=ModelSpec.from_section(cfg["model"]),
         recipe=make_recipe(dict(cfg["recipe"])), active=ActiveSpec.from_section(cfg["active"]),
         snapshot=snapshot if a["enabled"] and a["per_round"] else None,

@@ -16,6 +16,7 @@ from typing import Union
 from superlens.layout import JobPaths, RunLayout
 from superlens.specs import (ActiveSpec, AnalysisSpec, DataSpec, FeatVisSpec, ModelSpec, Recipe, SAESpec, SnapshotSpec,
                              StageSpecs, ToySpec)
+from superlens.tracking import Tracking
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ArmJob(TrainingJob):
     featvis: FeatVisSpec | None  # activation maximization: the first seed of each arm only
     round0: JobPaths | None  # the round 0 an AL arm starts from
     baseline: JobPaths | None  # the trained baseline round 0 continued, if it did
+    tracking: Tracking | None = None  # where its rounds and SAE curves are mirrored (tracking: tensorboard)
 
     needs_gpu = True
 
@@ -132,7 +134,9 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
         return ArmJob(arm=arm, seed=seed, paths=run.job(arm, seed), active=active, analysis=specs.analysis,
                       sae=specs.sae, featvis=specs.featvis if seed == first else None,
                       round0=run.round0(seed) if active is not None else None,
-                      baseline=run.job("baseline", seed) if active is not None and from_baseline else None, **common)
+                      baseline=run.job("baseline", seed) if active is not None and from_baseline else None,
+                      tracking=Tracking(run.tensorboard(arm, seed), run.config, run.job(arm, seed).tracked)
+                      if specs.tracking == "tensorboard" else None, **common)
 
     if "baseline" in arms:
         for seed in specs.seeds:

@@ -22,6 +22,7 @@ from superlens.specs import FeatVisSettings, StageSpecs, featvis_spec, stage_spe
 from superlens.study.executors import run_local, run_ray
 from superlens.study.jobs import ArmJob, JobResult, plan
 from superlens.study.summary import summarize
+from superlens.tracking import check_available
 from superlens.training import resolve_device
 
 
@@ -78,6 +79,7 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
     """
     run = RunDir(out)
     specs = stage_specs(cfg)
+    check_available(specs.tracking)  # a missing tracking package is one line before anything runs
     with run.lock():
         run.bind_config(cfg)
         started = time.time()

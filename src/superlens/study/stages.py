@@ -88,8 +88,9 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
         _readable_model(job.round0, redo=False, log=log)
     _readable_model(job.paths, redo=True, log=log)
     checkpoint = _readable_checkpoint(job.paths, log)
+    track = (lambda _round: job.tracking.rounds(read_json(job.paths.records))) if job.tracking else None
     runners = {
-        "training": lambda: train_arm(job, splits, device, progress, checkpoint),
+        "training": lambda: train_arm(job, splits, device, progress, checkpoint, after_round=track),
         "analysis": lambda: analysis_stage(job, splits, device),
         "sae": lambda: sae_stage(job, splits, device, log),
         "featvis": lambda: featvis_stage(job, splits, device),
@@ -99,6 +100,8 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
             continue
         log(f"{job.label}: {stage}")
         _timed(seconds, stage, runners[stage])
+        if stage == "training" and job.tracking is not None:  # round 0, and any round a stop left untracked
+            job.tracking.rounds(read_json(job.paths.done)["records"])
 
 
 def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: dict[str, Any] | None = None,
@@ -144,14 +147,19 @@ def _vector_labels(acts: np.ndarray, data) -> np.ndarray:
     return np.repeat(data.labels.cpu().numpy(), positions)
 
 
-def _superposition(model, train, spec, recipe, device, log=None, label: str = "") -> dict[str, Any]:
-    """The psi protocol on the layer's vectors of the SAE training images (class means removed)."""
+def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curves=None) -> dict[str, Any]:
+    """The psi protocol on the layer's vectors of the SAE training images (class means removed); with
+    ``curves`` (a dict), its loss curve is kept there under ``label``."""
     from superlens.analysis.sae import progress_log
     from superlens.analysis.superposition import measure_superposition
+    from superlens.tracking import curve_recorder
 
     acts, vectors = _sae_vectors(model, train, spec, recipe, device)
+    progress = progress_log(log, label)
+    if curves is not None:
+        progress = curve_recorder(curves, label.rsplit(": ", 1)[-1].replace(" ", "_"), progress)
     return measure_superposition(vectors, labels=_vector_labels(acts, train), layer_name=spec.layer, device=device,
-                                 progress=progress_log(log, label), **asdict(spec.superposition))
+                                 progress=progress, **asdict(spec.superposition))
 
 
 def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
@@ -172,13 +180,16 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
                          device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
-    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs")
+    curves: dict[str, list] = {}
+    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curves)
     m.update(superposition_metrics(protocol))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
     if spec.per_round:
         result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log)
     write_json(job.paths.sae, result)
+    if job.tracking is not None:
+        job.tracking.sae(curves, result.get("per_round", []))
 
 
 def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None
