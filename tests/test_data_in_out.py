@@ -230,6 +230,23 @@ def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
     assert float(next(r for r in later if r["arm"] == "al-random" and r["round"] == "1")["query_minority_share"]) == \
         pytest.approx(tail[queried["label"][first]].mean())
     assert "query_minority_share" in summary["arms"]["al-least_confidence"]["vs_random"]
+    # the labelled set's minority share and the accuracy at both ends of the profile, every round
+    test = load("digits").test
+    for r in rows:
+        pool = np.load(tmp_path / ("round0" if r["round"] == "0" else f"arms/{r['arm']}") / "seed0" / "pool.npy")
+        labelled = train.labels.numpy()[(pool >= 0) & (pool <= int(r["round"]))]
+        assert float(r["labeled_minority_share"]) == pytest.approx(tail[labelled].mean())
+        assert 0 <= float(r["test_tail_accuracy"]) <= 1 and 0 <= float(r["test_head_accuracy"]) <= 1
+    from superlens.analysis.calibration import class_group_accuracy
+
+    group = np.zeros(4, bool)
+    group[[1, 3]] = True
+    p = np.eye(4)[[0, 1, 1, 3, 2, 3]]
+    y = np.array([0, 1, 3, 3, 2, 1])  # class 1: 1 of 2 right, class 3: 1 of 2 right
+    assert class_group_accuracy(p, y, group) == pytest.approx(0.5) and class_group_accuracy(p, y, ~group) == 1.0
+    assert len(test) == 450
+    html = (tmp_path / "report.html").read_text()
+    assert "The long-tailed pool" in html and "test_tail_accuracy" in summary["arms"]["al-random"]
 
 
 def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ ROUND_COLUMNS = [
     "arm", "seed", "round", "n_labeled", "n_queried", "test_accuracy", "test_loss",
     "images_seen", "optimizer_steps", "images_seen_total", "optimizer_steps_total",
     "query_seconds", "train_seconds", "query_class_entropy", "query_class_hist",
-    "test_balanced_accuracy", "test_ece", "query_minority_share",
+    "test_balanced_accuracy", "test_ece", "query_minority_share", "labeled_minority_share", "test_head_accuracy",
+    "test_tail_accuracy",
     *ROUND_METRICS,  # the per-round superposition metrics (analysis.per_round), named as in summary.json
 ]
 

@@ -169,12 +169,17 @@ def tail_classes(labels: np.ndarray, num_classes: int) -> np.ndarray | None:
 
 
 def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained: TrainResult | None,
-            queried_labels, num_classes, previous: dict[str, Any] | None, tail: np.ndarray | None = None
-            ) -> dict[str, Any]:
-    from superlens.analysis.calibration import balanced_accuracy, expected_calibration_error
+            queried_labels, num_classes, previous: dict[str, Any] | None, tail: np.ndarray | None = None,
+            labeled_labels: np.ndarray | None = None) -> dict[str, Any]:
+    from superlens.analysis.calibration import balanced_accuracy, class_group_accuracy, expected_calibration_error
 
     hist, ent = class_histogram(queried_labels, num_classes) if len(queried_labels) else ([], None)
     minority = float(tail[queried_labels].mean()) if tail is not None and len(queried_labels) else None
+    long_tail = {}
+    if tail is not None:  # a long-tailed pool: how the labelled set and the classes at both ends fare
+        long_tail = {"labeled_minority_share": float(tail[labeled_labels].mean()) if labeled_labels is not None else None,
+                     "test_tail_accuracy": class_group_accuracy(test_result.probs, test_result.labels, tail),
+                     "test_head_accuracy": class_group_accuracy(test_result.probs, test_result.labels, ~tail)}
     images = trained.images_seen if trained else 0
     steps = trained.steps if trained else 0
     return {
@@ -186,7 +191,7 @@ def _record(arm, seed, round_, n_labeled, test_result, query_s, train_s, trained
         "query_seconds": query_s, "train_seconds": train_s, "query_class_hist": hist, "query_class_entropy": ent,
         "test_balanced_accuracy": balanced_accuracy(test_result.probs, test_result.labels),
         "test_ece": expected_calibration_error(test_result.probs, test_result.labels),
-        "query_minority_share": minority,
+        "query_minority_share": minority, **long_tail,
     }
 
 
@@ -280,7 +285,7 @@ def run_round0(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.
     train_s = time.perf_counter() - t0
     result = evaluate(net, splits.test, recipe, device=device)
     record = _record(None, seed, 0, len(pool.labeled), result, 0.0, train_s, trained, np.array([], np.int64),
-                     train.num_classes, None)
+                     train.num_classes, None, tail_classes(labels, train.num_classes), labels[pool.labeled])
     record.update(_snapshot(snapshot, net, splits, recipe, device))
     _save_state_dict(paths.model, net)
     _save_state_dict(paths.optimizer, optimizer or make_optimizer(net.to(device), recipe))
@@ -362,7 +367,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         train_s = time.perf_counter() - t0
         result = evaluate(net, splits.test, recipe, device=device)
         row = _record(arm, seed, round_, len(pool.labeled), result, query_s, train_s, trained, labels[queried],
-                      train.num_classes, records[-1], tail_classes(labels, train.num_classes))
+                      train.num_classes, records[-1], tail_classes(labels, train.num_classes), labels[pool.labeled])
         row.update(_snapshot(snapshot, net, splits, recipe, device))
         records.append(row)
         save_checkpoint(paths.checkpoint, {

@@ -26,3 +26,11 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if members.any():
             total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
     return float(total)
+
+
+def class_group_accuracy(probs: np.ndarray, labels: np.ndarray, group: np.ndarray) -> float | None:
+    """Balanced accuracy over the classes where ``group`` (a per-class bool mask) is True, e.g. a long-tailed
+    pool's minority classes; None when no test image belongs to them."""
+    labels = np.asarray(labels)
+    members = np.asarray(group)[labels]
+    return balanced_accuracy(np.asarray(probs)[members], labels[members]) if members.any() else None

@@ -26,6 +26,9 @@ UNIT_TITLES = {
     "classes_for_90_mass": "classes for 90% of mass",
 }
 
+# A long-tailed pool (data.imbalance): the labelled set's share of minority classes and accuracy at both ends.
+LONG_TAIL = ("labeled_minority_share", "test_tail_accuracy", "test_head_accuracy", "test_balanced_accuracy")
+
 
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
@@ -206,6 +209,8 @@ def _figures(run: RunDir, cfg: dict[str, Any], arms: list[str], rows: list[dict[
     figs: dict[str, str | None] = {"accuracy": _b64(figures.accuracy_curves(rows, arms))}
     per_round = [m for m in ROUND_METRICS if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
     figs["rounds"] = _b64(figures.round_metric_curves(rows, arms, per_round)) if per_round else None
+    tail = [m for m in LONG_TAIL if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
+    figs["long_tail"] = _b64(figures.round_metric_curves(rows, arms, tail)) if tail else None
     analyses = {arm: {seed: _read(run.job(arm, seed).analysis) for seed in cfg["seeds"]} for arm in arms}
     analyses = {arm: {s: a for s, a in per.items() if a} for arm, per in analyses.items()}
 

@@ -56,7 +56,8 @@ def _job_values(run: RunDir, arm: str, seed: int, rows: list[dict[str, Any]],
     values["test_accuracy"] = float(acc[-1])
     values["images_seen_total"] = float(rows[-1].get("images_seen_total", np.nan))
     values["optimizer_steps_total"] = float(rows[-1].get("optimizer_steps_total", np.nan))
-    for key in ("test_balanced_accuracy", "test_ece"):  # runs made before these existed lack them
+    for key in ("test_balanced_accuracy", "test_ece", "test_head_accuracy", "test_tail_accuracy",
+                "labeled_minority_share"):  # runs made before these existed lack them
         if rows[-1].get(key) is not None:
             values[key] = float(rows[-1][key])
     shares = [r["query_minority_share"] for r in rows if r.get("query_minority_share") is not None]
