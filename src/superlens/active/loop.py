@@ -162,8 +162,11 @@ def _finish(paths: JobPaths, arm: str, seed: int, started: float, records, model
 
 
 def tail_classes(labels: np.ndarray, num_classes: int) -> np.ndarray | None:
-    """The pool's minority classes (fewer images than the median class), or None when no class is below it."""
+    """A long-tailed pool's minority classes (fewer images than the median class); None for a pool whose largest
+    class is less than twice its smallest (a balanced dataset's small differences are not a tail)."""
     counts = np.bincount(labels, minlength=num_classes)
+    if counts.max() < 2 * max(1, counts.min()):
+        return None
     tail = counts < np.median(counts)
     return tail if tail.any() else None
 
