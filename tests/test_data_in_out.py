@@ -216,8 +216,13 @@ def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
     cfg = load_config("demo", ["data.imbalance=10", "seeds=[0]", "model.width=4", "recipe.epochs=1",
                                "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
                                "active.rounds=2", "arms=[al-least_confidence,al-random]", "analysis.enabled=false",
-                               "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false"])
+                               "featvis.enabled=false", "toy.enabled=false", "sae.max_images=200",
+                               "sae.stability=false", "sae.settings.steps=5", "sae.settings.batch_size=64",
+                               "sae.superposition.max_steps=250", "sae.superposition.window=125",
+                               "sae.superposition.batch_size=64"])
     summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    for key in ("psi_tail", "psi_head"):  # superposition at both ends of the profile, compared with al-random
+        assert summary["arms"]["al-random"][key] >= 0 and key in summary["arms"]["al-least_confidence"]["vs_random"]
     import csv as csv_
 
     rows = list(csv_.DictReader(open(tmp_path / "rounds.csv")))
@@ -293,7 +298,6 @@ def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, mo
 def test_tracking_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
     import importlib
 
-    import superlens.tracking as tracking
 
     code, _, err = run_cli(["run", "demo", "tracking=wandb", "--out", tmp_path / "a", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "tracking must be 'none' or 'tensorboard'" in err

@@ -6,6 +6,8 @@ SUPERPOSITION_DOCS = {
            "docs/superposition.md)",
     "psi_sae_sd": "SD of psi over the SAE seeds of one model (the measurement's own noise)",
     "psi_per_live_neuron": "psi counted per neuron that ever responds (dead units left out of the denominator)",
+    "psi_tail": "long-tailed pool: psi on the SAE images of the minority classes only (same protocol)",
+    "psi_head": "long-tailed pool: psi on the SAE images of the other classes only (same protocol)",
     "features_per_neuron": "latents another SAE seed reproduces, per neuron (a count, not weighted by activity)",
     "feature_dimensionality_mean": "mean D_i = 1 / sum_j cos^2(W_i, W_j) over the reproduced decoder directions "
                                    "(Elhage et al. 2022); falls as features crowd the neurons",

@@ -183,6 +183,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     curves: dict[str, list] = {}
     protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curves)
     m.update(superposition_metrics(protocol))
+    m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
     if spec.per_round:
@@ -190,6 +191,25 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     write_json(job.paths.sae, result)
     if job.tracking is not None:
         job.tracking.sae(curves, result.get("per_round", []))
+
+
+def _head_and_tail_psi(model, train, splits: DatasetSplits, spec, recipe, device, log, label: str) -> dict[str, float]:
+    """On a long-tailed pool: psi of the layer on the SAE images of the minority (tail) classes and of the
+    others (head), each by the same protocol; nothing on a balanced pool."""
+    from superlens.active.loop import tail_classes
+
+    pool = splits.train.labels.cpu().numpy()
+    tail = tail_classes(pool, splits.train.num_classes)
+    if tail is None:
+        return {}
+    labels = train.labels.cpu().numpy()
+    out = {}
+    for name, members in (("tail", tail[labels]), ("head", ~tail[labels])):
+        if members.sum() >= 2:
+            protocol = _superposition(model, train.subset(np.flatnonzero(members)), spec, recipe, device, log,
+                                      f"{label}: {name}-class psi")
+            out[f"psi_{name}"] = protocol["psi"]
+    return out
 
 
 def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None
