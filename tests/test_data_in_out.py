@@ -312,3 +312,27 @@ def test_tracking_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["run", "demo", "tracking=tensorboard", "--out", tmp_path / "b", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "pip install 'superlens[tensorboard]'" in err
     assert not (tmp_path / "b" / "round0").exists()
+
+
+def test_ids_of_a_parquet_dataset_reach_the_queries(tmp_path, capsys):
+    from superlens.config import load_config
+    from superlens.study import run_study
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 60), ("test", 12)):
+        labels = np.arange(n) % 3
+        images = (rng.integers(0, 60, (n, 8, 8, 3)) + 80 * labels[:, None, None, None]).astype(np.uint8)
+        write_hub_parquet(tmp_path / "snap" / "plain_text" / f"{split}-00000-of-00001.parquet", images, labels)
+    cfg = load_config("demo", ["data.name=hf:uoft-cs/cifar10", f"data.root={tmp_path / 'snap'}", "data.options={}",
+                               "seeds=[0]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=32",
+                               "active.initial_size=12", "active.query_size=10", "active.rounds=1",
+                               "arms=[al-margin]", "analysis.enabled=false", "featvis.enabled=false",
+                               "sae.enabled=false", "toy.enabled=false"])
+    run_study(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    code, text, err = run_cli(["queries", tmp_path / "run", "--arm", "al-margin", "--seed", "0"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 22
+    for row in rows:  # the id is the parquet row: its label there is the label exported
+        split, index = row["id"].split("/")
+        assert split == "train" and CLASSES[int(index) % 3] == row["label"]
