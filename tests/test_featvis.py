@@ -117,3 +117,12 @@ def test_out_of_range_unit_in_config_fails_before_training(tmp_path, capsys):
     code, _, err = run_cli(["run", "demo", "featvis.units=[500]", "--out", tmp_path, "--quiet"], capsys)
     assert code == 2 and "unit 500 is out of range: layer4.1.conv2 has 64 channels" in err
     assert not (tmp_path / "arms").exists()
+
+
+def test_a_rectifier_layer_is_optimized_through_its_input(data):
+    """After a ReLU, a unit that is 0 on the starting image has no gradient; its input has one, so even the
+    planted units, all silent on a grey image, get their colour and edges when the ReLU itself is the target."""
+    result = visualize(planted_model(), "relu", [0, 1, 2, 3], data, FeatVisSettings(steps=100, seed=0))
+    assert (result.activation > 0.2).all(), result.activation
+    mean_rgb = result.images[:3, 0].mean(axis=(2, 3))  # (units, channels)
+    assert (mean_rgb.argmax(1) == [0, 1, 2]).all()

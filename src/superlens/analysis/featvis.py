@@ -27,6 +27,9 @@ from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
 from superlens.specs import FeatVisSettings
 
+# Layers whose output is 0 wherever their input is negative: optimized through their input.
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
 # The units of layer4.1.conv2 that the study's notebook rendered.
 PAPER_UNITS = (8, 25, 54, 89, 131, 200, 221, 276, 340, 455, 500)
 
@@ -160,7 +163,11 @@ def visualize(
     module = resolve_module(model, layer)
     out: dict[str, torch.Tensor] = {}
     # A copy: a following in-place ReLU (e.g. after a BatchNorm) would otherwise overwrite it.
-    handle = module.register_forward_hook(lambda m, i, o: out.__setitem__("act", o.clone()))
+    handles = [module.register_forward_hook(lambda m, i, o: out.__setitem__("act", o.clone()))]
+    if isinstance(module, RECTIFIERS):
+        # A rectifier's output has no gradient where it is 0: a unit silent on the starting image would never
+        # move. Its input (taken before an in-place rectifier overwrites it) is optimized; its output is reported.
+        handles.append(module.register_forward_pre_hook(lambda m, i: out.__setitem__("pre", i[0].clone())))
     losses = torch.zeros(settings.steps, device=device)
     draws = torch.Generator(device=device).manual_seed(settings.seed + 1)  # the transforms' own stream, on the device
     options = transform_options(settings, device)
@@ -176,7 +183,8 @@ def visualize(
             final = param()
             _, activation = _objective(model, final, channel, settings, data, out, k)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         for p in model.parameters():
             p.requires_grad_(True)
     shape = (len(units), k) + tuple(final.shape[1:])
@@ -195,9 +203,14 @@ def _model_input(images: torch.Tensor, settings: FeatVisSettings, data: ImageDat
 def _objective(model, images, channel, settings, data, out, k):
     model(_model_input(images, settings, data))
     act = out["act"]
-    per_image = act[torch.arange(len(channel), device=act.device), channel]
-    activation = per_image.flatten(1).mean(1) if per_image.ndim > 1 else per_image
-    loss = -activation.mean()
+    rows = torch.arange(len(channel), device=act.device)
+
+    def unit_mean(values: torch.Tensor) -> torch.Tensor:
+        per_image = values[rows, channel]
+        return per_image.flatten(1).mean(1) if per_image.ndim > 1 else per_image
+
+    activation = unit_mean(act)
+    loss = -(unit_mean(out["pre"]) if "pre" in out else activation).mean()
     if settings.diversity > 0 and k > 1 and act.ndim == 4:
         flat = act.flatten(2)
         gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1).view(-1, k, flat.shape[1] ** 2)
