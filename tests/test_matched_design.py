@@ -83,7 +83,7 @@ def test_adjusted_intervals_agree_with_the_adjusted_p():
     for _ in range(300):
         block = {f"m{i}": stats.compare_paired(dict(enumerate(rng.normal(0.6, 1, 5))), dict(enumerate(np.zeros(5))))
                  for i in range(6)}
-        stats.adjust_family(block, list(block))
+        stats.adjust_together(list(block.values()))
         for v in block.values():
             lo, hi = v["difference_ci95_adjusted"]
             assert lo <= v["difference"] <= hi and hi - lo >= v["difference_ci95"][1] - v["difference_ci95"][0]

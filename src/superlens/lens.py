@@ -187,7 +187,7 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None
          ) -> dict[str, float]:
     from superlens.analysis.features import capture
-    from superlens.analysis.sae import progress_log
+    from superlens.analysis.sae import progress_log, vector_labels
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
     from superlens.data import fixed_subset
     from superlens.specs import SAESettings
@@ -205,8 +205,7 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
                  f"then the psi protocol")
     metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
                           progress=progress_log(progress, "decoding SAE"))[1]
-    positions = len(train_vectors) // max(1, len(sae_train))
-    labels = np.repeat(sae_train.labels.cpu().numpy(), positions)
+    labels = vector_labels(sae_train.labels.cpu().numpy(), len(train_vectors))
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
                                      progress=progress_log(progress, "superposition SAEs"),
                                      **section["superposition"])

@@ -88,10 +88,9 @@ class Tracking:
         write_json(self.ledger, done)
 
 
-def curve_recorder(curves: dict[str, list[tuple[int, float]]], name: str, then=None):
-    """A ``train_sae``/``train_saes`` progress callback that keeps (step, loss) in ``curves[name]`` and passes
+def curve_recorder(points: list[tuple[int, float]], then=None):
+    """A ``train_sae``/``train_saes`` progress callback that appends (step, loss) to ``points`` and passes
     the call on to ``then``."""
-    points = curves.setdefault(name, [])
 
     def record(step: int, loss: float, eta: float) -> None:
         points.append((int(step), float(loss)))

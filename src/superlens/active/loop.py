@@ -130,20 +130,17 @@ def _save_state_dict(path: Path, module_or_optimizer) -> None:
         torch.save(state, tmp)
 
 
-QUERY_COLUMNS = ("round", "index", "rank", "score", "predicted", "confidence")
-
-
-def _add_queries(queries: dict[str, np.ndarray], round_: int, queried: np.ndarray, scores: np.ndarray | None,
-                 picked: np.ndarray, before: Any) -> dict[str, np.ndarray]:
-    """``queries`` with one round's batch appended: each image's training-set index, its rank in the
-    strategy's order (0 = first), its score (NaN when the strategy ranks by no score), and the model's
-    predicted class and probability for it when it was queried (``before``: the evaluation of the batch)."""
+def query_batch(round_: int, queried: np.ndarray, scores: np.ndarray | None = None, probs: np.ndarray | None = None,
+                ranked: bool = True) -> dict[str, np.ndarray]:
+    """One round's queried images as query columns: training-set index, rank in the strategy's order
+    (0 = first; -1 unranked, as the initial set), score (NaN when the strategy ranks by no score), and the
+    model's predicted class and probability when it asked (``probs`` of the batch; -1 and NaN without)."""
     n = len(queried)
-    new = {"round": np.full(n, round_, np.int64), "index": np.asarray(queried, np.int64),
-           "rank": np.arange(n, dtype=np.int64),
-           "score": (np.asarray(scores, np.float64)[picked] if scores is not None else np.full(n, np.nan)),
-           "predicted": before.probs.argmax(1).astype(np.int64), "confidence": before.probs.max(1).astype(np.float64)}
-    return {k: np.concatenate([queries[k], new[k]]) if k in queries else new[k] for k in QUERY_COLUMNS}
+    return {"round": np.full(n, round_, np.int64), "index": np.asarray(queried, np.int64),
+            "rank": np.arange(n, dtype=np.int64) if ranked else np.full(n, -1, np.int64),
+            "score": np.asarray(scores, np.float64) if scores is not None else np.full(n, np.nan),
+            "predicted": probs.argmax(1).astype(np.int64) if probs is not None else np.full(n, -1, np.int64),
+            "confidence": probs.max(1).astype(np.float64) if probs is not None else np.full(n, np.nan)}
 
 
 def save_queries(path: Path, queries: dict[str, np.ndarray], train: ImageDataset) -> None:
@@ -293,11 +290,7 @@ def run_round0(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.
     _save_state_dict(paths.model, net)
     _save_state_dict(paths.optimizer, optimizer or make_optimizer(net.to(device), recipe))
     pool.save(paths.pool)
-    first = pool.labeled
-    save_queries(paths.queries, {"round": np.zeros(len(first), np.int64), "index": first.astype(np.int64),
-                                 "rank": np.full(len(first), -1, np.int64), "score": np.full(len(first), np.nan),
-                                 "predicted": np.full(len(first), -1, np.int64),
-                                 "confidence": np.full(len(first), np.nan)}, train)
+    save_queries(paths.queries, query_batch(0, pool.labeled, ranked=False), train)
     out = {"seed": seed, "seconds": time.perf_counter() - started, "record": record}
     write_json(paths.done, out)
     return out
@@ -355,8 +348,11 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         queried = inputs.pool_ids[picked]
         pool.acquire(queried, round_)
         query_s = time.perf_counter() - t0
-        queries = _add_queries(queries, round_, queried, inputs.scores, picked,
-                               evaluate(net, train, recipe, device=device, indices=queried))
+        # the model's view of the batch: the pool's probabilities when the strategy had them, else one pass over it
+        probs = inputs.probs[picked] if inputs.probs is not None else evaluate(net, train, recipe, device=device,
+                                                                               indices=queried).probs
+        new = query_batch(round_, queried, None if inputs.scores is None else inputs.scores[picked], probs)
+        queries = {k: np.concatenate([queries[k], v]) if k in queries else v for k, v in new.items()}
         if active.reset == "scratch_same_init":
             net.load_state_dict(init_state)
             optimizer = None

@@ -336,6 +336,12 @@ def effective_features(codes=None, activity=None) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def vector_labels(labels: np.ndarray, n_vectors: int) -> np.ndarray:
+    """The class of each SAE vector: its image's label, repeated over the image's positions (or tokens),
+    as ``conv_vectors`` lays the vectors out (image by image)."""
+    return np.repeat(labels, n_vectors // max(1, len(labels)))
+
+
 def conv_vectors(acts: np.ndarray) -> np.ndarray:
     """(images, C, H, W) activations -> (images * H * W, C) channel vectors; 2-D input unchanged."""
     if acts.ndim == 2:

@@ -130,7 +130,7 @@ def compare_paired(a: dict[int, float], b: dict[int, float], method: str = "t", 
     d = np.array([a[s] - b[s] for s in seeds], dtype=float)
     return {
         **_differences(d, method, confidence),
-        "p_adjusted": None,  # filled by ``adjust_family``
+        "p_adjusted": None,  # filled by ``adjust_together``
         "effect_size": none_if_nan(paired_effect(d)),
         "seeds": seeds,
     }
@@ -144,16 +144,10 @@ def _differences(d: np.ndarray, method: str, confidence: float) -> dict:
             "p_value": none_if_nan(paired_test(d, method))}
 
 
-def adjust_family(block: dict[str, dict], keys: list[str]) -> None:
-    """Holm-adjust the p-values of ``keys`` in ``block`` together (one family), in place, and add each
-    difference's simultaneous interval at the Bonferroni level of the family (``difference_ci95_adjusted``):
-    when the adjusted p is >= 0.05 that interval contains 0, so words and intervals never disagree."""
-    adjust_together([block[k] for k in keys if k in block])
-
-
 def adjust_together(comparisons: list[dict]) -> None:
-    """Holm-adjust ``comparisons`` (any mix of arms and metrics: one family) together, in place, with
-    each one's simultaneous interval at the family's Bonferroni level (``difference_ci95_adjusted``)."""
+    """Holm-adjust ``comparisons`` (any mix of arms and metrics: one family) together, in place, and add
+    each one's simultaneous interval at the family's Bonferroni level (``difference_ci95_adjusted``):
+    when the adjusted p is >= 0.05 that interval contains 0, so words and intervals never disagree."""
     m = sum(c["p_value"] is not None for c in comparisons)
     for comparison, adjusted in zip(comparisons, holm([c["p_value"] for c in comparisons])):
         comparison["p_adjusted"] = none_if_nan(adjusted)
@@ -254,9 +248,7 @@ def compare_to_control(per_seed: dict[str, dict[str, list]], control: str = "al-
             block["family"] = "headline" if headline is None or metric in headline else "secondary"
             out[arm][metric] = block
     for family in ("headline", "secondary"):
-        pairs = [(arm, m) for arm, block in out.items() for m, v in block.items() if v["family"] == family]
-        for (arm, m), adjusted in zip(pairs, holm([out[arm][m]["p_value"] for arm, m in pairs])):
-            out[arm][m]["p_adjusted"] = none_if_nan(adjusted)
+        adjust_together([v for block in out.values() for v in block.values() if v["family"] == family])
     return out
 
 

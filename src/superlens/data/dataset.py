@@ -121,8 +121,6 @@ def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:
 def long_tailed(data: ImageDataset, ratio: float, seed: int = 0) -> ImageDataset:
     """A long-tailed subset of ``data`` (``long_tail_counts``): which images of a class are kept depends only on
     ``seed``, so every arm and seed of a study trains on the same pool. ``meta["class_profile"]`` keeps the counts."""
-    from dataclasses import replace
-
     labels = data.labels.cpu().numpy()
     keep_per_class = long_tail_counts(np.bincount(labels, minlength=data.num_classes), ratio)
     rng = np.random.default_rng(seed)

@@ -209,9 +209,10 @@ def _figures(run: RunDir, cfg: dict[str, Any], arms: list[str], rows: list[dict[
     figs: dict[str, str | None] = {"accuracy": _b64(figures.accuracy_curves(rows, arms))}
     per_round = [m for m in ROUND_METRICS if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
     figs["rounds"] = _b64(figures.round_metric_curves(rows, arms, per_round)) if per_round else None
-    long_tailed = any(r.get("labeled_minority_share") is not None for r in rows)  # only a long-tailed pool has them
-    tail = [m for m in LONG_TAIL if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
-    figs["long_tail"] = _b64(figures.round_metric_curves(rows, arms, tail)) if long_tailed else None
+    figs["long_tail"] = None
+    if any(r.get("labeled_minority_share") is not None for r in rows):  # only a long-tailed pool has them
+        tail = [m for m in LONG_TAIL if any(r.get(m) is not None for r in rows if r["arm"] != "baseline")]
+        figs["long_tail"] = _b64(figures.round_metric_curves(rows, arms, tail))
     analyses = {arm: {seed: _read(run.job(arm, seed).analysis) for seed in cfg["seeds"]} for arm in arms}
     analyses = {arm: {s: a for s, a in per.items() if a} for arm, per in analyses.items()}
 

@@ -141,25 +141,19 @@ def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndar
     return acts, conv_vectors(acts)
 
 
-def _vector_labels(acts: np.ndarray, data) -> np.ndarray:
-    """The class of each SAE vector: its image's label, repeated over the image's positions."""
-    positions = 1 if acts.ndim == 2 else acts.shape[2] * acts.shape[3]
-    return np.repeat(data.labels.cpu().numpy(), positions)
-
-
-def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curves=None) -> dict[str, Any]:
+def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curve=None) -> dict[str, Any]:
     """The psi protocol on the layer's vectors of the SAE training images (class means removed); with
-    ``curves`` (a dict), its loss curve is kept there under ``label``."""
-    from superlens.analysis.sae import progress_log
+    ``curve`` (a list), its (step, loss) points are appended there."""
+    from superlens.analysis.sae import progress_log, vector_labels
     from superlens.analysis.superposition import measure_superposition
     from superlens.tracking import curve_recorder
 
-    acts, vectors = _sae_vectors(model, train, spec, recipe, device)
+    _, vectors = _sae_vectors(model, train, spec, recipe, device)
     progress = progress_log(log, label)
-    if curves is not None:
-        progress = curve_recorder(curves, label.rsplit(": ", 1)[-1].replace(" ", "_"), progress)
-    return measure_superposition(vectors, labels=_vector_labels(acts, train), layer_name=spec.layer, device=device,
-                                 progress=progress, **asdict(spec.superposition))
+    if curve is not None:
+        progress = curve_recorder(curve, progress)
+    return measure_superposition(vectors, labels=vector_labels(train.labels.cpu().numpy(), len(vectors)),
+                                 layer_name=spec.layer, device=device, progress=progress, **asdict(spec.superposition))
 
 
 def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
@@ -180,8 +174,8 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
                          device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
-    curves: dict[str, list] = {}
-    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curves)
+    curve: list[tuple[int, float]] = []
+    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curve)
     m.update(superposition_metrics(protocol))
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
@@ -190,7 +184,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
         result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log)
     write_json(job.paths.sae, result)
     if job.tracking is not None:
-        job.tracking.sae(curves, result.get("per_round", []))
+        job.tracking.sae({"superposition_SAEs": curve}, result.get("per_round", []))
 
 
 def _head_and_tail_psi(model, train, splits: DatasetSplits, spec, recipe, device, log, label: str) -> dict[str, float]:

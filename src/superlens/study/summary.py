@@ -14,8 +14,8 @@ import numpy as np
 
 from superlens.active.curves import aubc, label_efficiency
 from superlens.analysis.snapshot import ROUND_METRICS
-from superlens.analysis.stats import (CI_METHOD, TESTS, accuracy_matched, adjust_family, adjust_together, compare_paired,
-                                     detectable_effect, finite, holm, mean_ci, metric_bounds, none_if_nan, seeds_needed,
+from superlens.analysis.stats import (CI_METHOD, TESTS, accuracy_matched, adjust_together, compare_paired,
+                                     detectable_effect, finite, mean_ci, metric_bounds, none_if_nan, seeds_needed,
                                      smallest_p)
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_json
@@ -28,9 +28,10 @@ def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 # Compared per AL arm with al-random (and with the baseline); Holm's adjustment runs within each
-# family, over the comparisons of every arm together (so adding arms does not add false positives): the headline (accuracy and the superposition metrics that pass the ground-truth bench,
-# docs/superposition.md), representation quality (class separation, which moves with accuracy), and
-# every other metric (secondary).
+# family over the comparisons of every arm together (adding arms adds no false positives): the
+# headline (accuracy and the superposition metrics that pass the ground-truth bench,
+# docs/superposition.md), representation quality (class separation, which moves with accuracy),
+# and every other metric (secondary).
 SUPERPOSITION = ("psi",)
 HEADLINE = ("test_accuracy", "aubc") + SUPERPOSITION
 QUALITY = ("silhouette_features", "davies_bouldin_features", "nc1")
@@ -85,10 +86,7 @@ def _comparisons(mine: dict[int, dict[str, float]], other: dict[int, dict[str, f
             and any(k in v for v in other.values())]
     block = {k: {**compare_paired({s: v.get(k) for s, v in mine.items()}, {s: v.get(k) for s, v in other.items()}, method),
                  "family": family(k)} for k in keys}
-    block = {k: v for k, v in block.items() if v["seeds"]}
-    for name in (*FAMILIES, "secondary"):
-        adjust_family(block, [k for k in block if block[k]["family"] == name])
-    return block
+    return {k: v for k, v in block.items() if v["seeds"]}  # adjusted study-wide by ``summarize``
 
 
 MATCHED = ROUND_METRICS + ("psi",)  # metrics with a value per round, compared at equal accuracy
@@ -127,9 +125,7 @@ def _matched(run: RunDir, finished: dict, arms: list[str], seeds: list[int], met
                 block[metric] = {**result, "seeds": [used[i] for i in result["seeds"]], "p_adjusted": None}
         if block:
             out[arm] = block
-    pairs = [(arm, m) for arm, block in out.items() for m in block]
-    for (arm, m), adjusted in zip(pairs, holm([out[arm][m]["p_value"] for arm, m in pairs])):
-        out[arm][m]["p_adjusted"] = none_if_nan(adjusted)
+    adjust_together([c for block in out.values() for c in block.values()])
     return out
 
 
