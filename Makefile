@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,ray,hf,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[dev,ray,hf,tensorboard,wandb]"
 	touch $@
 
 demo: venv

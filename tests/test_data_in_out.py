@@ -254,14 +254,13 @@ def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
     assert "The long-tailed pool" in html and "test_tail_accuracy" in summary["arms"]["al-random"]
 
 
-def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, monkeypatch):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def _tracked_study_with_a_stop(kind, tmp_path, monkeypatch):
+    """A one-arm study with ``tracking=kind`` stopped right after round 1 was tracked, then resumed."""
     import superlens.tracking as tracking
     from superlens.config import load_config
     from superlens.study import run_study
 
-    cfg = load_config("demo", ["tracking=tensorboard", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+    cfg = load_config("demo", [f"tracking={kind}", "seeds=[0]", "model.width=4", "recipe.epochs=1",
                                "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
                                "active.rounds=2", "arms=[al-margin]", "analysis.enabled=false", "featvis.enabled=false",
                                "toy.enabled=false", "sae.max_images=40", "sae.stability=false", "sae.settings.steps=5",
@@ -280,6 +279,11 @@ def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, mo
     monkeypatch.setattr(tracking.Tracking, "rounds", original)
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)  # resumed: round 2, then the SAE stage
 
+
+def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _tracked_study_with_a_stop("tensorboard", tmp_path, monkeypatch)
     events = EventAccumulator(str(tmp_path / "tensorboard" / "al-margin" / "seed0"))
     events.Reload()
     rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
@@ -295,23 +299,96 @@ def test_tensorboard_tracking_mirrors_each_round_once_across_a_stop(tmp_path, mo
     assert "arms:\n- al-margin" in config.tensor_proto.string_val[0].decode()
 
 
+class _RecordingWandB:
+    """Stands in for the wandb package: keeps every init, logged row, metric definition and config update."""
+
+    def __init__(self):
+        self.inits, self.rows, self.steps, self.config, self.finished = [], [], {}, {}, 0
+        self.Settings = dict
+
+    def init(self, **kwargs):
+        import types
+
+        self.inits.append(kwargs)
+        owner = self
+
+        def define_metric(name, step_metric=None, hidden=False):
+            if step_metric:
+                owner.steps[name] = step_metric
+
+        def finish(quiet=False):
+            owner.finished += 1
+
+        config = types.SimpleNamespace(update=lambda d, allow_val_change=False: owner.config.update(d))
+        return types.SimpleNamespace(define_metric=define_metric, log=self.rows.append, finish=finish, config=config)
+
+
+def test_wandb_tracking_mirrors_each_round_once_across_a_stop(tmp_path, monkeypatch):
+    import sys
+
+    fake = _RecordingWandB()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _tracked_study_with_a_stop("wandb", tmp_path, monkeypatch)
+    rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    for column in ("test_accuracy", "test_ece"):
+        written = [(r["n_labeled"], r[f"rounds/{column}"]) for r in fake.rows if f"rounds/{column}" in r]
+        assert [s for s, _ in written] == [int(r["n_labeled"]) for r in rows] == [40, 80, 120]  # each round once
+        assert [v for _, v in written] == pytest.approx([float(r[column]) for r in rows], rel=1e-6)
+        assert fake.steps[f"rounds/{column}"] == "n_labeled"
+    sae = json.loads((tmp_path / "arms" / "al-margin" / "seed0" / "sae.json").read_text())
+    psi = [(r["n_labeled"], r["sae/psi_per_round"]) for r in fake.rows if "sae/psi_per_round" in r]
+    assert psi == [(r["n_labeled"], pytest.approx(r["psi"])) for r in sae["per_round"]]
+    curve = [r for r in fake.rows if "sae/superposition_SAEs" in r]
+    assert len(curve) >= 2 and fake.steps["sae/superposition_SAEs"] == "sae_step" and "sae_step" in curve[0]
+    # one run per job and process (before the stop, after it), closed each time; the resumed one continues it
+    kept = json.loads((tmp_path / "arms" / "al-margin" / "seed0" / "tracked.json").read_text())
+    assert {i["id"] for i in fake.inits} == {kept["wandb_id"]} and len(fake.inits) == fake.finished == 2
+    first = fake.inits[0]
+    assert first["mode"] == "offline" and first["resume"] == "allow" and first["group"] == tmp_path.name
+    assert first["name"] == "al-margin-seed0" and first["tags"] == ["al-margin", "seed0"]
+    assert first["dir"] == str(tmp_path)
+    assert fake.config["arms"] == ["al-margin"] and fake.config["tracking"] == "wandb"  # the resolved config, once
+
+
+def test_a_real_wandb_run_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from superlens.tracking import Tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "config.yaml").write_text("arms: [al-margin]\n")
+    ledger = tmp_path / "arms" / "al-margin" / "seed0" / "tracked.json"
+    ledger.parent.mkdir(parents=True)
+    tracking = Tracking("wandb", tmp_path, tmp_path / "config.yaml", ledger, "study", "al-margin", 0)
+    records = [{"arm": "al-margin", "seed": 0, "round": 0, "n_labeled": 40, "test_accuracy": 0.5}]
+    tracking.rounds(records)
+    tracking.rounds(records + [{"arm": "al-margin", "seed": 0, "round": 1, "n_labeled": 80, "test_accuracy": 0.6}])
+    tracking.sae({"superposition_SAEs": [(250, 1.0), (500, 0.5)]}, [{"round": 1, "n_labeled": 80, "psi": 0.1}])
+    tracking.finish()
+    kept = json.loads(ledger.read_text())
+    assert kept["rounds"] == [0, 1] and kept["sae"] and kept["config"]
+    (run,) = (tmp_path / "wandb").glob(f"offline-run-*-{kept['wandb_id']}")  # one run, kept offline on disk
+    assert list(run.glob("*.wandb"))
+
+
 def test_tracking_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
     import importlib
 
-
-    code, _, err = run_cli(["run", "demo", "tracking=wandb", "--out", tmp_path / "a", "--quiet"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "tracking must be 'none' or 'tensorboard'" in err
+    code, _, err = run_cli(["run", "demo", "tracking=mlflow", "--out", tmp_path / "a", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tracking must be 'none', 'tensorboard' or 'wandb'" in err
     real = importlib.import_module
 
-    def no_tensorboard(name, *args):
-        if name == "torch.utils.tensorboard":
-            raise ImportError("No module named 'tensorboard'")
+    def missing(name, *args):
+        if name in ("torch.utils.tensorboard", "wandb"):
+            raise ImportError(f"No module named {name!r}")
         return real(name, *args)
 
-    monkeypatch.setattr(importlib, "import_module", no_tensorboard)
-    code, _, err = run_cli(["run", "demo", "tracking=tensorboard", "--out", tmp_path / "b", "--quiet"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "pip install 'superlens[tensorboard]'" in err
-    assert not (tmp_path / "b" / "round0").exists()
+    monkeypatch.setattr(importlib, "import_module", missing)
+    for kind in ("tensorboard", "wandb"):
+        code, _, err = run_cli(["run", "demo", f"tracking={kind}", "--out", tmp_path / kind, "--quiet"], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"pip install 'superlens[{kind}]'" in err
+        assert not (tmp_path / kind / "round0").exists()
 
 
 def test_ids_of_a_parquet_dataset_reach_the_queries(tmp_path, capsys):

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "study",
     "seeds": [0, 1, 2],
     "device": "auto",  # "auto", "cpu", "cuda", "cuda:1", ...
-    "tracking": "none",  # "tensorboard": each job's rounds, SAE curves and psi per round as TensorBoard runs
+    "tracking": "none",  # "tensorboard" or "wandb": each job's rounds, SAE curves and psi per round as a tracked run
     "executor": "local",  # "local": jobs one after another in this process; "ray": Ray tasks, in parallel
     "ray": {
         "address": None,  # null: start Ray on this machine (or join RAY_ADDRESS when set); "host:port": that cluster
@@ -232,8 +232,8 @@ def _check_study(cfg: dict[str, Any]) -> None:
     from superlens.active.strategies import REGISTRY, parse_arm
 
     need(cfg["executor"] in ("local", "ray"), f"executor must be 'local' or 'ray', got {cfg['executor']!r}")
-    need(cfg["tracking"] in ("none", "tensorboard"),
-         f"tracking must be 'none' or 'tensorboard' (Weights & Biases is not available yet), got {cfg['tracking']!r}")
+    need(cfg["tracking"] in ("none", "tensorboard", "wandb"),
+         f"tracking must be 'none', 'tensorboard' or 'wandb', got {cfg['tracking']!r}")
     seeds = cfg["seeds"]
     need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
          f"seeds must be a non-empty list of integers, got {seeds!r}")

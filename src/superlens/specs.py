@@ -394,7 +394,7 @@ class StageSpecs:
 
     device: str
     seeds: tuple[int, ...]
-    tracking: str  # "none" or "tensorboard"
+    tracking: str  # "none", "tensorboard" or "wandb"
     data: DataSpec
     model: ModelSpec
     recipe: Recipe

@@ -61,7 +61,7 @@ class ArmJob(TrainingJob):
     featvis: FeatVisSpec | None  # activation maximization: the first seed of each arm only
     round0: JobPaths | None  # the round 0 an AL arm starts from
     baseline: JobPaths | None  # the trained baseline round 0 continued, if it did
-    tracking: Tracking | None = None  # where its rounds and SAE curves are mirrored (tracking: tensorboard)
+    tracking: Tracking | None = None  # where its rounds and SAE curves are mirrored (tracking: tensorboard|wandb)
 
     needs_gpu = True
 
@@ -118,6 +118,13 @@ class JobResult:
     error: str | None = None
 
 
+def _tracking(kind: str, run: RunLayout, arm: str, seed: int) -> Tracking | None:
+    if kind == "none":
+        return None
+    log_dir = run.tensorboard(arm, seed) if kind == "tensorboard" else run.path
+    return Tracking(kind, log_dir, run.config, run.job(arm, seed).tracked, run.path.name, arm, seed)
+
+
 def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job], dict[str, list[str]]]:
     """Every job of a study in an order that respects dependencies, and each job's dependencies (labels)."""
     first = specs.seeds[0]
@@ -135,8 +142,7 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
                       sae=specs.sae, featvis=specs.featvis if seed == first else None,
                       round0=run.round0(seed) if active is not None else None,
                       baseline=run.job("baseline", seed) if active is not None and from_baseline else None,
-                      tracking=Tracking(run.tensorboard(arm, seed), run.config, run.job(arm, seed).tracked)
-                      if specs.tracking == "tensorboard" else None, **common)
+                      tracking=_tracking(specs.tracking, run, arm, seed), **common)
 
     if "baseline" in arms:
         for seed in specs.seeds:

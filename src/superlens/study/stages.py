@@ -95,13 +95,17 @@ def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:
         "sae": lambda: sae_stage(job, splits, device, log),
         "featvis": lambda: featvis_stage(job, splits, device),
     }
-    for stage, output in job.outputs().items():
-        if output.exists():
-            continue
-        log(f"{job.label}: {stage}")
-        _timed(seconds, stage, runners[stage])
-        if stage == "training" and job.tracking is not None:  # round 0, and any round a stop left untracked
-            job.tracking.rounds(read_json(job.paths.done)["records"])
+    try:
+        for stage, output in job.outputs().items():
+            if output.exists():
+                continue
+            log(f"{job.label}: {stage}")
+            _timed(seconds, stage, runners[stage])
+            if stage == "training" and job.tracking is not None:  # round 0, and any round a stop left untracked
+                job.tracking.rounds(read_json(job.paths.done)["records"])
+    finally:
+        if job.tracking is not None:
+            job.tracking.finish()
 
 
 def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: dict[str, Any] | None = None,
