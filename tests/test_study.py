@@ -254,14 +254,14 @@ def test_psi_per_active_learning_round(tmp_path):
     # and the kept number is what measuring the kept round-0 weights gives
     from superlens.data import fixed_subset, load_spec
     from superlens.specs import stage_specs
-    from superlens.study.stages import _final_model, _superposition
+    from superlens.study.stages import final_model, _superposition
     from superlens.study.jobs import plan
 
     jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), run)
     job = next(j for j in jobs if getattr(j, "arm", None) == "al-random")
     splits = load_spec(job.data)
     train = fixed_subset(splits.train, job.sae.max_images)
-    again = _superposition(_final_model(job, splits, weights=job.paths.round_model(0)), train, job.sae, job.recipe,
+    again = _superposition(final_model(job, splits, weights=job.paths.round_model(0)), train, job.sae, job.recipe,
                            torch.device("cpu"))
     assert again["psi"] == pytest.approx(kept["protocol"]["psi"])
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()

@@ -22,3 +22,12 @@ def measure_superposition(activations, *, seeds=3, labels=None, layer_name=None,
     from superlens.analysis.superposition import measure_superposition as _measure
 
     return _measure(activations, seeds=seeds, labels=labels, layer_name=layer_name, device=device, **settings)
+
+
+def load_sae(path, device=None):
+    """A sparse autoencoder saved by a study, ``superlens analyze`` or ``superlens browse`` (a
+    ``sae-<layer>/`` folder): ``sae.codes(x)`` encodes raw activations of its layer (channel vectors),
+    ``sae(x)`` reconstructs them, ``sae.cfg`` says how it was trained; see :mod:`superlens.saefiles`."""
+    from superlens.saefiles import load_sae as _load
+
+    return _load(path, device)

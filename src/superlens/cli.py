@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -221,6 +222,91 @@ def featvis(run_dir: str, layer: str | None, units: str | None, steps: int | Non
             click.echo(f"{job.arm} seed {seed}: wrote {path}")
         path = build_report(run, summarize(run))
     click.echo(f"report: {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--layer", default=None, help="Layer (default and only choice: the run's SAE layer, sae.layer).")
+@click.option("--arm", "arms", multiple=True, help="Only these arms (repeatable; default: every arm).")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Seeds (repeatable; default: the run's first seed).")
+@click.option("--top", type=click.IntRange(1, 50), default=9, show_default=True, help="Exemplars per unit.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Share of a latent's decoder energy on a neuron at which the latent loads on it.")
+def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[int, ...], top: int,
+           threshold: float) -> None:
+    """Feature pages: every neuron and SAE latent of each final model, as static HTML (browse/)."""
+    from superlens.browse import browse_run
+
+    pages = browse_run(run_dir, layer, arms, seeds or None, top, threshold, log=click.echo)
+    if not pages:
+        raise UserError(f"no finished job to browse in {run_dir}")
+    click.echo(f"{len(pages)} pages in {Path(run_dir) / 'browse'}; report: {Path(run_dir) / 'report.html'}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, required=True)
+@click.option("--arms", default=None, help="A,B: the two arms to diff (default: every AL arm against al-random).")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Seeds (repeatable; default: every seed).")
+@click.option("--layer", "--layers", "layer", default=None,
+              help="Layer (a run: its SAE layer; two models: required, the module name).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Crosscoder training steps (default 3000).")
+@click.option("--data", "data_name", default=None, help="Two models: the dataset whose training images are used.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Two models: the dataset's folder.")
+@click.option("--weights", multiple=True, help="Two models: a weight file per MODEL, in order.")
+@click.option("--images", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Two models: training images the crosscoder sees.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Two models: folder (default runs/diff).")
+def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trust_pickle, out) -> None:
+    """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L."""
+    suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+    weights = tuple(weights) + tuple(a for a in args if a.endswith(suffixes))
+    names = [a for a in args if not a.endswith(suffixes)]
+    if len(names) == 1 and not data_name:
+        from superlens.browse import diff_run
+
+        pair = [a for a in arms.split(",") if a] if arms else []
+        written = diff_run(names[0], pair, seeds or None, layer, steps, log=click.echo)
+        if not written:
+            raise UserError(f"no pair of finished jobs to diff in {names[0]}")
+        click.echo(f"{len(written)} diffs; report: {Path(names[0]) / 'report.html'}")
+        return
+    _diff_two_models(names, weights, data_name, root, layer, steps, images, trust_pickle, out)
+
+
+def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trust_pickle, out) -> None:
+    from superlens.analysis.crosscoder import CrosscoderSettings
+    from superlens.browse import diff_models, write_diff
+    from superlens.data import fixed_subset
+    from superlens.lens import options_from
+    from superlens.training import resolve_device
+
+    if len(specs) != 2:
+        raise UserError(f"diff takes a run directory, or two models (MODEL_A MODEL_B); got {len(specs)}: {' '.join(specs)}")
+    if not data_name:
+        raise UserError("two models need --data NAME (and --root PATH): the images both models see")
+    if not layer:
+        raise UserError("two models need --layers L: the module whose outputs are compared")
+    if weights and len(weights) != 2:
+        raise UserError(f"give one --weights per MODEL: 2 models but {len(weights)} weight files")
+    options = options_from(())
+    splits = _analyze_data(data_name, root, options, _normalization("dataset", None, None))
+    models = _analyze_models(specs, weights, splits, options, trust_pickle, True)
+    from superlens.analysis.features import check_layers
+
+    for m in models:
+        check_layers(m, [layer])
+    names = [Path(w).stem for w in weights] if weights else [s.rsplit(":", 1)[-1] for s in specs]
+    if names[0] == names[1]:
+        names = [f"A-{names[0]}", f"B-{names[1]}"]
+    settings = CrosscoderSettings(steps=steps or CrosscoderSettings().steps)
+    subset = fixed_subset(splits.train, images)
+    result = diff_models(models[0], models[1], layer, subset, settings, device=resolve_device(options["device"]),
+                         names=tuple(names), log=click.echo)
+    path, page = write_diff(Path(out or "runs/diff"), result, subset)
+    c = result["json"]
+    click.echo(f"{c['a_only']} {names[0]}-only, {c['b_only']} {names[1]}-only, {c['shared']} shared of {c['live']} live "
+               f"latents: {path}, {page}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

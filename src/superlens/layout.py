@@ -93,6 +93,15 @@ class RunLayout:
     def round0(self, seed: int) -> JobPaths:
         return JobPaths(self.path / "round0" / f"seed{seed}")
 
+    def browse_page(self, arm: str, seed: int, layer: str) -> Path:  # superlens browse: one page per model and layer
+        return self.path / "browse" / f"{arm}-seed{seed}-{layer}.html"
+
+    def diff_dir(self, arm_a: str, arm_b: str, seed: int) -> Path:  # superlens diff: diff.json of one pair and seed
+        return self.path / "diff" / f"{arm_a}-vs-{arm_b}" / f"seed{seed}"
+
+    def diff_page(self, arm_a: str, arm_b: str, seed: int, layer: str) -> Path:
+        return self.path / "browse" / f"diff-{arm_a}-vs-{arm_b}-seed{seed}-{layer}.html"
+
     def finished_arm_jobs(self) -> list[Path]:
         """``done.json`` of every finished (arm, seed) job."""
         return sorted(self.path.glob("arms/*/seed*/done.json"))

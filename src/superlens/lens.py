@@ -123,7 +123,8 @@ def _sae_vectors(acts: np.ndarray) -> np.ndarray:
 
 
 def _layer(model, name, test, train, recipe, options, device, accuracy_known, units_to_show, seed,
-           progress=None) -> LayerResult:
+           progress=None, keep: tuple[Path, str] | None = None) -> LayerResult:
+    """One layer's analysis; ``keep`` (the model's folder, its fingerprint) is where its SAE is saved."""
     from superlens.analysis.features import capture, resolve_module
     from superlens.analysis.representation import representation_metrics
     from superlens.specs import AnalysisSpec
@@ -166,7 +167,7 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         test_vectors = _sae_vectors(raw)  # the SAE's copy of the activations: the capture itself is let go
         del raw
         result.metrics.update(_sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known,
-                                   seed, progress))
+                                   seed, progress, keep))
     if units_to_show:
         if not conv:
             result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
@@ -184,12 +185,13 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
     return reduce_outputs(torch.from_numpy(acts), pool).numpy()
 
 
-def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None
-         ) -> dict[str, float]:
+def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None,
+         keep: tuple[Path, str] | None = None) -> dict[str, float]:
     from superlens.analysis.features import capture
     from superlens.analysis.sae import progress_log, vector_labels
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
     from superlens.data import fixed_subset
+    from superlens.saefiles import kept_sae, sae_folder, sae_identity, save_sae
     from superlens.specs import SAESettings
     from superlens.training import output_accuracy
 
@@ -203,8 +205,14 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
     if progress is not None:
         progress(f"SAEs on {len(train_vectors):,} vectors of {train_vectors.shape[1]:,} values: the decoding SAE, "
                  f"then the psi protocol")
-    metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
-                          progress=progress_log(progress, "decoding SAE"))[1]
+    folder = identity = kept = None
+    if keep is not None:
+        folder, identity = sae_folder(keep[0], name), sae_identity(name, False, settings, keep[1], len(train_vectors))
+        kept = kept_sae(folder, identity)
+    sae, metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
+                               progress=progress_log(progress, "decoding SAE"), kept=kept)
+    if folder is not None and kept is None:
+        save_sae(sae, folder, identity)
     labels = vector_labels(sae_train.labels.cpu().numpy(), len(train_vectors))
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
                                      progress=progress_log(progress, "superposition SAEs"),
@@ -261,6 +269,7 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     """
     from superlens.analysis.features import check_layers
     from superlens.data import fixed_subset, load
+    from superlens.saefiles import model_fingerprint
     from superlens.training import output_accuracy, resolve_device
 
     options = options_from((), options)
@@ -306,7 +315,8 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
                 continue
             progress(f"{label}: {layer}")
             result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
-                                          list(units or []), options["seed"], _prefixed(progress, f"{label}: {layer}"))
+                                          list(units or []), options["seed"], _prefixed(progress, f"{label}: {layer}"),
+                                          (model_folder(out, label), fingerprint) if out is not None else None)
             if folder is not None:
                 write_layer(folder, key, result.layers[layer])
             pace.done(f"{label}: {layer}")
@@ -342,18 +352,6 @@ class _Pace:
             self.log(f"{what}: done in {self.times[-1]:.0f} s{rest}")
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A digest of the model's parameters and buffers (names, shapes, values): the same weights, the same digest."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().reshape(-1).contiguous()  # 1-D: a 0-dim counter cannot be viewed as bytes
-        h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _layer_key(setup: dict[str, Any], fingerprint: str, layer: str) -> str:
     import hashlib
     import json
@@ -362,8 +360,13 @@ def _layer_key(setup: dict[str, Any], fingerprint: str, layer: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def model_folder(out: Path, label: str) -> Path:
+    """Where an analysed model's layers (``<layer>/``) and SAEs (``sae-<layer>/``) are kept."""
+    return Path(out) / "models" / label.replace("/", "_")
+
+
 def layer_folder(out: Path, label: str, layer: str) -> Path:
-    return Path(out) / "models" / label.replace("/", "_") / layer
+    return model_folder(out, label) / layer
 
 
 def write_layer(folder: Path, key: str, lr: LayerResult) -> None:

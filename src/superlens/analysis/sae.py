@@ -62,6 +62,10 @@ class SparseAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes of raw (unscaled) vectors of the layer."""
+        return self.encode(x * self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of raw (unscaled) vectors, in the same units."""
         return self.decode(self.encode(x * self.scale)) / self.scale
@@ -362,7 +366,7 @@ def image_latents(sae: SparseAutoencoder, acts: np.ndarray, images_per_chunk: in
     for i in range(0, len(acts), images_per_chunk):
         block = acts[i : i + images_per_chunk]
         x = torch.as_tensor(conv_vectors(block), dtype=torch.float32).to(sae.W_dec.device)
-        out.append(sae.encode(x * sae.scale).view(len(block), positions, -1).mean(1))
+        out.append(sae.codes(x).view(len(block), positions, -1).mean(1))
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, sae.W_dec.shape[0]), np.float32)
 
 

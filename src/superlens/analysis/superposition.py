@@ -15,14 +15,16 @@ from superlens.specs import SAESettings
 
 
 def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.ndarray, settings: SAESettings,
-                stability: bool, device, splice: dict | None = None, progress=None):
-    """Train the decoding SAE on ``train_vectors`` and measure it on ``test_vectors``: the ``sae_*``
-    metrics (reconstruction, dead latents), with ``stability`` a second seed's matched decoders, and
-    with ``splice`` (keyword arguments of ``spliced_accuracies``) the accuracies with the layer
-    replaced. psi is measured by ``measure_superposition``, not here. Returns (sae, metrics)."""
+                stability: bool, device, splice: dict | None = None, progress=None, kept=None):
+    """Train the decoding SAE on ``train_vectors`` (or take ``kept``, one trained so before) and measure
+    it on ``test_vectors``: the ``sae_*`` metrics (reconstruction, dead latents), with ``stability`` a
+    second seed's matched decoders, and with ``splice`` (keyword arguments of ``spliced_accuracies``)
+    the accuracies with the layer replaced. psi is measured by ``measure_superposition``, not here.
+    Returns (sae, metrics)."""
     from dataclasses import replace
 
-    sae = train_sae(train_vectors, settings, device=device, progress=progress).sae
+    sae = kept.to(device) if kept is not None else train_sae(train_vectors, settings, device=device,
+                                                             progress=progress).sae
     m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
     if splice is not None:
         m.update({f"sae_{k}": v for k, v in spliced_accuracies(model, layer, sae, device=device, **splice).items()})

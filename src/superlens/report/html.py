@@ -13,6 +13,7 @@ import numpy as np
 from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import t_interval
 from superlens.report import figures
+from superlens.report.browse import feature_sections
 from superlens.report.metrics import TABLES
 from superlens.fileio import read_json
 from superlens.rundir import RunDir
@@ -178,7 +179,8 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     rows = [row for job in run.finished_jobs() for row in job["records"]]
     classes = _class_names(run)
     figs, tsne_seed, n_samples, per_round = _figures(run, cfg, arms, rows, classes)
-    sections = list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
+    sections = (list(extra_sections or []) + _psi_rounds_section(run, cfg, arms) + _featvis_sections(run, cfg, arms, classes)
+                + feature_sections(run, cfg, arms))
     manifest = _read(run.manifest) or {}
     n_seeds = len(cfg["seeds"])
 

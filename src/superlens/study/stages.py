@@ -120,7 +120,8 @@ def train_arm(job: ArmJob, splits, device, progress: bool = False, checkpoint: d
                    progress=progress, after_round=after_round)
 
 
-def _final_model(job: ArmJob, splits: DatasetSplits, weights=None) -> torch.nn.Module:
+def final_model(job: ArmJob, splits: DatasetSplits, weights=None) -> torch.nn.Module:
+    """The job's trained model (or the weights at ``weights``, e.g. a round's), on the CPU."""
     return trained_model(job.model, splits.train.num_classes, weights or job.paths.model)
 
 
@@ -128,7 +129,7 @@ def analysis_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
     """``analysis.json`` (and the t-SNE points) of the job's final model."""
     from superlens.analysis.representation import analyze_model
 
-    result = analyze_model(_final_model(job, splits), splits, job.analysis, job.recipe, job.seed, device)
+    result = analyze_model(final_model(job, splits), splits, job.analysis, job.recipe, job.seed, device)
     coords, labels = result.pop("tsne"), result.pop("labels")
     if coords is not None:
         with atomic_path(job.paths.tsne) as tmp, open(tmp, "wb") as f:
@@ -166,16 +167,21 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     ``sae.per_round`` psi of every round's model."""
     from superlens.analysis.sae import image_latents
     from superlens.analysis.superposition import measure_sae, neurons_and_latents, superposition_metrics
+    from superlens.saefiles import file_sha256, kept_sae, save_sae
 
     spec = job.sae
-    model = _final_model(job, splits)
+    model = final_model(job, splits)
     train = fixed_subset(splits.train, spec.max_images)
     test = fixed_subset(splits.test, spec.test_images)
     _, train_vectors = _sae_vectors(model, train, spec, job.recipe, device)
     test_acts, test_vectors = _sae_vectors(model, test, spec, job.recipe, device)
     splice = dict(data=test, mean_activation=torch.from_numpy(test_acts.mean(0)), recipe=job.recipe, pooled=spec.pooled)
+    folder, identity = _decoding_sae_identity(job, model, len(train_vectors))
+    kept = kept_sae(folder, identity)
     sae, m = measure_sae(model, spec.layer, train_vectors, test_vectors, spec.settings_for(job.seed), spec.stability,
-                         device, splice)
+                         device, splice, kept=kept)
+    if kept is None:
+        save_sae(sae, folder, identity, model_sha256=file_sha256(job.paths.model))
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
     curve: list[tuple[int, float]] = []
@@ -189,6 +195,36 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     write_json(job.paths.sae, result)
     if job.tracking is not None:
         job.tracking.sae({"superposition_SAEs": curve}, result.get("per_round", []))
+
+
+def _decoding_sae_identity(job: ArmJob, model, train_vectors: int) -> tuple[Path, dict[str, Any]]:
+    """Where the job's decoding SAE is kept (``sae-<layer>/``) and what it must match to be reused."""
+    from superlens.saefiles import model_fingerprint, sae_folder, sae_identity
+
+    spec = job.sae
+    return sae_folder(job.paths.root, spec.layer), sae_identity(spec.layer, spec.pooled, spec.settings_for(job.seed),
+                                                                model_fingerprint(model), train_vectors)
+
+
+def decoding_sae(job: ArmJob, splits: DatasetSplits, device, model=None, log=None):
+    """The job's decoding SAE: the one its sae stage saved, or (a run from before SAEs were saved, or
+    one whose SAE was deleted) trained now with the same settings on the same vectors, and saved."""
+    from superlens.analysis.sae import progress_log, train_sae
+    from superlens.saefiles import file_sha256, kept_sae, save_sae
+
+    model = model if model is not None else final_model(job, splits)
+    train = fixed_subset(splits.train, job.sae.max_images)
+    _, train_vectors = _sae_vectors(model, train, job.sae, job.recipe, device)
+    folder, identity = _decoding_sae_identity(job, model, len(train_vectors))
+    kept = kept_sae(folder, identity, device)
+    if kept is not None:
+        return kept
+    if log is not None:
+        log(f"{job.label}: training its decoding SAE ({folder} holds none for these weights and settings)")
+    sae = train_sae(train_vectors, job.sae.settings_for(job.seed), device=device,
+                    progress=progress_log(log, f"{job.label}: decoding SAE")).sae
+    save_sae(sae, folder, identity, model_sha256=file_sha256(job.paths.model))
+    return sae.eval()
 
 
 def _head_and_tail_psi(model, train, splits: DatasetSplits, spec, recipe, device, log, label: str) -> dict[str, float]:
@@ -223,7 +259,7 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
     out = []
     for round_, path in rounds:
         def measure() -> dict[str, Any]:
-            model = _final_model(job, splits, weights=path)
+            model = final_model(job, splits, weights=path)
             return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: round {round_} psi")
 
         if round_ == last:
@@ -259,8 +295,8 @@ def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device
     spec = arm.analysis
     test = fixed_subset(splits.test, spec.max_samples)
     kw = dict(pool=spec.pool, recipe=arm.recipe, device=device, repeat_block=spec.repeat_block)
-    x = capture(_final_model(arm, splits), test, spec.layer, **kw)[spec.layer]
-    y = capture(_final_model(control, splits), test, spec.layer, **kw)[spec.layer]
+    x = capture(final_model(arm, splits), test, spec.layer, **kw)[spec.layer]
+    y = capture(final_model(control, splits), test, spec.layer, **kw)[spec.layer]
     result = {"against": control.arm, "layers": {spec.layer: linear_cka(x, y)}, "images": len(test)}
     write_json(arm.paths.similarity, result)
     return result
@@ -275,7 +311,7 @@ def featvis_stage(job: ArmJob, splits: DatasetSplits, device, layer: str | None 
     spec = job.featvis
     layer, units = layer or spec.layer, list(units if units is not None else spec.units)
     settings = (settings or spec.settings).at_input_size(job.recipe.input_size)
-    model = _final_model(job, splits)
+    model = final_model(job, splits)
     t0 = time.perf_counter()
     result = visualize(model, layer, units, splits.train, settings, device=device)
     seconds = time.perf_counter() - t0
