@@ -207,3 +207,53 @@ def test_a_planted_unit_gives_an_exclusive_latent_on_the_planted_images(swap):
     for unit in result["content"]["units"]:
         if unit["class"] == mine:
             assert all(planted[rows[e[0]]] for e in unit["ex"])  # its top exemplars carry the pattern
+
+
+# --- outside a study: analyze --browse, and two models diffed ---
+
+def test_analyze_saves_its_saes_and_writes_feature_pages(tmp_path, capsys):
+    import lens_models
+    from test_lens import FACTORIES, QUICK
+
+    import superlens
+
+    weights = tmp_path / "small_cnn.pt"
+    torch.save(lens_models.small_cnn(num_classes=10).state_dict(), weights)
+    out = tmp_path / "out"
+    args = ["analyze", f"{FACTORIES}:small_cnn", "--weights", weights, "--data", "digits", "--layers", "4",
+            "--units", "0,1", "--browse", "--out", out, *QUICK]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    sae = superlens.load_sae(out / "models" / "small_cnn" / "sae-4")
+    assert sae.cfg["latents"] == 16 * 8 and sae.cfg["train_vectors"] == 60 * 16 * 16  # 16 channels, 16 x 16 positions
+    data = _page_data(out / "browse" / "small_cnn-4.html")
+    assert sum(u["kind"] == "latent" for u in data["units"]) == sae.cfg["latents"] and data["map_shape"] == [8, 8]  # maps pooled to 8 x 8
+    assert [u["index"] for u in data["units"] if "featvis" in u] == [0, 1] and len(data["featvis"]) == 2
+    assert 'href="browse/small_cnn-4.html"' in (out / "report.html").read_text()
+    code, stdout, err = run_cli(args, capsys)  # again: the layer and its SAE are kept, the page rewritten
+    assert code == 0 and "kept from an earlier run" in stdout
+    assert torch.equal(superlens.load_sae(out / "models" / "small_cnn" / "sae-4").W_dec, sae.W_dec)
+
+
+def test_two_models_diffed_from_their_weight_files(tmp_path, capsys):
+    import lens_models
+    from test_lens import FACTORIES
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"cnn{seed}.pt")
+        torch.save(lens_models.small_cnn(num_classes=10).state_dict(), paths[-1])
+    out = tmp_path / "diff"
+    code, stdout, err = run_cli(["diff", f"{FACTORIES}:small_cnn", f"{FACTORIES}:small_cnn", "--data", "digits",
+                                 "--weights", paths[0], paths[1], "--layers", "8", "--steps", "200", "--images", "200",
+                                 "--out", out], capsys)
+    assert code == 0, err
+    d = json.loads((out / "diff.json").read_text())
+    assert d["models"] == ["cnn0", "cnn1"] and d["images"] == 200 and d["settings"]["steps"] == 200
+    assert (out / "diff-8.html").exists()
+    for args, message in (([f"{FACTORIES}:small_cnn", "--data", "digits", "--layers", "8"], "or two models (MODEL_A MODEL_B); got 1"),
+                          ([f"{FACTORIES}:small_cnn", f"{FACTORIES}:small_cnn", "--data", "digits"], "--layers L"),
+                          ([f"{FACTORIES}:small_cnn", f"{FACTORIES}:small_cnn", "--layers", "8"], "need --data NAME")):
+        code, _, err = run_cli(["diff", *args, "--out", out], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, (args, err)

@@ -106,9 +106,7 @@ def browse_run(run_dir: str | Path, layer: str | None = None, arms: Sequence[str
 def browse_job(job, splits, device, path: Path, top: int = 9, threshold: float = 0.1, log=None) -> Path:
     """The feature page of one job's final model at its SAE layer."""
     from superlens.analysis.features import capture
-    from superlens.analysis.pages import layer_units
     from superlens.data import fixed_subset
-    from superlens.report.browse import write_page
     from superlens.study.stages import decoding_sae, final_model
 
     spec = job.sae
@@ -117,29 +115,49 @@ def browse_job(job, splits, device, path: Path, top: int = 9, threshold: float =
     test = fixed_subset(splits.test, spec.test_images)
     acts = capture(model, test, spec.layer, pool="avg" if spec.pooled else "none", recipe=job.recipe,
                    device=device)[spec.layer]
-    labels = test.labels.cpu().numpy()
-    content = layer_units(acts, sae, labels, test.classes, top, threshold)
-    featvis = _attach_featvis(job.paths.featvis(spec.layer), content["units"])
-    kept = read_json(job.paths.sae)["metrics"] if job.paths.sae.exists() else {}
+    featvis = None
+    if job.paths.featvis(spec.layer).exists():
+        with np.load(job.paths.featvis(spec.layer)) as f:
+            featvis = (f["units"].tolist(), f["images"][:, 0])
     done = read_json(job.paths.done) if job.paths.done.exists() else {}
     accuracy = (done.get("records") or [{}])[-1].get("test_accuracy")
-    facts = [("model", f"{job.arm}, seed {job.seed}"), ("layer", spec.layer),
-             ("test accuracy", "n/a" if accuracy is None else f"{accuracy:.4f}"),
-             ("neurons", str(acts.shape[1])), ("SAE latents", f"{sae.W_dec.shape[0]} ({sae.settings.kind}, k {sae.settings.k})"),
-             ("images", f"{len(test)} test images (sae.test_images)"),
-             ("loading threshold", f"{threshold:g} of a latent's decoder energy")]
-    facts += _selectivity_facts(content["units"], kept)
+    kept = read_json(job.paths.sae)["metrics"] if job.paths.sae.exists() else {}
+    return layer_page(path, f"Feature pages: {job.arm} seed {job.seed}, {spec.layer}",
+                      [("model", f"{job.arm}, seed {job.seed}"), ("layer", spec.layer), ("test accuracy", _acc(accuracy))],
+                      acts, sae, test, f"{len(test)} test images (sae.test_images)", top, threshold, featvis, kept)
+
+
+def _acc(accuracy: float | None) -> str:
+    return "n/a" if accuracy is None else f"{accuracy:.4f}"
+
+
+def layer_page(path: Path, title: str, facts: list[tuple[str, str]], acts: np.ndarray, sae, data, which: str,
+               top: int = 9, threshold: float = 0.1, featvis: tuple[list[int], np.ndarray] | None = None,
+               kept: dict[str, Any] | None = None) -> Path:
+    """One model's feature page at one layer: its activations ``acts`` on the images of ``data`` and
+    its decoding SAE. ``featvis``: (rendered units, their (3, h, w) uint8 images); ``kept``: the
+    stored SAE metrics to show beside the page's own."""
+    from superlens.analysis.pages import layer_units
+    from superlens.report.browse import write_page
+
+    labels = data.labels.cpu().numpy()
+    content = layer_units(acts, sae, labels, data.classes, top, threshold)
+    uris = _attach_featvis(content["units"], featvis)
+    facts = facts + [("neurons", str(acts.shape[1])),
+                     ("SAE latents", f"{sae.W_dec.shape[0]} ({sae.settings.kind}, k {sae.settings.k})"),
+                     ("images", which), ("loading threshold", f"{threshold:g} of a latent's decoder energy")]
+    facts += _selectivity_facts(content["units"], kept or {})
     rows = np.asarray(content["images"], dtype=np.int64)
     note = ("Neurons: the layer's channels, activation per image averaged over positions. Latents: the decoding "
             "SAE's codes, averaged over the image's positions. A latent loads on a neuron when its decoder row puts at "
             "least the loading threshold of its energy there; a neuron's links are the live latents that load on it "
             "(how many features it carries), a latent's the neurons it loads on. Heatmaps: the unit at each position "
             "of the exemplar, on the unit's largest value over its exemplars.")
-    return write_page(path, f"Feature pages: {job.arm} seed {job.seed}, {spec.layer}", facts, note, content,
-                      test.images[rows].cpu().numpy() if len(rows) else np.zeros((0, 3, 8, 8), np.uint8),
-                      labels[rows], test.classes, np.unique(labels), link_titles={
+    return write_page(path, title, facts, note, content,
+                      data.images[rows].cpu().numpy() if len(rows) else np.zeros((0, 3, 8, 8), np.uint8),
+                      labels[rows], data.classes, np.unique(labels), link_titles={
                           "neuron": "Latents that load on this neuron", "latent": "Neurons this latent loads on"},
-                      featvis=featvis)
+                      featvis=uris)
 
 
 def _selectivity_facts(units: list[dict], kept: dict[str, Any]) -> list[tuple[str, str]]:
@@ -154,21 +172,19 @@ def _selectivity_facts(units: list[dict], kept: dict[str, Any]) -> list[tuple[st
     return out
 
 
-def _attach_featvis(path: Path, units: list[dict]) -> list[str]:
-    """Activation-maximization images of the neurons the job rendered (featvis-<layer>.npz), as data URIs;
-    each such neuron's record gets its image's index as ``featvis``."""
+def _attach_featvis(units: list[dict], featvis: tuple[list[int], np.ndarray] | None) -> list[str]:
+    """Activation-maximization images of the rendered neurons as data URIs; each such neuron's record
+    gets its image's index as ``featvis``."""
     from superlens.report.browse import png_uri
 
-    if not path.exists():
+    if featvis is None:
         return []
-    with np.load(path) as f:
-        rendered, images = f["units"].tolist(), f["images"]
     neurons = {u["index"]: u for u in units if u["kind"] == "neuron"}
     uris = []
-    for i, unit in enumerate(rendered):
+    for unit, image in zip(*featvis):
         if unit in neurons:
             neurons[unit]["featvis"] = len(uris)
-            uris.append(png_uri(images[i, 0]))
+            uris.append(png_uri(image))
     return uris
 
 

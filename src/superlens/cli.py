@@ -258,11 +258,15 @@ def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Two models: folder (default runs/diff).")
 def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trust_pickle, out) -> None:
-    """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L."""
+    """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L
+    [key=value ...] (model.*, device, seed as for analyze)."""
     suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
-    weights = tuple(weights) + tuple(a for a in args if a.endswith(suffixes))
-    names = [a for a in args if not a.endswith(suffixes)]
+    weights = tuple(weights) + tuple(a for a in args if "=" not in a and a.endswith(suffixes))
+    names = [a for a in args if "=" not in a and not a.endswith(suffixes)]
+    overrides = [a for a in args if "=" in a]
     if len(names) == 1 and not data_name:
+        if overrides:
+            raise UserError(f"key=value options ({overrides[0]}) are for two models; a run keeps its own settings")
         from superlens.browse import diff_run
 
         pair = [a for a in arms.split(",") if a] if arms else []
@@ -271,10 +275,10 @@ def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trus
             raise UserError(f"no pair of finished jobs to diff in {names[0]}")
         click.echo(f"{len(written)} diffs; report: {Path(names[0]) / 'report.html'}")
         return
-    _diff_two_models(names, weights, data_name, root, layer, steps, images, trust_pickle, out)
+    _diff_two_models(names, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out)
 
 
-def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trust_pickle, out) -> None:
+def _diff_two_models(specs, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out) -> None:
     from superlens.analysis.crosscoder import CrosscoderSettings
     from superlens.browse import diff_models, write_diff
     from superlens.data import fixed_subset
@@ -289,7 +293,7 @@ def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trus
         raise UserError("two models need --layers L: the module whose outputs are compared")
     if weights and len(weights) != 2:
         raise UserError(f"give one --weights per MODEL: 2 models but {len(weights)} weight files")
-    options = options_from(())
+    options = options_from(overrides)
     splits = _analyze_data(data_name, root, options, _normalization("dataset", None, None))
     models = _analyze_models(specs, weights, splits, options, trust_pickle, True)
     from superlens.analysis.features import check_layers
@@ -299,7 +303,7 @@ def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trus
     names = [Path(w).stem for w in weights] if weights else [s.rsplit(":", 1)[-1] for s in specs]
     if names[0] == names[1]:
         names = [f"A-{names[0]}", f"B-{names[1]}"]
-    settings = CrosscoderSettings(steps=steps or CrosscoderSettings().steps)
+    settings = CrosscoderSettings(steps=steps or CrosscoderSettings().steps, seed=options["seed"])
     subset = fixed_subset(splits.train, images)
     result = diff_models(models[0], models[1], layer, subset, settings, device=resolve_device(options["device"]),
                          names=tuple(names), log=click.echo)
@@ -320,6 +324,7 @@ def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trus
 @click.option("--labels", default=None, help="Comma-separated names of the models in the report (default: from --weights).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/analyze).")
 @click.option("--list-layers", is_flag=True, help="Print every module name with its output shape for one input, then stop.")
+@click.option("--browse", "pages", is_flag=True, help="Also write a feature page per model and layer (browse/).")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects (runs code from the file).")
 @click.option("--strict", type=click.BOOL, default=True, show_default=True, help="Refuse weights whose keys or shapes do not match.")
 @click.option("--input-size", type=click.IntRange(min=1), default=None,
@@ -329,8 +334,8 @@ def _diff_two_models(specs, weights, data_name, root, layer, steps, images, trus
                    "'unit' (0..1 pixels, no normalization) or 'raw' (0..255 pixels). --mean/--std are on that scale.")
 @click.option("--mean", default=None, help="Normalization mean: 1 or 3 comma-separated numbers, on the --pixels scale.")
 @click.option("--std", default=None, help="Normalization std: 1 or 3 comma-separated positive numbers, on the --pixels scale.")
-def analyze(args, data_name, root, weights, layers, units, labels, out, list_layers, trust_pickle, strict, input_size,
-            pixels, mean, std) -> None:
+def analyze(args, data_name, root, weights, layers, units, labels, out, list_layers, pages, trust_pickle, strict,
+            input_size, pixels, mean, std) -> None:
     """The superposition lens on trained models: MODEL [MODEL ...] [key=value ...].
 
     MODEL is resnet18, torchvision:<name>, timm:<name>, path/to/file.py:function or
@@ -368,7 +373,7 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     names = labels.split(",") if labels else (None if weights else [spec.rsplit(":", 1)[-1] for spec in specs])
     summary = run_lens(models, splits, layer_list, weights=list(weights) or None, labels=names, units=unit_list, out=out,
                        options=options, input_size=input_size, progress=click.echo,
-                       normalization=normalization["words"])
+                       normalization=normalization["words"], browse=pages)
     for label, entry in summary["arms"].items():
         acc = entry.get("test_accuracy")
         click.echo(f"{label}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")

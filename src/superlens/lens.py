@@ -256,7 +256,7 @@ def _label(i: int, model: nn.Module, weights: str | None, labels: Sequence[str] 
 def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str | None] | None = None,
             labels: Sequence[str] | None = None, units: Sequence[int] | None = None, out: str | Path | None = None,
             options: dict[str, Any] | None = None, input_size: int | None = None, progress=print,
-            normalization: str | None = None) -> dict[str, Any]:
+            normalization: str | None = None, browse: bool = False) -> dict[str, Any]:
     """The lens on one or several trained models, side by side.
 
     ``models``: an ``nn.Module`` or a list of them (built and with weights loaded);
@@ -265,7 +265,8 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     ``list_layers``); ``units``: channels of conv layers to visualize. ``options``
     overrides ``DEFAULTS`` (e.g. ``{"analysis": {"max_samples": 2000}}``). Returns the
     summary dict (as ``summary.json``); with ``out``, also writes the run directory
-    and its ``report.html``.
+    and its ``report.html``, each layer's SAE (``models/<label>/sae-<layer>/``), and with
+    ``browse`` a feature page per model and layer (``browse/<label>-<layer>.html``).
     """
     from superlens.analysis.features import check_layers
     from superlens.data import fixed_subset, load
@@ -273,6 +274,8 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
     from superlens.training import output_accuracy, resolve_device
 
     options = options_from((), options)
+    if browse and (out is None or not options["sae"]["enabled"]):
+        raise UserError("feature pages (browse) need an output folder (out) and the SAE (sae.enabled=true)")
     progress = progress or (lambda line: None)
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -312,20 +315,51 @@ def analyze(models, data, layers: Sequence[str] | str, *, weights: Sequence[str 
                 progress(f"{label}: {layer}: kept from an earlier run in {folder}")
                 result.layers[layer] = kept
                 pace.skip()
-                continue
-            progress(f"{label}: {layer}")
-            result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device, accuracy is not None,
-                                          list(units or []), options["seed"], _prefixed(progress, f"{label}: {layer}"),
-                                          (model_folder(out, label), fingerprint) if out is not None else None)
-            if folder is not None:
-                write_layer(folder, key, result.layers[layer])
-            pace.done(f"{label}: {layer}")
+            else:
+                progress(f"{label}: {layer}")
+                result.layers[layer] = _layer(model, layer, test_sub, train_sub, recipe, options, device,
+                                              accuracy is not None, list(units or []), options["seed"],
+                                              _prefixed(progress, f"{label}: {layer}"),
+                                              (model_folder(out, label), fingerprint) if out is not None else None)
+                if folder is not None:
+                    write_layer(folder, key, result.layers[layer])
+                pace.done(f"{label}: {layer}")
+            if browse:
+                _browse(out, label, model, layer, test_sub, recipe, device, accuracy, result.layers[layer], progress)
         results.append(result)
     summary = lens_summary(results, layers, test, options, input_size)
     summary["normalization"] = normalization
     if out is not None:
         write_run(out, results, summary, layers, test.classes, setup, device, started)
     return summary
+
+
+def _browse(out: Path, label: str, model, layer: str, test, recipe, device, accuracy, result: LayerResult,
+            progress) -> None:
+    """The feature page of one analysed layer, ``browse/<label>-<layer>.html``, from its saved SAE."""
+    from superlens.analysis.features import capture
+    from superlens.browse import layer_page
+    from superlens.saefiles import load_sae, sae_folder
+
+    folder = sae_folder(model_folder(out, label), layer)
+    if not (folder / "cfg.json").exists():
+        result.notes.append(f"{layer}: no SAE was trained (see the notes above), so it has no feature page")
+        return
+    acts = capture(model, test, layer, pool="none", recipe=recipe, device=device)[layer]
+    if acts.ndim not in (2, 4):
+        result.notes.append(f"{layer}: feature pages are for (C, H, W) and (D,) layers; this one gives "
+                            f"{acts.shape[1:]} per image")
+        return
+    featvis = None
+    if result.featvis is not None:
+        featvis = (list(result.featvis["units"]), (np.asarray(result.featvis["images"])[:, 0] * 255).round()
+                   .astype(np.uint8))
+    path = layer_page(Path(out) / "browse" / f"{label.replace('/', '_')}-{layer}.html",
+                      f"Feature pages: {label}, {layer}",
+                      [("model", label), ("layer", layer), ("test accuracy", "n/a" if accuracy is None else f"{accuracy:.4f}")],
+                      acts, load_sae(folder, device), test, f"{len(test)} test images (analysis.max_samples)",
+                      featvis=featvis)
+    progress(f"{label}: {layer}: feature page {path}")
 
 
 def _prefixed(progress, prefix: str):

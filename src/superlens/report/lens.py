@@ -49,6 +49,8 @@ def build_lens_report(out: Path, results, summary: dict[str, Any], layers: list[
                 grids.append(Markup(f'<img src="data:image/png;base64,{_b64(figures.featvis_grid(fv, classes, f"{r.label}, {layer}"))}" '
                                     f'alt="activation maximization, {r.label}">'))
         section["featvis"] = grids
+        section["pages"] = [(r.label, f"browse/{r.label.replace('/', '_')}-{layer}.html") for r in results
+                            if (out / "browse" / f"{r.label.replace('/', '_')}-{layer}.html").exists()]
         sections.append(section)
     notes = [n for r in results for n in r.notes + [n for lr in r.layers.values() for n in lr.notes]]
     env = Environment(loader=PackageLoader("superlens.report", "templates"), autoescape=select_autoescape(["html", "j2"]))
