@@ -1,6 +1,6 @@
 """Feature pages: one self-contained HTML file per model and layer (or per crosscoder diff).
 
-The page holds its data as JSON and its images as one embedded sprite (PNG); vanilla JS draws
+The page holds its data as JSON and its images as one embedded sprite; vanilla JS draws
 the sortable, filterable table of units and, for the unit clicked, its card. No server, no
 network: it opens from the file system.
 """
@@ -35,7 +35,8 @@ UNIT_COLUMNS = [
 
 
 def sprite(images: np.ndarray) -> dict[str, Any]:
-    """(n, 3, h, w) uint8 images as one PNG grid (thumbnails of at most THUMB px) and its geometry."""
+    """(n, 3, h, w) uint8 images as one image grid (thumbnails of at most THUMB px) and its geometry: a
+    JPEG (quality 90) when the thumbnail side is a multiple of 8, else a PNG."""
     from PIL import Image
 
     n = max(1, len(images))
@@ -50,8 +51,13 @@ def sprite(images: np.ndarray) -> dict[str, Any]:
             tile = tile.resize((side, side), Image.BILINEAR)
         sheet.paste(tile, ((i % cols) * side, (i // cols) * side))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG", optimize=True)
-    return {"uri": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), "cols": cols,
+    if side % 8 == 0:  # JPEG blocks (8 px, no chroma subsampling) then never straddle two thumbnails
+        sheet.save(buf, format="JPEG", quality=90, subsampling=0)
+        kind = "jpeg"
+    else:
+        sheet.save(buf, format="PNG", optimize=True)
+        kind = "png"
+    return {"uri": f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii"), "cols": cols,
             "rows": rows}
 
 
