@@ -1,8 +1,11 @@
+from functools import partial
+
 import numpy as np
 import pytest
 
 from superlens.active import strategies as S
-from superlens.active.kcenter import _SumTree, greedy_kcenter, kmeanspp_seeding
+from superlens.active.kcenter import (
+    _SumTree, greedy_kcenter, greedy_kcenter_dense, kmeanspp_seeding, kmeanspp_seeding_dense)
 from superlens.errors import UserError
 
 
@@ -67,12 +70,14 @@ def brute_kcenter(points, centers, k, first=None):
     return picked
 
 
+@pytest.mark.parametrize("kcenter", ["lazy", "dense"])
 @pytest.mark.parametrize("n_centers", [0, 1, 15])
-def test_coreset_equals_brute_force_greedy_k_center(n_centers):
+def test_coreset_equals_brute_force_greedy_k_center(n_centers, kcenter):
     rng = np.random.default_rng(n_centers)
     x = rng.normal(size=(400, 6)).astype(np.float32)
     centers = rng.normal(size=(n_centers, 6)).astype(np.float32)
-    picked, radii = greedy_kcenter(x, centers, 60, np.random.default_rng(3))
+    pick = greedy_kcenter if kcenter == "lazy" else partial(greedy_kcenter_dense, device="cpu")
+    picked, radii = pick(x, centers, 60, np.random.default_rng(3))
     first = int(np.random.default_rng(3).integers(400)) if n_centers == 0 else None
     assert list(picked) == brute_kcenter(x.astype(np.float64), centers.astype(np.float64), 60, first)
     assert np.all(np.diff(radii[np.isfinite(radii)]) <= 1e-6)  # the covering radius never increases
@@ -97,23 +102,28 @@ def test_badge_factorized_inner_products_equal_explicit(probs):
     assert np.allclose(factorized, explicit[rows] @ explicit[cols].T, rtol=1e-4, atol=1e-5)
 
 
-def test_kmeanspp_draws_follow_d_squared():
+SEEDINGS = {"lazy": kmeanspp_seeding, "dense": partial(kmeanspp_seeding_dense, device="cpu")}
+
+
+@pytest.mark.parametrize("seeding", SEEDINGS)
+def test_kmeanspp_draws_follow_d_squared(seeding):
     # one centre at 0; the others at distances 1, 2, 3 -> D^2 weights 1 : 4 : 9
     x = np.array([[0.0], [1.0], [2.0], [3.0]])
     counts = np.zeros(4)
     for seed in range(3000):
-        picked = kmeanspp_seeding([x], 2, np.random.default_rng(seed), first=0)
+        picked = SEEDINGS[seeding]([x], 2, np.random.default_rng(seed), first=0)
         counts[picked[1]] += 1
     assert counts[0] == 0
     assert np.allclose(counts[1:] / counts.sum(), [1 / 14, 4 / 14, 9 / 14], atol=0.03)
 
 
-def test_kmeanspp_after_stale_bounds_still_follows_d_squared():
+@pytest.mark.parametrize("seeding", SEEDINGS)
+def test_kmeanspp_after_stale_bounds_still_follows_d_squared(seeding):
     # centres 0 then (most likely) 3; the third draw's weights depend on refreshed bounds
     x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
     seen = {}
     for seed in range(3000):
-        p = kmeanspp_seeding([x], 3, np.random.default_rng(seed), first=0)
+        p = SEEDINGS[seeding]([x], 3, np.random.default_rng(seed), first=0)
         if p[1] == 4:
             seen[int(p[2])] = seen.get(int(p[2]), 0) + 1
     total = sum(seen.values())
@@ -122,15 +132,40 @@ def test_kmeanspp_after_stale_bounds_still_follows_d_squared():
         assert abs(seen.get(i, 0) / total - w / 14) < 0.03
 
 
-def test_kmeanspp_with_factors_follows_d_squared_of_the_outer_products():
+@pytest.mark.parametrize("seeding", SEEDINGS)
+def test_kmeanspp_with_factors_follows_d_squared_of_the_outer_products(seeding):
     a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     h = np.array([[1.0], [2.0], [1.0]])
     g = (a[:, :, None] * h[:, None, :]).reshape(3, -1)  # explicit points (1,0), (0,2), (1,1)
     d2 = ((g - g[0]) ** 2).sum(1)  # from centre 0: 0, 5, 1
     counts = np.zeros(3)
     for seed in range(3000):
-        counts[kmeanspp_seeding([a, h], 2, np.random.default_rng(seed), first=0)[1]] += 1
+        counts[SEEDINGS[seeding]([a, h], 2, np.random.default_rng(seed), first=0)[1]] += 1
     assert np.allclose(counts / counts.sum(), d2 / d2.sum(), atol=0.03)
+
+
+@pytest.mark.parametrize("seeding", SEEDINGS)
+def test_kmeanspp_fills_up_with_distinct_points_when_the_rest_coincide(seeding):
+    x = np.array([[0.0], [0.0], [0.0], [5.0]])
+    for seed in range(20):
+        picked = SEEDINGS[seeding]([x], 4, np.random.default_rng(seed), first=0)
+        assert sorted(picked) == [0, 1, 2, 3] and picked[1] == 3  # the far point first, then the rest
+
+
+def test_on_an_accelerator_coreset_and_badge_take_the_dense_path(monkeypatch, probs):
+    import torch
+
+    called = []
+    monkeypatch.setattr(S, "greedy_kcenter_dense", lambda x, c, k, rng, device: (
+        called.append(("kcenter", device)), greedy_kcenter(x, c, k, rng))[1])
+    monkeypatch.setattr(S, "kmeanspp_seeding_dense", lambda f, k, rng, first, device: (
+        called.append(("kmeans++", device)), kmeanspp_seeding(f, k, rng, first=first))[1])
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    for device in (None, "cpu", torch.device("cuda", 1)):
+        S.get("coreset").select(inputs(embeddings=emb, labeled_embeddings=emb[:3], device=device), 5, rng)
+        S.get("badge").select(inputs(probs=probs, embeddings=emb, device=device), 5, rng)
+    assert called == [("kcenter", torch.device("cuda", 1)), ("kmeans++", torch.device("cuda", 1))]
 
 
 def test_sum_tree_sampling_and_updates():

@@ -8,6 +8,11 @@ D^2 sampling only needs it for a proposed point (rejection sampling from the bou
 which yields draws exactly proportional to D^2). When a new centre changes few
 distances, as it does once many centres are chosen, each pick costs about O(t * d)
 for t centres instead of O(n * d), and memory stays O(n + k * d).
+
+On an accelerator (``greedy_kcenter_dense``, ``kmeanspp_seeding_dense``) the same procedures
+run as one dense O(n * d) update per pick, all on the device: the lazy bounds save work on a
+CPU, while a GPU does the dense update in microseconds and would wait on the host for the
+lazy bookkeeping.
 """
 
 from __future__ import annotations
@@ -193,3 +198,70 @@ def kmeanspp_seeding(factors: list[np.ndarray], k: int, rng: np.random.Generator
             upper[i] = exact
             tree.set(i, exact)
     return np.asarray(picked, dtype=np.int64)
+
+
+# --- the same two procedures as dense updates on an accelerator ---
+# On a GPU one O(n * d) update per pick is cheap and keeps every step on the device (no host
+# round trip until the picks come back); the lazy bounds above pay off on the CPU.
+
+def _device_rows(points: np.ndarray, device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
+
+
+def greedy_kcenter_dense(points: np.ndarray, centers: np.ndarray, k: int, rng: np.random.Generator, device
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``greedy_kcenter`` with every distance kept on ``device`` and refreshed against each new pick."""
+    x = _device_rows(points, device)
+    n = len(x)
+    x_sq = (x * x).sum(1)
+    upper = torch.full((n,), float("inf"), device=x.device)
+    c = _device_rows(np.asarray(centers, dtype=np.float32).reshape(-1, x.shape[1]), device)
+    for j in range(0, len(c), 2048):
+        block = torch.addmm((c[j : j + 2048] ** 2).sum(1)[None, :], x, c[j : j + 2048].T, alpha=-2.0)
+        upper = torch.minimum(upper, (block + x_sq[:, None]).min(1).values.clamp_min(0.0))
+    picked = torch.empty(k, dtype=torch.long, device=x.device)
+    radii = torch.empty(k, device=x.device)
+    start = 0
+    if len(c) == 0 and k > 0:
+        first = int(rng.integers(n))
+        upper = (x_sq + x_sq[first] - 2.0 * (x @ x[first])).clamp_min(0.0)
+        upper[first] = 0.0
+        picked[0], radii[0], start = first, float("inf"), 1
+    for t in range(start, k):
+        i = upper.argmax()  # stays on the device: ties go to the lowest index
+        picked[t], radii[t] = i, upper[i].sqrt()
+        upper = torch.minimum(upper, (x_sq + x_sq[i] - 2.0 * (x @ x[i])).clamp_min(0.0))
+        upper[i] = 0.0
+    return picked.cpu().numpy(), radii.double().cpu().numpy()
+
+
+def kmeanspp_seeding_dense(factors: list[np.ndarray], k: int, rng: np.random.Generator, first: int, device
+                           ) -> np.ndarray:
+    """``kmeanspp_seeding`` with the D^2 weights kept on ``device``: each pick is drawn from them by a
+    generator seeded from ``rng`` and the weights are refreshed against it. A point that coincides
+    with a centre keeps a tiny weight, so when only such points remain they are drawn uniformly."""
+    fs = [_device_rows(f, device) for f in factors]
+    n = len(fs[0])
+    sq = torch.ones(n, device=fs[0].device)
+    for f in fs:
+        sq = sq * (f * f).sum(1)
+
+    def distances(i) -> torch.Tensor:
+        inner = torch.ones(n, device=sq.device)
+        for f in fs:
+            inner = inner * (f @ f[i])
+        return (sq + sq[i] - 2.0 * inner).clamp_min(0.0)
+
+    draws = torch.Generator(device=sq.device).manual_seed(int(rng.integers(2**63)))
+    open_ = torch.ones(n, dtype=torch.bool, device=sq.device)
+    picked = torch.empty(k, dtype=torch.long, device=sq.device)
+    picked[0] = first
+    open_[first] = False
+    upper = distances(first)
+    for t in range(1, k):
+        weights = torch.where(open_, upper + 1e-30, torch.zeros_like(upper))
+        i = torch.multinomial(weights, 1, generator=draws)[0]
+        picked[t] = i
+        open_[i] = False
+        upper = torch.minimum(upper, distances(i))
+    return picked.cpu().numpy()

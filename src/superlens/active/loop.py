@@ -54,7 +54,7 @@ def query_inputs(
 ) -> strategies.QueryInputs:
     """Everything ``needs`` asks for, from one evaluation pass (no augmentation) over the pool."""
     unlabeled = pool.unlabeled
-    inputs = strategies.QueryInputs(pool_ids=unlabeled, labeled_ids=pool.labeled, state=state)
+    inputs = strategies.QueryInputs(pool_ids=unlabeled, labeled_ids=pool.labeled, state=state, device=device)
     if not needs:
         return inputs
     scored = np.concatenate([unlabeled, pool.labeled]) if "labeled_embeddings" in needs else unlabeled
@@ -250,7 +250,8 @@ def _initial(active: ActiveSpec, model, train: ImageDataset, labels: np.ndarray,
     result = evaluate(model, train, recipe, device=device)
     ids = np.arange(len(train))
     inputs = strategies.QueryInputs(probs=result.probs, embeddings=result.embeddings,
-                                    labeled_embeddings=result.embeddings[:0], pool_ids=ids, labeled_ids=ids[:0])
+                                    labeled_embeddings=result.embeddings[:0], pool_ids=ids, labeled_ids=ids[:0],
+                                    device=device)
     picked = strategy.select(inputs, active.initial_size, rng, **active.strategy_options.get(strategy.name, {}))
     return np.sort(ids[np.asarray(picked)])
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import torch
 
-from superlens.active.kcenter import greedy_kcenter, kmeanspp_seeding
+from superlens.active.kcenter import greedy_kcenter, greedy_kcenter_dense, kmeanspp_seeding, kmeanspp_seeding_dense
 from superlens.errors import UserError
 
 EPS = 1e-12
@@ -30,6 +31,13 @@ class QueryInputs:
     labeled_ids: np.ndarray | None = None  # (L,) training-set index of each labelled image
     state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
     scores: np.ndarray | None = None  # (n,) set by a strategy that ranks the pool by a score (higher: picked first)
+    device: Any = None  # where the heavy parts may run: on an accelerator, k-center and k-means++ run there
+
+
+def _accelerator(inputs: QueryInputs):
+    """The device to run a strategy's dense parts on, or None to keep them on the CPU."""
+    device = torch.device(inputs.device) if inputs.device is not None else None
+    return device if device is not None and device.type != "cpu" else None
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,11 @@ def _bald(inputs, k, rng):
 # greedy k-center on embeddings (Sener & Savarese 2018)
 @register("coreset", {"embeddings", "labeled_embeddings"})
 def _coreset(inputs, k, rng):
-    picked, radii = greedy_kcenter(inputs.embeddings, inputs.labeled_embeddings, k, rng)
+    device = _accelerator(inputs)
+    if device is not None:
+        picked, radii = greedy_kcenter_dense(inputs.embeddings, inputs.labeled_embeddings, k, rng, device)
+    else:
+        picked, radii = greedy_kcenter(inputs.embeddings, inputs.labeled_embeddings, k, rng)
     inputs.state["coreset_radii"] = radii
     return picked
 
@@ -162,6 +174,9 @@ def badge_factors(probs: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray
 def _badge(inputs, k, rng):
     a, h = badge_factors(inputs.probs, inputs.embeddings)
     norms = np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", h, h)
+    device = _accelerator(inputs)
+    if device is not None:
+        return kmeanspp_seeding_dense([a, h], k, rng, int(np.argmax(norms)), device)
     return kmeanspp_seeding([a, h], k, rng, first=int(np.argmax(norms)))
 
 
