@@ -30,14 +30,43 @@ def lifted():
     return points, np.repeat(np.arange(6), 25)
 
 
-def test_typiclust_picks_the_centre_of_every_blob():
+@pytest.fixture(params=["sklearn", "lloyd"])
+def clustering(request, monkeypatch):
+    """TypiClust's clustering as on the CPU (scikit-learn), or as on an accelerator (``lloyd``, run here on the CPU)."""
+    if request.param == "lloyd":
+        monkeypatch.setattr(typical, "kmeans", lambda x, clusters, rng, pca_dims=64, device=None:
+                            typical.lloyd(x, clusters, rng, device="cpu"))
+    return request.param
+
+
+def test_lloyd_finds_separated_clusters_and_matches_scikit_learn():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 5)) * 10
+    truth = rng.integers(0, 8, 2000)
+    x = (centres[truth] + rng.normal(size=(2000, 5))).astype(np.float32)
+    for seed in range(5):
+        ids = typical.lloyd(x, 8, np.random.default_rng(seed))
+        assert len(set(zip(ids, truth))) == 8  # the same partition, up to the names of the clusters
+    mixed = rng.normal(size=(3000, 6)).astype(np.float32)  # no clusters: local optima differ a little
+
+    def inertia(ids):
+        return sum(((mixed[ids == c] - mixed[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
+
+    ours = np.mean([inertia(typical.lloyd(mixed, 20, np.random.default_rng(s))) for s in range(3)])
+    theirs = np.mean([inertia(KMeans(20, n_init=1, random_state=s).fit_predict(mixed)) for s in range(3)])
+    assert ours <= 1.03 * theirs
+
+
+def test_typiclust_picks_the_centre_of_every_blob(clustering):
     x, blob = lifted()
     picks = typiclust(x, x[:0], 6, np.random.default_rng(0), k=20)
     assert sorted(blob[picks]) == list(range(6))  # one per blob
     assert (picks % 25 == 12).all()  # each its centre
 
 
-def test_typiclust_never_picks_a_covered_blob_while_one_is_uncovered():
+def test_typiclust_never_picks_a_covered_blob_while_one_is_uncovered(clustering):
     x, blob = lifted()
     covered = np.isin(blob, [1, 4])
     pool, labeled = x[~covered], x[covered][[0, 30]]  # one labelled point in blob 1, one in blob 4

@@ -270,7 +270,8 @@ def _typiclust(inputs, k, rng, knn: int = 20, max_clusters: int = 500, min_clust
     from superlens.active.typical import typiclust
 
     pool, labeled = _embeddings(inputs, embedding)
-    return typiclust(pool, labeled, k, rng, k=knn, max_clusters=max_clusters, min_cluster_size=min_cluster_size)
+    return typiclust(pool, labeled, k, rng, k=knn, max_clusters=max_clusters, min_cluster_size=min_cluster_size,
+                     device=_accelerator(inputs))
 
 
 # greedy maximum coverage by delta-balls of pure radius (Yehuda et al. 2022)

@@ -39,13 +39,17 @@ def _sq_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, out: tor
     return d.clamp_(min=0.0)
 
 
+def _rows(x: np.ndarray, device=None) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+
+
 def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     """For each row, the mean euclidean distance to its ``k`` nearest other rows (blocks of rows)."""
     n = len(x)
     k = min(k, n - 1)
     if k < 1:
         return np.zeros(n)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = _rows(x)
     t_sq = (t * t).sum(1)
     rows = max(1, BLOCK_VALUES // n)
     out = np.empty(n)
@@ -56,43 +60,88 @@ def knn_mean_distance(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def principal_components(x: np.ndarray, dims: int) -> np.ndarray:
+def principal_components(x: np.ndarray, dims: int, device=None) -> np.ndarray:
     """``x`` (rows) projected on its leading ``dims`` principal components, centred.
 
     Exact: eigenvectors of the covariance, accumulated over blocks of centred rows in
     float32 and decomposed in float64 (a d x d problem), so no n x d copy is made.
     """
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = _rows(x, device)
     mean = t.mean(0)
-    cov = torch.zeros(t.shape[1], t.shape[1], dtype=torch.float64)
+    cov = torch.zeros(t.shape[1], t.shape[1], dtype=torch.float64, device=t.device)
     for start in range(0, len(t), 8192):
         block = t[start : start + 8192] - mean
         cov += (block.T @ block).double()
-    top = torch.linalg.eigh(cov).eigenvectors[:, -dims:].flip(1).float()
-    return (t @ top - mean @ top).numpy()
+    top = torch.linalg.eigh(cov.cpu()).eigenvectors[:, -dims:].flip(1).float().to(t.device)
+    return (t @ top - mean @ top).cpu().numpy()
 
 
-def kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator, pca_dims: int | None = 64) -> np.ndarray:
+def kmeans(x: np.ndarray, clusters: int, rng: np.random.Generator, pca_dims: int | None = 64,
+           device=None) -> np.ndarray:
     """Cluster ids: k-means (a few restarts) for up to 50 clusters, mini-batch k-means beyond,
-    on the leading ``pca_dims`` principal components when there are more dimensions (None: all)."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
+    on the leading ``pca_dims`` principal components when there are more dimensions (None: all).
+    With an accelerator ``device``: Lloyd's k-means there instead (``lloyd``)."""
     clusters = max(1, min(clusters, len(x)))
     seed = int(rng.integers(2**31))
     if pca_dims is not None and x.shape[1] > pca_dims and len(x) > pca_dims:
-        x = principal_components(x, pca_dims)
+        x = principal_components(x, pca_dims, device)
+    if device is not None and torch.device(device).type != "cpu":
+        return lloyd(x, clusters, np.random.default_rng(seed), device=device)
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     if clusters <= 50:
         return KMeans(clusters, n_init=3, random_state=seed).fit_predict(x)
     return MiniBatchKMeans(clusters, n_init=1, random_state=seed, batch_size=4096).fit_predict(x)
 
 
+def lloyd(x: np.ndarray, clusters: int, rng: np.random.Generator, iterations: int = 50, device=None) -> np.ndarray:
+    """Cluster ids by Lloyd's k-means on ``device``: greedy k-means++ seeding (each centre the best of
+    2 + ln(clusters) candidates drawn by D^2, by the k-means potential, as scikit-learn seeds), then at
+    most ``iterations`` rounds of assign and re-centre, stopping when no id changes. An empty cluster
+    keeps its centre."""
+    t = _rows(x, device)
+    n = len(t)
+    clusters = max(1, min(clusters, n))
+    t_sq = (t * t).sum(1)
+    draws = torch.Generator(device=t.device).manual_seed(int(rng.integers(2**63)))
+
+    def distances(rows: torch.Tensor) -> torch.Tensor:  # (len(rows), n) squared distances
+        return torch.addmm(t_sq[None, :], t[rows], t.T, alpha=-2.0).add_(t_sq[rows, None]).clamp_min_(0.0)
+
+    trials = 2 + int(np.log(clusters))
+    chosen = torch.randint(n, (1,), generator=draws, device=t.device)
+    upper = distances(chosen)[0]
+    picks = [chosen]
+    for _ in range(1, clusters):
+        candidates = torch.multinomial(upper + 1e-30, trials, replacement=True, generator=draws)
+        d = torch.minimum(distances(candidates), upper[None, :])
+        best = d.sum(1).argmin()
+        picks.append(candidates[best : best + 1])
+        upper = d[best]
+    centers = t[torch.cat(picks)]
+    ids = torch.full((n,), -1, dtype=torch.long, device=t.device)
+    rows = max(1, BLOCK_VALUES // clusters)
+    for _ in range(iterations):
+        c_sq = (centers * centers).sum(1)
+        new = torch.cat([(torch.addmm(c_sq[None, :], t[i : i + rows], centers.T, alpha=-2.0)
+                          + t_sq[i : i + rows, None]).argmin(1) for i in range(0, n, rows)])
+        if torch.equal(new, ids):
+            break
+        ids = new
+        sums = torch.zeros_like(centers).index_add_(0, ids, t)
+        counts = torch.bincount(ids, minlength=clusters).to(t.dtype)[:, None]
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1.0), centers)
+    return ids.cpu().numpy()
+
+
 def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, k: int = 20,
-              max_clusters: int = 500, min_cluster_size: int = 5) -> np.ndarray:
-    """Positions in ``pool`` of ``budget`` typical points, one cluster at a time (module docstring)."""
+              max_clusters: int = 500, min_cluster_size: int = 5, device=None) -> np.ndarray:
+    """Positions in ``pool`` of ``budget`` typical points, one cluster at a time (module docstring);
+    with an accelerator ``device`` the clustering (and its PCA) runs there."""
     n = len(pool)
     budget = min(budget, n)
     x = _normalized(np.concatenate([pool, labeled]) if len(labeled) else pool)
-    ids = kmeans(x, min(len(labeled) + budget, max_clusters), rng)
+    ids = kmeans(x, min(len(labeled) + budget, max_clusters), rng, device=device)
     n_clusters = int(ids.max()) + 1
     sizes = np.bincount(ids, minlength=n_clusters)
     covered = np.bincount(ids[n:], minlength=n_clusters)  # labelled members
@@ -111,7 +160,7 @@ def typiclust(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
         # fewest labelled first, then largest, then lowest id
         c = candidates[np.lexsort((candidates, -sizes[candidates], covered[candidates]))[0]]
         free = members[c][~taken[members[c]]]
-        typicality = 1.0 / (knn_mean_distance(x[free], min(k, len(free) // 2)) + 1e-12)
+        typicality = 1.0 / (knn_mean_distance(x[free], min(k, len(free) // 2)) + 1e-12)  # one cluster: small
         best = free[int(np.argmax(typicality))]
         picks.append(best)
         taken[best] = True
