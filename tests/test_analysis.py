@@ -40,6 +40,24 @@ def test_silhouette_float32_features_and_chunking():
         assert abs(geometry.silhouette_score(x, y, chunk=chunk) - ref) < 1e-6
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_silhouette_and_cosine_in_float32_as_on_an_accelerator(metric):
+    import torch
+
+    from superlens.analysis.validate import compute_dtype
+
+    assert compute_dtype("cpu") == compute_dtype(None) == torch.float64
+    assert compute_dtype(torch.device("cuda", 1)) == torch.float32  # the dtype a GPU computes in
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 10, 1500)
+    x = (rng.normal(size=(1500, 256)) + y[:, None] * 0.05).astype(np.float32)
+    ref = sk_silhouette(x.astype(np.float64), y, metric=metric)
+    assert abs(geometry.silhouette_score(x, y, metric=metric, dtype=torch.float32, chunk=333) - ref) < 1e-5
+    s32, s64 = (cosine.pairwise_cosine_stats(x, center=True, chunk=333, dtype=d) for d in (torch.float32, torch.float64))
+    assert s32.mean == pytest.approx(s64.mean, abs=1e-6) and s32.std == pytest.approx(s64.std, abs=1e-6)
+    assert np.abs(s32.counts - s64.counts).sum() <= 1e-3 * s64.counts.sum()  # a few pairs on bin edges
+
+
 @pytest.mark.parametrize("layout", list(layouts()))
 def test_davies_bouldin_matches_scikit_learn(layout):
     labels = layouts()[layout]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from superlens.analysis.validate import features_and_labels
+from superlens.analysis.validate import compute_dtype, features_and_labels
 
 
 @dataclass
@@ -77,17 +77,20 @@ class _Accumulator:
 
 
 def pairwise_cosine_stats(x, center: bool = False, chunk: int | None = None, bins: int = 2000,
-                          device: torch.device | str | None = None) -> CosineStats:
+                          device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CosineStats:
     """Cosine similarity of every pair of rows of ``x`` (samples x features).
 
     ``center`` subtracts the mean row first: for non-negative features (after ReLU)
     raw cosines are all positive and mostly measure the shared mean direction.
     The features are moved to ``device`` (default: the CPU) once in their own dtype;
-    blocks of ``chunk`` rows (default: at most 2^25 values each) are converted to
-    float64, centred and normalized there, so memory stays O((n + d) * chunk) beyond x.
+    blocks of ``chunk`` rows (default: at most 2^25 values each) are centred (on a float64
+    mean) and normalized in the compute dtype (``dtype``, default ``validate.compute_dtype``: float64 on the CPU,
+    float32 on an accelerator), so memory stays O((n + d) * chunk) beyond x; the histogram
+    and the moments are accumulated in float64.
     """
     x, _ = features_and_labels(x)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = dtype or compute_dtype(device)
     xs = torch.as_tensor(x).to(device)
     n, d = xs.shape
     chunk = chunk or max(1, min(4096, 2**25 // max(n, d)))
@@ -98,7 +101,7 @@ def pairwise_cosine_stats(x, center: bool = False, chunk: int | None = None, bin
         mean /= n
 
     def block(start: int) -> torch.Tensor:
-        b = xs[start : start + chunk].to(torch.float64) - mean
+        b = (xs[start : start + chunk].to(torch.float64) - mean).to(dtype)
         return b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     acc = _Accumulator(bins, device)

@@ -1,8 +1,10 @@
-"""Input checks shared by the analysis functions; each failure is one clear ValueError."""
+"""Input checks shared by the analysis functions (each failure is one clear ValueError), and the
+dtype they compute in."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from superlens.errors import UserError
 
@@ -25,3 +27,9 @@ def features_and_labels(x, labels=None, min_classes: int = 2) -> tuple[np.ndarra
     if len(x) <= len(classes):
         raise UserError(f"need more samples ({len(x)}) than classes ({len(classes)})")
     return x, y
+
+
+def compute_dtype(device: torch.device | str | None) -> torch.dtype:
+    """float64 on the CPU (exact to the test's tolerances, and cheap there); float32 on an accelerator,
+    where sums are still accumulated in float64."""
+    return torch.float64 if device is None or torch.device(device).type == "cpu" else torch.float32
