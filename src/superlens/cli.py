@@ -260,10 +260,9 @@ def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[
 def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trust_pickle, out) -> None:
     """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L
     [key=value ...] (model.*, device, seed as for analyze)."""
-    suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
-    weights = tuple(weights) + tuple(a for a in args if "=" not in a and a.endswith(suffixes))
-    names = [a for a in args if "=" not in a and not a.endswith(suffixes)]
-    overrides = [a for a in args if "=" in a]
+    from superlens.outside import diff_two_models, split_args
+
+    names, weights, overrides = split_args(args, weights)
     if len(names) == 1 and not data_name:
         if overrides:
             raise UserError(f"key=value options ({overrides[0]}) are for two models; a run keeps its own settings")
@@ -275,42 +274,7 @@ def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trus
             raise UserError(f"no pair of finished jobs to diff in {names[0]}")
         click.echo(f"{len(written)} diffs; report: {Path(names[0]) / 'report.html'}")
         return
-    _diff_two_models(names, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out)
-
-
-def _diff_two_models(specs, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out) -> None:
-    from superlens.analysis.crosscoder import CrosscoderSettings
-    from superlens.browse import diff_models, write_diff
-    from superlens.data import fixed_subset
-    from superlens.lens import options_from
-    from superlens.training import resolve_device
-
-    if len(specs) != 2:
-        raise UserError(f"diff takes a run directory, or two models (MODEL_A MODEL_B); got {len(specs)}: {' '.join(specs)}")
-    if not data_name:
-        raise UserError("two models need --data NAME (and --root PATH): the images both models see")
-    if not layer:
-        raise UserError("two models need --layers L: the module whose outputs are compared")
-    if weights and len(weights) != 2:
-        raise UserError(f"give one --weights per MODEL: 2 models but {len(weights)} weight files")
-    options = options_from(overrides)
-    splits = _analyze_data(data_name, root, options, _normalization("dataset", None, None))
-    models = _analyze_models(specs, weights, splits, options, trust_pickle, True)
-    from superlens.analysis.features import check_layers
-
-    for m in models:
-        check_layers(m, [layer])
-    names = [Path(w).stem for w in weights] if weights else [s.rsplit(":", 1)[-1] for s in specs]
-    if names[0] == names[1]:
-        names = [f"A-{names[0]}", f"B-{names[1]}"]
-    settings = CrosscoderSettings(steps=steps or CrosscoderSettings().steps, seed=options["seed"])
-    subset = fixed_subset(splits.train, images)
-    result = diff_models(models[0], models[1], layer, subset, settings, device=resolve_device(options["device"]),
-                         names=tuple(names), log=click.echo)
-    path, page = write_diff(Path(out or "runs/diff"), result, subset)
-    c = result["json"]
-    click.echo(f"{c['a_only']} {names[0]}-only, {c['b_only']} {names[1]}-only, {c['shared']} shared of {c['live']} live "
-               f"latents: {path}, {page}")
+    diff_two_models(names, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out, click.echo)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -344,21 +308,19 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     """
     from superlens.analysis.features import list_layers as layer_table
     from superlens.lens import analyze as run_lens, options_from
+    from superlens.outside import load_data, load_models, normalization as pixel_normalization, split_args
 
-    # `--weights a.pt b.pt` puts b.pt among the positional arguments: weight files are recognized by their suffix
-    suffixes = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
-    weights = tuple(weights) + tuple(a for a in args if "=" not in a and a.endswith(suffixes))
-    specs = [a for a in args if "=" not in a and not a.endswith(suffixes)]
-    options = options_from([a for a in args if "=" in a])
+    specs, weights, overrides = split_args(args, weights)
+    options = options_from(overrides)
     if not specs:
         raise UserError("name at least one MODEL (resnet18, torchvision:<name>, timm:<name>, file.py:function)")
     if weights and len(weights) != len(specs):
         raise UserError(f"give one --weights per MODEL: {len(specs)} models but {len(weights)} weight files")
-    normalization = _normalization(pixels, mean, std)
-    splits = _analyze_data(data_name, root, options, normalization) if data_name else None
+    normalization = pixel_normalization(pixels, mean, std)
+    splits = load_data(data_name, root, options, normalization) if data_name else None
     if splits is None and not list_layers:
         raise UserError("--data is required (e.g. --data cifar10 --root /path/to/data)")
-    models = _analyze_models(specs, weights, splits, options, trust_pickle, strict)
+    models = load_models(specs, weights, splits, options, trust_pickle, strict, click.echo)
     if list_layers:
         _print_layers(models[0], input_size or (splits.train.image_size[0] if splits else None), layer_table)
         return
@@ -380,53 +342,6 @@ def analyze(args, data_name, root, weights, layers, units, labels, out, list_lay
     click.echo(f"report: {out}/report.html")
 
 
-def _numbers(text: str, what: str, positive: bool = False) -> tuple[float, float, float]:
-    """--mean/--std: 1 number (for every channel) or 3, comma-separated."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) not in (1, 3):
-        raise UserError(f"--{what} must be 1 or 3 comma-separated numbers, got {text!r}")
-    if positive and min(values) <= 0:
-        raise UserError(f"--{what} must be positive (it divides the pixels), got {text!r}")
-    return values * 3 if len(values) == 1 else values
-
-
-def _normalization(pixels: str, mean: str | None, std: str | None) -> dict:
-    """The mean/std (on the 0..1 scale the loader uses) that turn a dataset's pixels into what the model
-    expects, and the words the report uses for it; ``None`` values keep the dataset's own."""
-    scale = 255.0 if pixels == "raw" else 1.0
-    m = _numbers(mean, "mean") if mean else None
-    s = _numbers(std, "std", positive=True) if std else None
-    if pixels != "dataset":  # raw or unit pixels: no normalization unless one is given, on that scale
-        m = tuple(v / scale for v in m) if m else (0.0, 0.0, 0.0)
-        s = tuple(v / scale for v in s) if s else (1.0 / scale,) * 3
-    scale_words = {"dataset": "0..1 pixels", "unit": "0..1 pixels", "raw": "0..255 pixels"}[pixels]
-    if m is None and s is None:
-        words = f"{scale_words} normalized with the dataset's mean and std"
-    else:
-        def shown(values) -> str:
-            return ", ".join(f"{x * scale:.4g}" for x in values) if values else "the dataset's"
-
-        flags = " ".join(f for f, given in (("--mean", mean), ("--std", std)) if given)
-        words = f"{scale_words}, mean {shown(m)}, std {shown(s)} (--pixels {pixels}{' ' + flags if flags else ''})"
-    return {"mean": m, "std": s, "words": words}
-
-
-def _analyze_data(name: str, root: str | None, options: dict, normalization: dict):
-    """The dataset of ``superlens analyze``, with the normalization the model expects."""
-    from dataclasses import replace
-
-    from superlens.data import DatasetSplits, load
-
-    splits = load(name, root=root, **options["data"]["options"])
-    stats = {k: normalization[k] for k in ("mean", "std") if normalization[k] is not None}
-    if stats:
-        splits = DatasetSplits(replace(splits.train, **stats), replace(splits.test, **stats))
-    return splits
-
-
 def _print_layers(model, side: int | None, layer_table) -> None:
     """--list-layers: every module with its output shape for one input of ``side`` pixels (or 224, else 32)."""
     import torch
@@ -445,23 +360,6 @@ def _print_layers(model, side: int | None, layer_table) -> None:
         click.echo(f"note: shapes for a {size}x{size} input (the model does not take 224x224)")
     for name, kind, shape in rows:
         click.echo(f"{name:<40} {kind:<22} {'x'.join(str(d) for d in shape[1:])}")
-
-
-def _analyze_models(specs: list[str], weights: tuple[str, ...], splits, options: dict, trust_pickle: bool, strict: bool):
-    """Each MODEL built, with its weights file or named pretrained weights loaded."""
-    from superlens.models.loading import build, load_state, read_state
-
-    num_classes = splits.train.num_classes if splits else None
-    models, notes = [], []
-    for i, spec in enumerate(specs):
-        named = weights[i] if weights and weights[i].split(":", 1)[0] == "pretrained" else None
-        model = build(spec, num_classes, options["model"] if spec == "resnet18" else None, pretrained=named)
-        if weights and not named:
-            notes += load_state(model, read_state(weights[i], trust_pickle), weights[i], strict)
-        models.append(model)
-    for note in notes:
-        click.echo(f"note: {note}")
-    return models
 
 
 @cli.command()
