@@ -192,6 +192,32 @@ def test_ball_graph_in_tiles_equals_all_pairs(unit):
     assert np.array_equal(within[far_from_edge], (d <= delta)[far_from_edge])
 
 
+@pytest.mark.parametrize("unit", [False, True])
+def test_the_dense_ball_graph_gives_the_same_lists(unit):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(311, 6)).astype(np.float32)
+    if unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    delta = 0.9 if unit else 2.0
+    tiled = ball_graph(x, delta, unit=unit, tile=32)
+    indptr, indices = typical.ball_graph_dense(x, delta, unit=unit, device="cpu")
+    assert _as_sets(indptr, indices) == _as_sets(*tiled)
+    assert all(np.all(np.diff(indices[indptr[i] : indptr[i + 1]]) > 0) for i in range(len(x)))  # ascending
+
+
+def test_probcover_on_an_accelerator_builds_the_graph_there(monkeypatch):
+    import superlens.active.typical as t
+
+    x, blob = lifted()
+    on_cpu = probcover(x, x[:0], 6, np.random.default_rng(0), delta=0.1)
+    used = []
+    monkeypatch.setattr(t, "kmeans", lambda x, c, rng, pca_dims=64, device=None: t.lloyd(x, c, rng, device="cpu"))
+    monkeypatch.setattr(t, "ball_graph_dense", lambda x, delta, unit, device: (used.append(str(device)),
+                                                                                  t.ball_graph(x, delta, unit=unit))[1])
+    assert np.array_equal(probcover(x, x[:0], 6, np.random.default_rng(0), delta=0.1, device="cuda:0")[0],
+                          on_cpu[0]) and used == ["cuda:0"]
+
+
 def _as_sets(indptr, indices):
     return [set(indices[indptr[i] : indptr[i + 1]].tolist()) for i in range(len(indptr) - 1)]
 

@@ -288,6 +288,7 @@ def _probcover(inputs, k, rng, delta: float | None = None, purity: float = 0.95,
     pool, labeled = _embeddings(inputs, embedding)
     classes = inputs.probs.shape[1] if inputs.probs is not None else 10
     picks, used = probcover(pool, labeled, k, rng, delta=delta, purity=purity, pseudo_clusters=classes,
-                            purity_sample=purity_sample, pca_dims=pca_dims, max_degree=max_degree)
+                            purity_sample=purity_sample, pca_dims=pca_dims, max_degree=max_degree,
+                            device=_accelerator(inputs))
     inputs.state.setdefault("probcover_delta", []).append(used)
     return picks

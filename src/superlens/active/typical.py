@@ -323,6 +323,29 @@ def ball_graph(x: np.ndarray, delta: float, unit: bool = False, tile: int = TILE
     return np.concatenate([[0], np.cumsum(counts)]), indices
 
 
+def ball_graph_dense(x: np.ndarray, delta: float, unit: bool = False, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """``ball_graph`` on an accelerator: every pair tested, a block of rows against all rows at a time on
+    ``device`` (one matrix product and one comparison each); each row's neighbours come back in
+    ascending order. The same lists as ``ball_graph`` (up to float32 rounding at the radius)."""
+    t = _rows(x, device)
+    n = len(t)
+    limit = delta * delta
+    t_sq = (t * t).sum(1)
+    counts, indices = np.zeros(n, np.int64), []
+    rows = max(1, BLOCK_VALUES // max(n, 1))
+    for i in range(0, n, rows):
+        a = t[i : i + rows]
+        if unit:
+            hit = a @ t.T >= 1.0 - limit / 2 - 1e-6
+        else:
+            hit = _sq_distances(a, t, t_sq) <= limit
+        r, c = hit.nonzero(as_tuple=True)  # row-major: by row, then by neighbour
+        counts[i : i + len(a)] = torch.bincount(r, minlength=len(a)).cpu().numpy()
+        indices.append(c.to(torch.int32).cpu().numpy())
+    indices = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+    return np.concatenate([[0], np.cumsum(counts)]), indices
+
+
 def purity_radius(x: np.ndarray, pseudo: np.ndarray, purity: float, rng: np.random.Generator, sample: int = 2000,
                   grid: np.ndarray | None = None, max_degree: int | None = None) -> float:
     """The largest radius on ``grid`` whose balls stay ``purity`` pure (module docstring) and, with
@@ -392,7 +415,8 @@ def greedy_cover(indptr: np.ndarray, indices: np.ndarray, candidates: np.ndarray
 
 def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, delta: float | None = None,
               purity: float = 0.95, pseudo_clusters: int = 10, purity_sample: int = 2000,
-              normalize: bool = True, pca_dims: int | None = 64, max_degree: int | None = 1000) -> tuple[np.ndarray, float]:
+              normalize: bool = True, pca_dims: int | None = 64, max_degree: int | None = 1000,
+              device=None) -> tuple[np.ndarray, float]:
     """Positions in ``pool`` of ``budget`` greedy max-coverage picks, and the radius used.
 
     ``normalize``: work on L2-normalized embeddings (as the method does); off, on the raw
@@ -401,18 +425,22 @@ def probcover(pool: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random
     for 512-d features; None keeps every dimension (exact). ``max_degree``: when ``delta``
     is estimated, it is also kept small enough that a ball holds at most this many points
     on average, which bounds the coverage graph at about ``max_degree`` x n entries
-    (None: no bound, the method as published).
+    (None: no bound, the method as published). With an accelerator ``device`` the PCA, the
+    pseudo-label clustering and the coverage graph run there (``ball_graph_dense``).
     """
     n = len(pool)
     x = np.concatenate([pool, labeled]) if len(labeled) else np.asarray(pool)
     x = _normalized(x) if normalize else np.asarray(x, np.float32)
     if pca_dims is not None and x.shape[1] > pca_dims and len(x) > pca_dims:
-        x = principal_components(x, pca_dims)
+        x = principal_components(x, pca_dims, device)
         x = _normalized(x) if normalize else x
-    pseudo = kmeans(x, pseudo_clusters, rng)  # for the purity radius, and to skip far pairs in the graph
+    pseudo = kmeans(x, pseudo_clusters, rng, device=device)  # for the purity radius, and to skip far pairs
     if delta is None:
         delta = purity_radius(x, pseudo, purity, rng, purity_sample, max_degree=max_degree)
-    indptr, indices = ball_graph(x, delta, unit=normalize, groups=pseudo)
+    if device is not None and torch.device(device).type != "cpu":
+        indptr, indices = ball_graph_dense(x, delta, unit=normalize, device=device)
+    else:
+        indptr, indices = ball_graph(x, delta, unit=normalize, groups=pseudo)
     covered = np.zeros(len(x), bool)
     covered[indices[indptr[n] :]] = True  # the labelled points (the last rows) cover their balls already
     picks, _ = greedy_cover(indptr, indices, np.arange(n), covered, budget)
