@@ -93,7 +93,7 @@ def browse_run(run_dir: str | Path, layer: str | None = None, arms: Sequence[str
                 if not job.paths.model.exists():
                     log(f"{arm} seed {seed}: not finished, skipped")
                     continue
-                splits = splits or load_spec(job.data, device)
+                splits = load_spec(job.data, device) if splits is None else splits
                 t0 = time.perf_counter()
                 page = browse_job(job, splits, device, run.browse_page(arm, seed, layer), top, threshold, log)
                 log(f"{arm} seed {seed}: {page} ({time.perf_counter() - t0:.1f} s)")
@@ -228,7 +228,7 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
                 if missing:
                     log(f"{a} vs {b} seed {seed}: {', '.join(missing)} not finished, skipped")
                     continue
-                splits = splits or load_spec(ja.data, device)
+                splits = load_spec(ja.data, device) if splits is None else splits
                 t0 = time.perf_counter()
                 images = fixed_subset(splits.train, ja.sae.max_images)
                 settings = _settings(cfg, seed, steps)
