@@ -115,11 +115,12 @@ def test_browse_writes_a_page_per_model_whose_numbers_are_the_runs(study, capsys
 
 
 def test_diff_counts_every_pair_and_reaches_the_report(study, capsys):
-    code, text, err = run_cli(["diff", study, "--steps", "300"], capsys)  # every AL arm vs al-random, every seed
+    code, text, err = run_cli(["diff", study, "--steps", "300", "--k", "2"], capsys)  # every AL arm vs al-random, every seed
     assert code == 0, err
     for seed in (0, 1):
         d = json.loads((study / "diff" / "al-margin-vs-al-random" / f"seed{seed}" / "diff.json").read_text())
-        assert d["models"] == ["al-margin", "al-random"] and d["seed"] == seed and d["settings"]["steps"] == 300
+        assert d["models"] == ["al-margin", "al-random"] and d["seed"] == seed
+        assert d["settings"]["steps"] == 300 and d["settings"]["k"] == 2 and d["settings"]["seed"] == seed
         assert d["a_only"] + d["b_only"] + d["shared"] + d["other"] + d["dead"] == d["latents"]
         assert len(d["records"]) == d["live"] and d["thresholds"]["b_only_above"] == 0.9
         page = _page_data(study / "browse" / f"diff-al-margin-vs-al-random-seed{seed}-layer4.html")
@@ -181,11 +182,11 @@ def _models():
     return a, b
 
 
-def _diff(a, b, data):
+def _diff(a, b, data, k=4, seed=0):
     from superlens.analysis.crosscoder import CrosscoderSettings
     from superlens.browse import diff_models
 
-    return diff_models(a, b, "relu", data, CrosscoderSettings(steps=3000, batch_size=512))
+    return diff_models(a, b, "relu", data, CrosscoderSettings(steps=3000, batch_size=512, k=k, seed=seed))
 
 
 def test_identical_models_have_no_exclusive_latents():
@@ -196,11 +197,15 @@ def test_identical_models_have_no_exclusive_latents():
     assert result["shared"] >= 0.9 * result["live"]  # decoders start unbalanced: balance is learned
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("swap", [False, True])
-def test_a_planted_unit_gives_an_exclusive_latent_on_the_planted_images(swap):
+def test_a_planted_unit_gives_an_exclusive_latent_on_the_planted_images(swap, seed):
+    # k = 2: the construction has about one active feature per position. With k well above the data's
+    # sparsity, latents mix the planted direction with others and it is missed in some seeds
+    # (docs/browse.md has the sweep).
     data, planted = _planted_case()
     a, b = _models()
-    result = _diff(b, a, data) if swap else _diff(a, b, data)
+    result = _diff(b, a, data, k=2, seed=seed) if swap else _diff(a, b, data, k=2, seed=seed)
     mine, other = ("a_only", "b_only") if swap else ("b_only", "a_only")
     assert result["json"][mine] >= 1 and result["json"][other] == 0
     rows = result["content"]["images"]

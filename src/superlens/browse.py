@@ -191,7 +191,7 @@ def _attach_featvis(units: list[dict], featvis: tuple[list[int], np.ndarray] | N
 # --- model diffing ---
 
 def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int] | None = None,
-             layer: str | None = None, steps: int | None = None, top: int = 9,
+             layer: str | None = None, crosscoder: dict[str, Any] | None = None, top: int = 9,
              log: Callable[[str], None] = print) -> list[Path]:
     """Crosscoder diffs of a study: the pair ``arms`` (A, B), or every AL arm against al-random; every
     seed unless told. The report is rebuilt with the counts."""
@@ -231,7 +231,7 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
                 splits = load_spec(ja.data, device) if splits is None else splits
                 t0 = time.perf_counter()
                 images = fixed_subset(splits.train, ja.sae.max_images)
-                settings = _settings(cfg, seed, steps)
+                settings = _settings(cfg, seed, crosscoder or {})
                 result = diff_models(final_model(ja, splits), final_model(jb, splits), layer, images, settings,
                                      recipe=ja.recipe, device=device, names=(a, b), top=top, pooled=ja.sae.pooled,
                                      log=log)
@@ -246,12 +246,13 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
     return written
 
 
-def _settings(cfg: dict[str, Any], seed: int, steps: int | None):
+def _settings(cfg: dict[str, Any], seed: int, given: dict[str, Any]):
+    """The crosscoder's settings: ``given`` (e.g. steps, k) over the defaults, the batch no larger than the
+    run's SAE batch."""
     from superlens.analysis.crosscoder import CrosscoderSettings
 
-    base = CrosscoderSettings(seed=seed)
-    batch = min(base.batch_size, cfg["sae"]["settings"]["batch_size"])
-    return CrosscoderSettings(seed=seed, batch_size=batch, steps=steps or base.steps)
+    batch = min(CrosscoderSettings.batch_size, cfg["sae"]["settings"].get("batch_size", CrosscoderSettings.batch_size))
+    return CrosscoderSettings(**{"seed": seed, "batch_size": batch, **given})
 
 
 def diff_models(model_a, model_b, layer: str, images, settings, recipe=None, device=None, names=("A", "B"),

@@ -250,6 +250,8 @@ def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[
 @click.option("--layer", "--layers", "layer", default=None,
               help="Layer (a run: its SAE layer; two models: required, the module name).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Crosscoder training steps (default 3000).")
+@click.option("--k", type=click.IntRange(min=1), default=None,
+              help="Active latents per pair (default 4); keep it near the layer's sparsity (docs/browse.md).")
 @click.option("--data", "data_name", default=None, help="Two models: the dataset whose training images are used.")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Two models: the dataset's folder.")
 @click.option("--weights", multiple=True, help="Two models: a weight file per MODEL, in order.")
@@ -257,24 +259,26 @@ def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[
               help="Two models: training images the crosscoder sees.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Two models: folder (default runs/diff).")
-def diff(args, arms, seeds, layer, steps, data_name, root, weights, images, trust_pickle, out) -> None:
+def diff(args, arms, seeds, layer, steps, k, data_name, root, weights, images, trust_pickle, out) -> None:
     """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L
     [key=value ...] (model.*, device, seed as for analyze)."""
     from superlens.outside import diff_two_models, split_args
 
     names, weights, overrides = split_args(args, weights)
+    crosscoder = {key: v for key, v in (("steps", steps), ("k", k)) if v is not None}
     if len(names) == 1 and not data_name:
         if overrides:
             raise UserError(f"key=value options ({overrides[0]}) are for two models; a run keeps its own settings")
         from superlens.browse import diff_run
 
         pair = [a for a in arms.split(",") if a] if arms else []
-        written = diff_run(names[0], pair, seeds or None, layer, steps, log=click.echo)
+        written = diff_run(names[0], pair, seeds or None, layer, crosscoder, log=click.echo)
         if not written:
             raise UserError(f"no pair of finished jobs to diff in {names[0]}")
         click.echo(f"{len(written)} diffs; report: {Path(names[0]) / 'report.html'}")
         return
-    diff_two_models(names, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out, click.echo)
+    diff_two_models(names, weights, overrides, data_name, root, layer, crosscoder, images, trust_pickle, out,
+                    click.echo)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

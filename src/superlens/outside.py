@@ -86,9 +86,10 @@ def load_models(specs: list[str], weights: tuple[str, ...], splits, options: dic
     return models
 
 
-def diff_two_models(specs, weights, overrides, data_name, root, layer, steps, images, trust_pickle, out,
+def diff_two_models(specs, weights, overrides, data_name, root, layer, crosscoder, images, trust_pickle, out,
                     log: Callable[[str], None] = print) -> None:
-    """`superlens diff MODEL_A MODEL_B --data ...`: the crosscoder diff of two models at one layer, written to ``out``."""
+    """`superlens diff MODEL_A MODEL_B --data ...`: the crosscoder diff of two models at one layer, written to
+    ``out``; ``crosscoder``: settings over the defaults (steps, k)."""
     from superlens.analysis.crosscoder import CrosscoderSettings
     from superlens.analysis.features import check_layers
     from superlens.browse import diff_models, write_diff
@@ -112,7 +113,7 @@ def diff_two_models(specs, weights, overrides, data_name, root, layer, steps, im
     names = [Path(w).stem for w in weights] if weights else [s.rsplit(":", 1)[-1] for s in specs]
     if names[0] == names[1]:
         names = [f"A-{names[0]}", f"B-{names[1]}"]
-    settings = CrosscoderSettings(steps=steps or CrosscoderSettings().steps, seed=options["seed"])
+    settings = CrosscoderSettings(**{"seed": options["seed"], **crosscoder})
     subset = fixed_subset(splits.train, images)
     result = diff_models(models[0], models[1], layer, subset, settings, device=resolve_device(options["device"]),
                          names=tuple(names), log=log)

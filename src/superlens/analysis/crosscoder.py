@@ -13,8 +13,9 @@ that their mean squared norm equals their dimension. Then
 
 A latent's two decoder rows are kept at unit norm together (|d_a|^2 + |d_b|^2 = 1), so how
 much it writes into each model is a split of one budget: a decoder row that serves its model's
-reconstruction grows, and the other shrinks as the pair is renormalized. The relative decoder norm r_j = |d_b_j| / (|d_a_j| + |d_b_j|) sorts the
-latents that fire on the evaluation pairs: ``a_only`` r < 0.1, ``b_only`` r > 0.9, ``shared``
+reconstruction grows, and the other shrinks as the pair is renormalized. Latents that stop
+firing are revived by an auxiliary loss, as the decoding SAE's are. The relative decoder norm
+r_j = |d_b_j| / (|d_a_j| + |d_b_j|) sorts the latents that fire on the evaluation pairs: ``a_only`` r < 0.1, ``b_only`` r > 0.9, ``shared``
 0.4 <= r <= 0.6, ``other`` in between. The two decoders of a latent start with independent
 directions and independently drawn norms, so a balanced latent (r near 0.5) is learned, not
 inherited from the start.
@@ -41,6 +42,9 @@ class CrosscoderSettings:
     steps: int = 3000
     batch_size: int = 1024
     lr: float = 1e-3
+    aux_k: int = 64  # dead latents the auxiliary loss uses
+    aux_coef: float = 1 / 32
+    dead_after: int = 200_000  # pairs without firing before a latent counts as dead
     seed: int = 0
 
 
@@ -83,14 +87,14 @@ class Crosscoder(nn.Module):
         act = F.relu(pre)
         return act, act * (na + nb)
 
-    def encode_batch(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training codes of a batch of (scaled) pairs, and the smallest kept score."""
+    def encode_batch(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training codes of a batch of (scaled) pairs, the smallest kept score, and ReLU(pre)."""
         act, score = self._scores(a, b)
         keep = min(self.k * len(a), score.numel())
         flat = score.flatten()
         kept = flat.topk(keep).indices
         mask = torch.zeros_like(flat).scatter_(0, kept, 1.0).view_as(score)
-        return act * mask, flat[kept].min()
+        return act * mask, flat[kept].min(), act
 
     def encode(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Codes of (scaled) pairs at inference: each latent whose score passes the learned threshold."""
@@ -112,7 +116,9 @@ def _scale(x: torch.Tensor) -> float:
 def train_crosscoder(a, b, settings: CrosscoderSettings = CrosscoderSettings(), device=None,
                      progress=None) -> Crosscoder:
     """A crosscoder on paired vectors ``a`` (n x d_a) and ``b`` (n x d_b), row i of each from the same image
-    and position. ``progress(step, loss, eta_seconds)`` every 250 steps."""
+    and position. Latents that have not fired for ``dead_after`` pairs are revived as the decoding
+    SAE's are: the top ``aux_k`` of them per pair must reconstruct both models' residuals (weight
+    ``aux_coef``). ``progress(step, loss, eta_seconds)`` every 250 steps."""
     import time
 
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -137,13 +143,28 @@ def train_crosscoder(a, b, settings: CrosscoderSettings = CrosscoderSettings(), 
     batch = min(settings.batch_size, len(a))
     losses = torch.zeros(settings.steps, device=device)
     threshold = torch.zeros((), device=device)
+    since_fired = torch.zeros(latents, device=device)
+    k_aux = min(settings.aux_k, latents)
+    host_checks = device.type == "cpu"  # as in train_sae: asking costs nothing on the CPU, a sync on a GPU
     started = time.perf_counter()
     for step in range(settings.steps):
         idx = torch.randint(len(a), (batch,), generator=draws, device=device)
         xa, xb = a[idx], b[idx]
-        z, smallest = cc.encode_batch(xa, xb)
+        z, smallest, act = cc.encode_batch(xa, xb)
         ya, yb = cc.decode(z)
-        loss = ((xa - ya) ** 2).sum(1).mean() + ((xb - yb) ** 2).sum(1).mean()
+        ra, rb = xa - ya, xb - yb
+        loss = (ra * ra).sum(1).mean() + (rb * rb).sum(1).mean()
+        since_fired = torch.where((z > 0).any(0), torch.zeros_like(since_fired), since_fired + len(xa))
+        dead = since_fired >= settings.dead_after
+        if not host_checks or dead.any():
+            # the top dead latents of each pair must explain both residuals: a dead latent gets gradient again
+            vals, j = torch.where(dead, act, torch.zeros_like(act)).topk(k_aux, dim=1)
+            z_aux = torch.zeros_like(act).scatter_(1, j, vals)
+            ea, eb = z_aux @ cc.W_dec_a, z_aux @ cc.W_dec_b
+            ra, rb = ra.detach(), rb.detach()
+            aux = (((ra - ea) ** 2).sum(1).mean() + ((rb - eb) ** 2).sum(1).mean()) / (
+                (ra * ra).sum(1).mean() + (rb * rb).sum(1).mean()).clamp_min(1e-12)
+            loss = loss + settings.aux_coef * aux * dead.any()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
