@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from superlens.analysis.groundtruth import synthetic_activations
-from superlens.analysis.sae import effective_features, latent_activity, train_sae
+from superlens.analysis.sae import train_sae
+from superlens.analysis.sae_measures import effective_features, latent_activity
 from superlens.analysis.superposition import measure_superposition
 from superlens.specs import SAESettings
 

@@ -67,7 +67,7 @@ def study(tmp_path_factory):
 
 
 def test_a_study_saves_the_sae_it_measured(study):
-    from superlens.analysis.sae import image_latents
+    from superlens.analysis.sae_measures import image_latents
     from superlens.analysis.superposition import neurons_and_latents
     from superlens.browse import _study
     from superlens.data import fixed_subset, load_spec

@@ -192,7 +192,8 @@ def test_pooled_sae_study_runs(tmp_path):
 
 
 def test_pooled_splice_is_exact_for_an_identity_autoencoder():
-    from superlens.analysis.sae import SAESettings, SparseAutoencoder, spliced_accuracies
+    from superlens.analysis.sae import SAESettings, SparseAutoencoder
+    from superlens.analysis.sae_measures import spliced_accuracies
     from superlens.data import load
     from superlens.models import resnet18
 

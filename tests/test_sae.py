@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from superlens.analysis.sae import (SAESettings, conv_vectors, effective_features, matched_decoder_cosine,
-                                    sae_metrics, spliced_accuracies, train_sae)
+from superlens.analysis.sae import SAESettings, conv_vectors, train_sae
+from superlens.analysis.sae_measures import effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies
 from superlens.errors import UserError
 
 

@@ -82,7 +82,8 @@ def layer_units(acts: np.ndarray, sae, labels: np.ndarray, classes: list[str], t
     """Records of the neurons and SAE latents of one layer, from its activations ``acts`` on the page's
     images ((images, C, H, W), or (images, C)) and its decoding SAE. A latent loads on a neuron when
     at least ``threshold`` of its decoder row's energy lies there (``units.loadings``)."""
-    from superlens.analysis.sae import conv_vectors, image_latents
+    from superlens.analysis.sae_measures import image_latents
+    from superlens.analysis.sae import conv_vectors
 
     labels = np.asarray(labels)
     pooled = acts if acts.ndim == 2 else acts.mean(axis=(2, 3))

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from superlens.analysis import neurons
-from superlens.analysis.sae import (effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies,
-                                    train_sae, train_saes)
+from superlens.analysis.sae import train_sae, train_saes
+from superlens.analysis.sae_measures import effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies
 from superlens.specs import SAESettings
 
 

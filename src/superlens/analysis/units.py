@@ -1,7 +1,7 @@
 """Per-unit records of a layer: what the feature pages show for every neuron and every SAE latent.
 
 ``values`` is (images, units): a neuron's activation per image averaged over positions, or a
-latent's code averaged over the image's positions (``sae.image_latents``), the same per-image
+latent's code averaged over the image's positions (``sae_measures.image_latents``), the same per-image
 activity the study's neuron and latent metrics use. ``maps`` gives a unit's activation over the
 positions of one image, for the heatmaps of its exemplars.
 """

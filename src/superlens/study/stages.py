@@ -165,7 +165,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     """``sae.json``: the decoding SAE on the final model's layer (reconstruction, splicing, latents
     vs neurons), psi and the dictionary metrics by the superposition protocol, and with
     ``sae.per_round`` psi of every round's model."""
-    from superlens.analysis.sae import image_latents
+    from superlens.analysis.sae_measures import image_latents
     from superlens.analysis.superposition import measure_sae, neurons_and_latents, superposition_metrics
     from superlens.saefiles import file_sha256, kept_sae, save_sae
 
