@@ -14,9 +14,10 @@ against ``al-random`` for every seed. ``diff_models`` does the same for any two 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,14 +53,44 @@ def _study(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
     return run, cfg
 
 
-def _checked(cfg: dict[str, Any], arms: Sequence[str], seeds: Sequence[int] | None) -> tuple[list[str], list[int]]:
+def _check(cfg: dict[str, Any], arms: Sequence[str], seeds: Sequence[int] | None) -> None:
     for arm in arms:
         if arm not in cfg["arms"]:
             raise UserError(f"unknown arm {arm!r}; this run's arms: {', '.join(cfg['arms'])}")
     for seed in seeds or ():
         if seed not in cfg["seeds"]:
             raise UserError(f"unknown seed {seed}; this run's seeds: {', '.join(map(str, cfg['seeds']))}")
-    return list(arms) or list(cfg["arms"]), list(seeds) if seeds else [cfg["seeds"][0]]
+
+
+class _Work:
+    """One command's work on a locked run: its device, its dataset (loaded at the first ``splits``), the
+    files written; ``_working`` rebuilds the report after it when any were."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from superlens.training import resolve_device
+
+        self.device = resolve_device(cfg["device"])
+        self.written: list[Path] = []
+        self._splits = None
+
+    def splits(self, job):
+        from superlens.data import load_spec
+
+        if self._splits is None:
+            self._splits = load_spec(job.data, self.device)
+        return self._splits
+
+
+@contextmanager
+def _working(run: RunDir, cfg: dict[str, Any]) -> Iterator[_Work]:
+    from superlens.report.html import build_report
+    from superlens.study import summarize
+
+    with run.lock():
+        work = _Work(cfg)
+        yield work
+        if work.written:
+            build_report(run, summarize(run))
 
 
 def _layer(cfg: dict[str, Any], layer: str | None) -> str:
@@ -74,33 +105,24 @@ def browse_run(run_dir: str | Path, layer: str | None = None, arms: Sequence[str
                top: int = 9, threshold: float = 0.1, log: Callable[[str], None] = print) -> list[Path]:
     """Feature pages of a study's final models (every arm of the first seed unless told), and the
     report rebuilt with links to them."""
-    from superlens.data import load_spec
-    from superlens.report.html import build_report
-    from superlens.study import summarize
     from superlens.study.run import arm_job
-    from superlens.training import resolve_device
 
     run, cfg = _study(run_dir)
-    arms, seeds = _checked(cfg, arms, seeds)
+    _check(cfg, arms, seeds)
     layer = _layer(cfg, layer)
-    pages = []
-    with run.lock():
-        device = resolve_device(cfg["device"])
-        splits = None
-        for seed in seeds:
-            for arm in arms:
+    with _working(run, cfg) as work:
+        for seed in seeds or [cfg["seeds"][0]]:
+            for arm in arms or cfg["arms"]:
                 job = arm_job(cfg, run, arm, seed)
                 if not job.paths.model.exists():
                     log(f"{arm} seed {seed}: not finished, skipped")
                     continue
-                splits = load_spec(job.data, device) if splits is None else splits
                 t0 = time.perf_counter()
-                page = browse_job(job, splits, device, run.browse_page(arm, seed, layer), top, threshold, log)
+                page = browse_job(job, work.splits(job), work.device, run.browse_page(arm, seed, layer), top,
+                                  threshold, log)
                 log(f"{arm} seed {seed}: {page} ({time.perf_counter() - t0:.1f} s)")
-                pages.append(page)
-        if pages:
-            build_report(run, summarize(run))
-    return pages
+                work.written.append(page)
+    return work.written
 
 
 def browse_job(job, splits, device, path: Path, top: int = 9, threshold: float = 0.1, log=None) -> Path:
@@ -195,18 +217,14 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
              log: Callable[[str], None] = print) -> list[Path]:
     """Crosscoder diffs of a study: the pair ``arms`` (A, B), or every AL arm against al-random; every
     seed unless told. The report is rebuilt with the counts."""
-    from superlens.data import fixed_subset, load_spec
-    from superlens.report.html import build_report
-    from superlens.study import summarize
+    from superlens.data import fixed_subset
     from superlens.study.run import arm_job
     from superlens.study.stages import final_model
-    from superlens.training import resolve_device
 
     run, cfg = _study(run_dir)
     if arms:
         if len(arms) != 2 or arms[0] == arms[1]:
             raise UserError(f"--arms takes two different arms, A,B; got {','.join(arms)!r}")
-        _checked(cfg, arms, seeds)
         pairs = [tuple(arms)]
     else:
         if CONTROL not in cfg["arms"]:
@@ -214,36 +232,30 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
         pairs = [(a, CONTROL) for a in cfg["arms"] if a not in ("baseline", CONTROL)]
         if not pairs:
             raise UserError(f"this run has no active-learning arm besides {CONTROL}; name the pair with --arms A,B")
-    _checked(cfg, (), seeds)
-    seeds = list(seeds) if seeds else list(cfg["seeds"])
+    _check(cfg, arms, seeds)
     layer = _layer(cfg, layer)
-    written = []
-    with run.lock():
-        device = resolve_device(cfg["device"])
-        splits = None
-        for seed in seeds:
+    with _working(run, cfg) as work:
+        for seed in seeds or cfg["seeds"]:
             for a, b in pairs:
                 ja, jb = arm_job(cfg, run, a, seed), arm_job(cfg, run, b, seed)
                 missing = [j.arm for j in (ja, jb) if not j.paths.model.exists()]
                 if missing:
                     log(f"{a} vs {b} seed {seed}: {', '.join(missing)} not finished, skipped")
                     continue
-                splits = load_spec(ja.data, device) if splits is None else splits
+                splits = work.splits(ja)
                 t0 = time.perf_counter()
                 images = fixed_subset(splits.train, ja.sae.max_images)
                 settings = _settings(cfg, seed, crosscoder or {})
                 result = diff_models(final_model(ja, splits), final_model(jb, splits), layer, images, settings,
-                                     recipe=ja.recipe, device=device, names=(a, b), top=top, pooled=ja.sae.pooled,
+                                     recipe=ja.recipe, device=work.device, names=(a, b), top=top, pooled=ja.sae.pooled,
                                      log=log)
                 path, page = write_diff(run.diff_dir(a, b, seed), result, images, run.diff_page(a, b, seed, layer),
                                         seed=seed, seconds=round(time.perf_counter() - t0, 2))
                 c = result["json"]
                 log(f"{a} vs {b} seed {seed}: {c['a_only']} {a}-only, {c['b_only']} {b}-only, {c['shared']} shared of "
                     f"{c['live']} live latents -> {page} ({time.perf_counter() - t0:.1f} s)")
-                written.append(path)
-        if written:
-            build_report(run, summarize(run))
-    return written
+                work.written.append(path)
+    return work.written
 
 
 def _settings(cfg: dict[str, Any], seed: int, given: dict[str, Any]):
@@ -274,7 +286,7 @@ def diff_models(model_a, model_b, layer: str, images, settings, recipe=None, dev
                           progress=progress_log(log, f"{names[0]} vs {names[1]}: crosscoder"))
     labels = images.labels.cpu().numpy()
     content = crosscoder_units(acts[0], acts[1], cc, labels, images.classes, top)
-    kind = content.pop("classes_of_latents")
+    kind = np.array([u["class"] for u in content["units"]])
     counts = diff_counts(kind)
     fvu_a, fvu_b = fraction_unexplained(cc, *vectors)
     records = [{k: u[k] for k in ("index", "class", "relative_norm", "density", "mean", "class_selectivity", "top_class")}

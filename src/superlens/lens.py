@@ -169,10 +169,10 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None,
          keep: tuple[Path, str] | None = None) -> dict[str, float]:
     from superlens.analysis.features import capture
-    from superlens.analysis.sae import progress_log, vector_labels
+    from superlens.analysis.sae import progress_log, train_sae, vector_labels
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
     from superlens.data import fixed_subset
-    from superlens.saefiles import kept_sae, sae_folder, sae_identity, save_sae
+    from superlens.saefiles import kept_or_trained, sae_folder, sae_identity
     from superlens.specs import SAESettings
     from superlens.training import output_accuracy
 
@@ -186,14 +186,13 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
     if progress is not None:
         progress(f"SAEs on {len(train_vectors):,} vectors of {train_vectors.shape[1]:,} values: the decoding SAE, "
                  f"then the psi protocol")
-    folder = identity = kept = None
-    if keep is not None:
-        folder, identity = sae_folder(keep[0], name), sae_identity(name, False, settings, keep[1], len(train_vectors))
-        kept = kept_sae(folder, identity)
-    sae, metrics = measure_sae(model, name, train_vectors, test_vectors, settings, section["stability"], device, splice,
-                               progress=progress_log(progress, "decoding SAE"), kept=kept)
-    if folder is not None and kept is None:
-        save_sae(sae, folder, identity)
+
+    def train():
+        return train_sae(train_vectors, settings, device=device, progress=progress_log(progress, "decoding SAE")).sae
+
+    sae = train() if keep is None else kept_or_trained(
+        sae_folder(keep[0], name), sae_identity(name, False, settings, keep[1], len(train_vectors)), train, device)
+    metrics = measure_sae(model, name, sae, train_vectors, test_vectors, section["stability"], device, splice)
     labels = vector_labels(sae_train.labels.cpu().numpy(), len(train_vectors))
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
                                      progress=progress_log(progress, "superposition SAEs"),

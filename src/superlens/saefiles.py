@@ -117,6 +117,16 @@ def kept_sae(folder: Path, identity: dict[str, Any], device=None):
     return load_sae(folder, device) if same else None
 
 
+def kept_or_trained(folder: Path, identity: dict[str, Any], train, device=None, **extra: Any):
+    """The SAE kept in ``folder`` for ``identity``, or else ``train()``'s, saved there (``extra`` in its cfg.json)."""
+    kept = kept_sae(folder, identity, device)
+    if kept is not None:
+        return kept
+    sae = train()
+    save_sae(sae, folder, identity, **extra)
+    return sae
+
+
 def _plain(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples as lists)."""
     import json

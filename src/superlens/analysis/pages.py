@@ -141,4 +141,4 @@ def crosscoder_units(acts_a: np.ndarray, acts_b: np.ndarray, cc, labels: np.ndar
     for u, rec in enumerate(units):
         rec.update(relative_norm=float(r[u]), exclusivity=float(2 * abs(r[u] - 0.5)), **{"class": str(kind[u])})
     return {"units": units, "images": slots.images(), "map_names": ["into A", "into B"],
-            "map_shape": list(maps[0].shape[2:]), "classes_of_latents": kind}
+            "map_shape": list(maps[0].shape[2:])}

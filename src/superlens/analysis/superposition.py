@@ -11,27 +11,24 @@ import torch
 from superlens.analysis import neurons
 from superlens.analysis.sae import train_sae, train_saes
 from superlens.analysis.sae_measures import effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies
-from superlens.specs import SAESettings
 
 
-def measure_sae(model, layer: str, train_vectors: np.ndarray, test_vectors: np.ndarray, settings: SAESettings,
-                stability: bool, device, splice: dict | None = None, progress=None, kept=None):
-    """Train the decoding SAE on ``train_vectors`` (or take ``kept``, one trained so before) and measure
-    it on ``test_vectors``: the ``sae_*`` metrics (reconstruction, dead latents), with ``stability`` a
-    second seed's matched decoders, and with ``splice`` (keyword arguments of ``spliced_accuracies``)
-    the accuracies with the layer replaced. psi is measured by ``measure_superposition``, not here.
-    Returns (sae, metrics)."""
+def measure_sae(model, layer: str, sae, train_vectors: np.ndarray, test_vectors: np.ndarray, stability: bool, device,
+                splice: dict | None = None) -> dict[str, float]:
+    """The ``sae_*`` metrics of the decoding SAE ``sae`` (trained on ``train_vectors``) on ``test_vectors``:
+    reconstruction and dead latents; with ``stability`` the matched decoders of a second seed trained
+    with its settings; with ``splice`` (keyword arguments of ``spliced_accuracies``) the accuracies with
+    the layer replaced. psi is measured by ``measure_superposition``, not here."""
     from dataclasses import replace
 
-    sae = kept.to(device) if kept is not None else train_sae(train_vectors, settings, device=device,
-                                                             progress=progress).sae
+    sae = sae.to(device)
     m = {f"sae_{k}": v for k, v in sae_metrics(sae, test_vectors).items()}
     if splice is not None:
         m.update({f"sae_{k}": v for k, v in spliced_accuracies(model, layer, sae, device=device, **splice).items()})
     if stability:
-        second = train_sae(train_vectors, replace(settings, seed=settings.seed + 10_000), device=device).sae
+        second = train_sae(train_vectors, replace(sae.settings, seed=sae.settings.seed + 10_000), device=device).sae
         m["sae_stability"] = matched_decoder_cosine(sae, second)
-    return sae, m
+    return m
 
 
 # Keys of measure_superposition's result that a study stores per model (sae.json "metrics"), by their

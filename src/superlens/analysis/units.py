@@ -34,7 +34,7 @@ def unit_table(values: np.ndarray, labels: np.ndarray, top: int = 50) -> dict[st
                      for v, p in zip(values.T, peak)])
     return {"density": (values > 0).mean(0), "mean": values.mean(0), "class_selectivity": neurons.class_selectivity(values, labels),
             "top_class": classes[means.argmax(0)], "live": peak > 0, "peak": peak, "hist": hist,
-            "top_classes": top_classes, "classes": classes}
+            "top_classes": top_classes}
 
 
 def top_images(values: np.ndarray, k: int) -> np.ndarray:

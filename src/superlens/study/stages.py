@@ -167,7 +167,6 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     ``sae.per_round`` psi of every round's model."""
     from superlens.analysis.sae_measures import image_latents
     from superlens.analysis.superposition import measure_sae, neurons_and_latents, superposition_metrics
-    from superlens.saefiles import file_sha256, kept_sae, save_sae
 
     spec = job.sae
     model = final_model(job, splits)
@@ -176,12 +175,8 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     _, train_vectors = _sae_vectors(model, train, spec, job.recipe, device)
     test_acts, test_vectors = _sae_vectors(model, test, spec, job.recipe, device)
     splice = dict(data=test, mean_activation=torch.from_numpy(test_acts.mean(0)), recipe=job.recipe, pooled=spec.pooled)
-    folder, identity = _decoding_sae_identity(job, model, len(train_vectors))
-    kept = kept_sae(folder, identity)
-    sae, m = measure_sae(model, spec.layer, train_vectors, test_vectors, spec.settings_for(job.seed), spec.stability,
-                         device, splice, kept=kept)
-    if kept is None:
-        save_sae(sae, folder, identity, model_sha256=file_sha256(job.paths.model))
+    sae = decoding_sae(job, splits, device, model, log, train_vectors)
+    m = measure_sae(model, spec.layer, sae, train_vectors, test_vectors, spec.stability, device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
     curve: list[tuple[int, float]] = []
@@ -197,34 +192,28 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
         job.tracking.sae({"superposition_SAEs": curve}, result.get("per_round", []))
 
 
-def _decoding_sae_identity(job: ArmJob, model, train_vectors: int) -> tuple[Path, dict[str, Any]]:
-    """Where the job's decoding SAE is kept (``sae-<layer>/``) and what it must match to be reused."""
-    from superlens.saefiles import model_fingerprint, sae_folder, sae_identity
+def decoding_sae(job: ArmJob, splits: DatasetSplits, device, model=None, log=None, train_vectors=None):
+    """The job's decoding SAE (``sae-<layer>/``): the one kept for these weights, layer, settings and
+    vectors, or else trained now on the SAE's training vectors (``train_vectors`` when already made)
+    and kept. The sae stage makes it; ``browse`` finds it, or trains it for a run that predates it."""
+    from superlens.analysis.sae import progress_log, train_sae
+    from superlens.saefiles import file_sha256, kept_or_trained, model_fingerprint, sae_folder, sae_identity
 
     spec = job.sae
-    return sae_folder(job.paths.root, spec.layer), sae_identity(spec.layer, spec.pooled, spec.settings_for(job.seed),
-                                                                model_fingerprint(model), train_vectors)
-
-
-def decoding_sae(job: ArmJob, splits: DatasetSplits, device, model=None, log=None):
-    """The job's decoding SAE: the one its sae stage saved, or (a run from before SAEs were saved, or
-    one whose SAE was deleted) trained now with the same settings on the same vectors, and saved."""
-    from superlens.analysis.sae import progress_log, train_sae
-    from superlens.saefiles import file_sha256, kept_sae, save_sae
-
     model = model if model is not None else final_model(job, splits)
-    train = fixed_subset(splits.train, job.sae.max_images)
-    _, train_vectors = _sae_vectors(model, train, job.sae, job.recipe, device)
-    folder, identity = _decoding_sae_identity(job, model, len(train_vectors))
-    kept = kept_sae(folder, identity, device)
-    if kept is not None:
-        return kept
-    if log is not None:
-        log(f"{job.label}: training its decoding SAE ({folder} holds none for these weights and settings)")
-    sae = train_sae(train_vectors, job.sae.settings_for(job.seed), device=device,
-                    progress=progress_log(log, f"{job.label}: decoding SAE")).sae
-    save_sae(sae, folder, identity, model_sha256=file_sha256(job.paths.model))
-    return sae.eval()
+    if train_vectors is None:
+        _, train_vectors = _sae_vectors(model, fixed_subset(splits.train, spec.max_images), spec, job.recipe, device)
+    folder = sae_folder(job.paths.root, spec.layer)
+    identity = sae_identity(spec.layer, spec.pooled, spec.settings_for(job.seed), model_fingerprint(model),
+                            len(train_vectors))
+
+    def train():
+        if log is not None:
+            log(f"{job.label}: training its decoding SAE ({folder} holds none for these weights and settings)")
+        return train_sae(train_vectors, spec.settings_for(job.seed), device=device,
+                         progress=progress_log(log, f"{job.label}: decoding SAE")).sae
+
+    return kept_or_trained(folder, identity, train, device, model_sha256=file_sha256(job.paths.model))
 
 
 def _head_and_tail_psi(model, train, splits: DatasetSplits, spec, recipe, device, log, label: str) -> dict[str, float]:
