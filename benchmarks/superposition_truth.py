@@ -12,8 +12,9 @@ superposition metric must pass:
     (b) at every G it moves less from c = 0 to c = 2 than from G/N = 2 to 3 at c = 0;
     (d) a count (psi, features_per_neuron) lies within 25% of G/N for G/N = 1, 2, 3 (c = 0).
 The first generator (N = 32, uniform magnitudes, seed 0) is the one the protocol was
-designed on; the others (another seed, N = 64, other magnitude laws) were not looked
-at before the protocol was fixed.
+designed on; the next four were not looked at before the first protocol was fixed,
+but two of them (s1, s4) were where the class gains were tried; the last two (s5, s6)
+were added with the gains and first run in the bench that tested them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ GENERATORS = {  # name: (neurons, magnitude law, seed); the first one is where t
     "N64 uniform s2": (64, "uniform", 2),
     "N32 exponential s3": (32, "exponential", 3),
     "N32 lognormal s4": (32, "lognormal", 4),
+    # added with the class gains, and not run before the gains were fixed: held out from both revisions
+    "N48 exponential s5": (48, "exponential", 5),
+    "N64 lognormal s6": (64, "lognormal", 6),
 }
 # metric: (direction with more features per neuron, is it a count of features per neuron)
 METRICS = {"psi": (+1, True), "features_per_neuron": (+1, True), "feature_dimensionality_mean": (-1, False),

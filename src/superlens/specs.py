@@ -243,13 +243,14 @@ class SAESettings(Spec):
 
 @dataclass(frozen=True)
 class SuperpositionSettings(Spec):
-    """The psi protocol: several TopK SAEs trained to convergence on class-centred vectors; a latent
-    counts as a feature when another seed reproduces it (docs/superposition.md has the bench)."""
+    """The psi protocol: several TopK SAEs with class gains trained to convergence on class-centred
+    vectors; a latent counts as a feature when another seed reproduces it (docs/superposition.md has the bench)."""
 
     SECTION = "sae.superposition"
     RULES = {"seeds": integer(2), "k": integer(1), "expansion": integer(1), "max_steps": integer(1),
              "batch_size": integer(1), "lr": number(0, lo_open=True), "tolerance": number(0, lo_open=True),
-             "window": integer(1), "match": number(0, 1, lo_open=True), "max_vectors": integer(2), "seed": integer()}
+             "window": integer(1), "match": number(0, 1, lo_open=True), "max_vectors": integer(2), "seed": integer(),
+             "class_gains": boolean()}
 
     seeds: int = 3  # SAEs per model; psi is their mean, psi_sd their SD
     k: int = 4  # active latents per vector
@@ -262,6 +263,7 @@ class SuperpositionSettings(Spec):
     match: float = 0.9  # decoder cosine at which another seed reproduces a latent
     max_vectors: int = 100_000  # a seeded sample of the rows beyond this
     seed: int = 0  # the first SAE seed; the others follow it
+    class_gains: bool = True  # with labels, each SAE learns a gain per class and neuron (train_saes)
 
     def sae_settings(self) -> "SAESettings":
         return SAESettings(kind="topk", expansion=self.expansion, k=self.k, steps=self.max_steps,

@@ -168,29 +168,40 @@ class _Batched:
     W_enc: nn.Parameter  # (S, d, L)
     b_enc: nn.Parameter  # (S, 1, L)
     b_dec: nn.Parameter  # (S, 1, d)
+    log_gain: nn.Parameter | None = None  # (S, classes, d): log of each class's gain per neuron
 
     @classmethod
-    def start(cls, x: torch.Tensor, scale: float, latents: int, seeds: list[int]) -> "_Batched":
-        """Each seed's initial weights as ``SparseAutoencoder`` draws them; decoder bias at the data mean."""
+    def start(cls, x: torch.Tensor, scale: float, latents: int, seeds: list[int], classes: int = 0) -> "_Batched":
+        """Each seed's initial weights as ``SparseAutoencoder`` draws them; decoder bias at the data mean;
+        with ``classes``, class gains of 1."""
         d = x.shape[1]
         inits = [F.normalize(torch.randn(latents, d, generator=torch.Generator().manual_seed(s)), dim=1) for s in seeds]
         W_dec = nn.Parameter(torch.stack(inits).to(x.device))
         return cls(W_dec, nn.Parameter(W_dec.detach().transpose(1, 2).clone()),  # tied at the start
                    nn.Parameter(torch.zeros(len(seeds), 1, latents, device=x.device)),
-                   nn.Parameter((x * scale).mean(0).expand(len(seeds), 1, d).clone()))
+                   nn.Parameter((x * scale).mean(0).expand(len(seeds), 1, d).clone()),
+                   nn.Parameter(torch.zeros(len(seeds), classes, d, device=x.device)) if classes else None)
 
     def params(self) -> list[nn.Parameter]:
-        return [self.W_dec, self.W_enc, self.b_enc, self.b_dec]
+        return [self.W_dec, self.W_enc, self.b_enc, self.b_dec] + ([self.log_gain] if self.log_gain is not None else [])
+
+    def gains(self, classes: torch.Tensor | None) -> torch.Tensor | float:
+        """(S, B, d) gains of rows of the classes ``classes`` (S, B); 1 without class gains."""
+        if self.log_gain is None:
+            return 1.0
+        return torch.exp(self.log_gain).gather(1, classes[:, :, None].expand(-1, -1, self.log_gain.shape[2]))
 
     def loss(self, xb: torch.Tensor, settings: SAESettings, since_fired: torch.Tensor, k_aux: int,
-             host_checks: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-seed loss of the batch ``xb`` (S, B, d) and the updated steps-since-fired counters."""
-        pre = torch.baddbmm(self.b_enc, xb - self.b_dec, self.W_enc)
+             host_checks: bool, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed loss of the batch ``xb`` (S, B, d) of classes ``classes`` (S, B) and the updated
+        steps-since-fired counters."""
+        gain = self.gains(classes)
+        pre = torch.baddbmm(self.b_enc, (xb - self.b_dec) * gain, self.W_enc)
         z = F.relu(pre)
         if settings.kind == "topk" and settings.k < z.shape[2]:
             vals, j = z.topk(settings.k, dim=2)
             z = torch.zeros_like(z).scatter_(2, j, vals)
-        residual = xb - torch.baddbmm(self.b_dec, z, self.W_dec)
+        residual = xb - (torch.bmm(z, self.W_dec) * gain + self.b_dec)
         per_seed = (residual * residual).sum(2).mean(1)
         if settings.kind == "l1":
             per_seed = per_seed + settings.l1 * z.sum(2).mean(1)
@@ -199,7 +210,7 @@ class _Batched:
         if not host_checks or dead.any():  # the auxiliary-k loss on each seed's dead latents, as in train_sae
             dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
             vals, j = dead_pre.topk(k_aux, dim=2)
-            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), self.W_dec)
+            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), self.W_dec) * gain
             err = residual.detach()
             aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
             per_seed = per_seed + settings.aux_coef * aux * dead.any(1)
@@ -227,10 +238,11 @@ class SAEBatch:
     losses: np.ndarray  # (seeds, steps run) training loss
     steps: int  # optimizer steps run
     converged: bool  # every seed's windowed loss settled before the step cap
+    gains: np.ndarray | None = None  # (seeds, classes, d) class gains per neuron, when trained with classes
 
 
 def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: float = 0.01, window: int = 250,
-               device=None, progress=None) -> SAEBatch:
+               device=None, progress=None, classes=None) -> SAEBatch:
     """Train one TopK (or L1) SAE per seed in one batched model until the loss settles.
 
     Every ``window`` steps the mean loss of the window is compared with the previous
@@ -238,15 +250,24 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     seed, or at ``settings.steps`` (the cap). Each seed draws its own initial weights
     (as ``train_sae`` with that seed would) and its own batches. ``progress(step, loss,
     eta_seconds)`` is called once per window.
+
+    ``classes``: the class index (0, 1, ...) of each row. With it each SAE also learns
+    a gain per class and neuron (starting at 1) that scales the encoder's input and
+    the decoder's output, x_hat = (z W_dec) * g_y + b_dec: a class that silences or
+    amplifies a neuron (a class-dependent shift before a ReLU) then rescales one
+    feature's direction instead of making a variant of it per class.
     """
     import time
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     x = _training_vectors(vectors, device)
     n, d = x.shape
+    y = None if classes is None else torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)
+    if y is not None and (y.shape != (n,) or int(y.min()) < 0):
+        raise UserError(f"classes must be one class index >= 0 per vector ({n}), got shape {tuple(y.shape)}")
     latents = settings.expansion * d
     scale = float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12)))
-    model = _Batched.start(x, scale, latents, seeds)
+    model = _Batched.start(x, scale, latents, seeds, 0 if y is None else int(y.max()) + 1)
     optimizer = torch.optim.Adam(model.params(), lr=settings.lr)
     batch, k_aux = min(settings.batch_size, n), min(settings.aux_k, latents)
     draws = torch.Generator(device=device).manual_seed(seeds[0])
@@ -254,8 +275,9 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     losses = torch.zeros(len(seeds), settings.steps, device=device)
     previous, settled, step, started = None, False, 0, time.perf_counter()
     while step < settings.steps and not settled:
-        xb = x[torch.randint(n, (len(seeds), batch), generator=draws, device=device)] * scale
-        per_seed, since_fired = model.loss(xb, settings, since_fired, k_aux, host_checks=x.device.type == "cpu")
+        rows = torch.randint(n, (len(seeds), batch), generator=draws, device=device)
+        per_seed, since_fired = model.loss(x[rows] * scale, settings, since_fired, k_aux,
+                                           host_checks=x.device.type == "cpu", classes=None if y is None else y[rows])
         optimizer.zero_grad(set_to_none=True)
         per_seed.sum().backward()
         optimizer.step()
@@ -270,7 +292,8 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
             previous = current
             if progress is not None:
                 progress(step, float(current.mean()), (time.perf_counter() - started) / step * (settings.steps - step))
-    return SAEBatch(model.split(settings, seeds, scale), losses[:, :step].cpu().numpy(), step, settled)
+    gains = None if model.log_gain is None else torch.exp(model.log_gain).detach().cpu().numpy()
+    return SAEBatch(model.split(settings, seeds, scale), losses[:, :step].cpu().numpy(), step, settled, gains)
 
 
 def vector_labels(labels: np.ndarray, n_vectors: int) -> np.ndarray:

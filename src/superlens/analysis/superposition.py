@@ -111,19 +111,24 @@ def weighted_interference(w, frequency) -> float:
 
 
 @torch.no_grad()
-def _codes_summary(sae, x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean absolute code and firing frequency of each latent on ``x``, and the FVU of the reconstruction."""
+def _codes_summary(sae, x: np.ndarray, gains: np.ndarray | None = None, classes: np.ndarray | None = None,
+                   chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean absolute code and firing frequency of each latent on ``x``, and the FVU of the reconstruction;
+    with ``gains`` (classes, d), each row's class gains (``classes``: its class index) scale the encoder's
+    input and the decoder's output, as in training."""
     xt = torch.as_tensor(x, dtype=torch.float32)
     dev = sae.W_dec.device
+    table = None if gains is None else torch.as_tensor(gains, dtype=torch.float32, device=dev)
     activity = torch.zeros(sae.W_dec.shape[0], dtype=torch.float64, device=dev)
     fired = torch.zeros_like(activity)
     err = 0.0
     for i in range(0, len(xt), chunk):
         xb = xt[i : i + chunk].to(dev)
-        z = sae.encode(xb * sae.scale)
+        g = 1.0 if table is None else table[torch.as_tensor(classes[i : i + chunk], device=dev)]
+        z = sae.activate(((xb * sae.scale - sae.b_dec) * g) @ sae.W_enc + sae.b_enc)
         activity += z.abs().sum(0, dtype=torch.float64)
         fired += (z > 0).sum(0, dtype=torch.float64)
-        err += float(((xb - sae.decode(z) / sae.scale) ** 2).sum())
+        err += float(((xb - ((z @ sae.W_dec) * g + sae.b_dec) / sae.scale) ** 2).sum())
     total = float(((xt - xt.mean(0)) ** 2).sum())
     n = max(1, len(xt))
     return (activity / n).cpu().numpy(), (fired / n).cpu().numpy(), err / max(total, 1e-30)
@@ -193,13 +198,17 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
         x = x[keep]
         labels = None if labels is None else np.asarray(labels)[keep]
     live_neurons = int((x != 0).any(0).sum())  # neurons that ever respond (a dead ReLU unit is 0 everywhere)
+    classes = None
     if labels is not None:
         x = class_centered(x, labels)
+        if opts.class_gains:
+            classes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
     neurons = x.shape[1]
     batch = train_saes(x, opts.sae_settings(), [opts.seed + s for s in range(opts.seeds)], opts.tolerance,
-                       opts.window, device=device, progress=progress)
+                       opts.window, device=device, progress=progress, classes=classes)
     decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
-    summaries = [_codes_summary(s, x) for s in batch.saes]
+    summaries = [_codes_summary(s, x, None if batch.gains is None else batch.gains[i], classes)
+                 for i, s in enumerate(batch.saes)]
     per_seed = _per_seed_metrics(decoders, summaries, opts.match, neurons)
     psi = np.array(per_seed["psi"])
     return {
@@ -212,5 +221,6 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
         "fvu": float(np.mean([fvu for _, _, fvu in summaries])),
         "converged": batch.converged, "steps": batch.steps, "expansion": opts.expansion, "k": opts.k,
         "seeds": opts.seeds, "neurons": neurons, "vectors": len(x), "class_centered": labels is not None,
+        "class_gains": classes is not None,
         "layer": layer_name,
     }
