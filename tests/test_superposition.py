@@ -85,6 +85,30 @@ def test_batched_seeds_start_where_single_saes_start_and_stop_when_settled():
     assert torch.allclose(single.W_dec, zero.W_dec, atol=1e-5)
 
 
+def test_class_gains_learn_which_neurons_a_class_silences():
+    """Construction: 24 non-negative features in 12 neurons; in class 1 the first 6 neurons are silenced
+    (as a ReLU after a class-dependent shift would). Each SAE's gains for class 1 fall on those neurons
+    and stay near 1 elsewhere and for class 0."""
+    rng = np.random.default_rng(3)
+    directions = np.abs(rng.normal(size=(24, 12)))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    codes = np.zeros((6000, 24), np.float32)
+    rows = np.arange(6000)[:, None]
+    codes[rows, np.argsort(rng.random((6000, 24)), axis=1)[:, :2]] = rng.uniform(0.5, 1.5, (6000, 2))
+    labels = rng.integers(0, 2, 6000)
+    x = (codes @ directions).astype(np.float32)
+    x[labels == 1, :6] = 0.0
+    settings = SAESettings(expansion=4, k=2, steps=2500, batch_size=512)
+    gained = train_saes(x, settings, [0, 1], tolerance=1e-9, classes=labels)
+    assert gained.gains.shape == (2, 2, 12)
+    for gains in gained.gains:
+        assert gains[1, :6].mean() < 0.85 * gains[1, 6:].mean()
+        assert abs(gains[0].mean() - gains[1, 6:].mean()) < 0.15
+    assert train_saes(x, settings, [0], tolerance=1e-9).gains is None
+    with pytest.raises(UserError, match="one class index >= 0 per vector"):
+        train_saes(x, settings, [0], classes=labels[:10])
+
+
 def test_bench_fast_case_psi_follows_features_not_class_structure():
     """The ground-truth bench's design generator in small (8,000 vectors): psi rises with the planted
     features per neuron and moves less with class structure than between G/N = 2 and 3."""
@@ -98,10 +122,17 @@ def test_bench_fast_case_psi_follows_features_not_class_structure():
         assert {"psi", "psi_sd", "features_per_neuron", "feature_dimensionality_mean", "interference",
                 "dead_fraction", "converged", "steps", "expansion"} <= set(m)
         assert len(m["psi_per_seed"]) == 3 and m["psi_sd"] == pytest.approx(np.std(m["psi_per_seed"], ddof=1))
-        assert m["class_centered"] and m["expansion"] == 8 and 0 < m["steps"] <= 3000
+        assert m["class_centered"] and m["class_gains"] and m["expansion"] == 8 and 0 < m["steps"] <= 3000
     assert one["psi"] < two["psi"] < three["psi"]
-    assert abs(classy["psi"] - two["psi"]) < abs(three["psi"] - two["psi"])
+    step = abs(three["psi"] - two["psi"])
+    assert abs(classy["psi"] - two["psi"]) < step
     assert abs(two["psi"] - 2) < 0.5 and abs(three["psi"] - 3) < 0.75  # a rough count where the bench passes (d)
+    # at G/N = 6, class structure split features into per-class variants until the SAEs learned class gains
+    six, six_classy = measure(6, 0.0), measure(6, 2.0)
+    assert three["psi"] < six["psi"] and abs(six_classy["psi"] - six["psi"]) < step
+    d = synthetic_activations(8000, 32, 6 * 32, class_weight=2.0, seed=0)
+    no_gains = superlens.measure_superposition(d.x, labels=d.labels, batch_size=1024, class_gains=False)
+    assert not no_gains["class_gains"] and six["psi"] - no_gains["psi"] > step
 
 
 def test_measure_superposition_input_errors():
