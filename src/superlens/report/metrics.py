@@ -2,8 +2,8 @@
 
 SUPERPOSITION_DOCS = {
     "psi": "effective features per neuron: exp(entropy of the activity shares of the SAE latents another SAE seed "
-           "reproduces) / neurons, on class-centred vectors; mean over SAE seeds (passes the ground-truth bench, "
-           "docs/superposition.md)",
+           "reproduces) / neurons, on class-centred vectors with a gain per class and neuron; mean over SAE seeds "
+           "(checked on the ground-truth bench, docs/superposition.md)",
     "psi_sae_sd": "SD of psi over the SAE seeds of one model (the measurement's own noise)",
     "psi_per_live_neuron": "psi counted per neuron that ever responds (dead units left out of the denominator)",
     "psi_tail": "long-tailed pool: psi on the SAE images of the minority classes only (same protocol)",
