@@ -200,9 +200,16 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     for arm in ("baseline", "al-least_confidence", "al-random"):
         for seed in (0, 1):
             assert (out / "arms" / arm / f"seed{seed}" / "done.json").exists()
-    # resume of a finished run recomputes nothing and reports the same numbers
+    # resume of a finished run recomputes nothing and reports the same numbers; as if the run had been
+    # started by other code, the manifest keeps that revision before this one
+    (out / "manifest.json").write_text(json.dumps({**manifest, "git_revision": "0" * 40, "git_revisions": ["0" * 40]}))
     code, stdout2, _ = run_cli(["resume", out, "--quiet"], capsys)
     assert code == 0 and json.loads((out / "summary.json").read_text())["arms"] == summary["arms"]
+    resumed = json.loads((out / "manifest.json").read_text())
+    assert resumed["git_revisions"][0] == "0" * 40
+    if resumed["git_revision"] is not None:  # a checkout with git: this invocation's revision follows
+        assert resumed["git_revisions"] == ["0" * 40, resumed["git_revision"]]
+        assert "earlier parts by 0000000" in (out / "report.html").read_text()
     code, _, err = run_cli(["resume", tmp_path / "nothing-here"], capsys)
     assert code == 2 and "not a superlens run directory" in err
     (out / "report.html").unlink()

@@ -363,7 +363,9 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
             ("device", f"{manifest.get('device')} ({manifest.get('device_name')})"),
             ("software", f"superlens {manifest.get('superlens')}, torch {manifest.get('torch')}, "
                          f"numpy {manifest.get('numpy')}, scikit-learn {manifest.get('scikit_learn')}"),
-            ("git revision", str(manifest.get("git_revision"))),
+            ("git revision", str(manifest.get("git_revision"))
+             + (f" (this run was resumed; earlier parts by {', '.join(r[:7] for r in manifest['git_revisions'][:-1])})"
+                if len(manifest.get("git_revisions") or []) > 1 else "")),
             ("seconds per stage", ", ".join(f"{k}: {v:.1f}" for k, v in manifest.get("stage_seconds", {}).items())),
             ("seconds per job (training)", ", ".join(f"{k}: {v:.1f}" for k, v in
                                                      manifest.get("stage_job_seconds", {}).get("training", {}).items())),

@@ -85,6 +85,7 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
         started = time.time()
         earlier = read_json(run.manifest) if run.manifest.exists() else {}
         clock = StageClock(earlier.get("stage_job_seconds"))
+        revisions = _revisions(earlier)
         t0 = time.perf_counter()
         splits = load_spec(specs.data)
         if any(arm != "baseline" for arm in cfg["arms"]):
@@ -114,11 +115,11 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
             t0 = time.perf_counter()
             summary = summarize(run)
             clock.add("summary", "study", time.perf_counter() - t0)
-            write_manifest(run, cfg, device, started, clock)
+            write_manifest(run, cfg, device, started, clock, revisions)
             t0 = time.perf_counter()
             build_report(run, summary)
             clock.add("report", "study", time.perf_counter() - t0)
-        write_manifest(run, cfg, device, started, clock)
+        write_manifest(run, cfg, device, started, clock, revisions)
         if failures:
             raise JobsFailed(failures, run.path)
         return summary
@@ -173,12 +174,24 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock) -> None:
+def _revisions(earlier: dict[str, Any]) -> list[str]:
+    """The git revisions of the code that worked on a run, oldest first: the earlier manifest's, then
+    this invocation's when it differs (a run resumed after the code changed mixes revisions)."""
+    revisions = list(earlier.get("git_revisions") or ([earlier["git_revision"]] if earlier.get("git_revision") else []))
+    current = _git_revision()
+    if current is not None and (not revisions or revisions[-1] != current):
+        revisions.append(current)
+    return revisions
+
+
+def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock,
+                   revisions: list[str]) -> None:
     import sklearn
 
     jobs_ = {f"{j['arm']}/seed{j['seed']}": round(j["seconds"], 3) for j in run.finished_jobs()}
     write_json(run.manifest, {
-        "superlens": package_version(), "git_revision": _git_revision(), "python": platform.python_version(),
+        "superlens": package_version(), "git_revision": _git_revision(), "git_revisions": revisions,
+        "python": platform.python_version(),
         "torch": torch.__version__, "numpy": np.__version__, "scikit_learn": sklearn.__version__,
         "platform": platform.platform(), "executor": cfg["executor"],
         "device": str(device) if device is not None else "per Ray worker (see worker.json in each job folder)",
