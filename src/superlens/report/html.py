@@ -262,7 +262,7 @@ def _protocol(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> dict[str, An
     first = runs[0]
     return {"seeds": first["seeds"], "k": first["k"], "expansion": first["expansion"], "models": len(runs),
             "converged": sum(bool(r["converged"]) for r in runs), "steps": max(r["steps"] for r in runs),
-            "vectors": first["vectors"], "layer": first.get("layer")}
+            "vectors": first["vectors"], "layer": first.get("layer"), "class_gains": bool(first.get("class_gains"))}
 
 
 def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> list[dict[str, str]]:
