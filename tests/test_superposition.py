@@ -135,6 +135,12 @@ def test_bench_fast_case_psi_follows_features_not_class_structure():
     assert not no_gains["class_gains"] and six["psi"] - no_gains["psi"] > step
 
 
+def test_psi_all_seeds_is_psi_when_there_are_two_seeds():
+    d = synthetic_activations(3000, 8, 16, seed=2)
+    two = superlens.measure_superposition(d.x, seeds=2, max_steps=300, window=100, batch_size=256)
+    assert two["psi"] > 0 and two["psi_all_seeds"] == pytest.approx(two["psi"])  # the other seed is every other
+
+
 def test_measure_superposition_input_errors():
     with pytest.raises(UserError, match="sae.superposition.seeds must be an integer >= 2"):
         superlens.measure_superposition(np.ones((10, 4)), seeds=1)

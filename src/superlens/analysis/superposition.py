@@ -136,19 +136,22 @@ def _codes_summary(sae, x: np.ndarray, gains: np.ndarray | None = None, classes:
 
 def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match: float, neurons: int) -> dict:
     """For each SAE: psi and the dictionary metrics over its latents that each other SAE reproduces,
-    averaged over the other SAEs."""
+    averaged over the other SAEs; and psi_all_seeds, psi over the latents that every other SAE reproduces
+    (a stricter count, tabulated on the bench beside psi)."""
     per_seed = {k: [] for k in ("psi", "features_per_neuron", "feature_dimensionality_mean", "interference",
-                                "stable_fraction")}
+                                "stable_fraction", "psi_all_seeds")}
     # decoders are unit rows: one cosine matrix per pair of SAEs, read both ways
     sims = {(i, j): decoders[i] @ decoders[j].T for i in range(len(decoders)) for j in range(i + 1, len(decoders))}
     for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
-        values = {k: [] for k in per_seed}
+        values = {k: [] for k in per_seed if k != "psi_all_seeds"}
         live = freq > 0
+        everywhere = live.copy()  # reproduced by every other SAE
         for j, other in enumerate(decoders):
             if j == i:
                 continue
             sim = sims[(i, j)] if i < j else sims[(j, i)].T
             kept = reproduced(dec, other, match, sim) & live
+            everywhere &= kept
             values["psi"].append(effective_features(activity=activity[kept]) / neurons)
             values["features_per_neuron"].append(kept.sum() / neurons)
             values["feature_dimensionality_mean"].append(float(feature_dimensionality(dec[kept].T).mean())
@@ -158,6 +161,7 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
             values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
         for k, v in values.items():
             per_seed[k].append(float(np.mean(v)))
+        per_seed["psi_all_seeds"].append(effective_features(activity=activity[everywhere]) / neurons)
     return per_seed
 
 
