@@ -43,8 +43,8 @@ GENERATORS = {  # name: (neurons, magnitude law, seed); the first one is where t
     "N64 lognormal s6": (64, "lognormal", 6),
 }
 # metric: (direction with more features per neuron, is it a count of features per neuron)
-METRICS = {"psi": (+1, True), "psi_all_seeds": (+1, True), "features_per_neuron": (+1, True), "feature_dimensionality_mean": (-1, False),
-           "interference": (+1, False), "psi_old": (+1, True)}
+METRICS = {"psi": (+1, True), "psi_all_seeds": (+1, True), "features_per_neuron": (+1, True),
+           "feature_dimensionality_mean": (-1, False), "interference": (+1, False), "psi_old": (+1, True)}
 
 
 def old_psi(x: np.ndarray) -> float:

@@ -39,12 +39,13 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))  # inputs are multiplied by this first
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+    def pre(self, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        centred = x - self.b_dec
+        return (centred if gain is None else centred * gain) @ self.W_enc + self.b_enc
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent codes of (already scaled) vectors."""
-        return self.activate(self.pre(x))
+    def encode(self, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent codes of (already scaled) vectors; ``gain``: per-row class gains (``train_saes``)."""
+        return self.activate(self.pre(x, gain))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         z = F.relu(pre)
@@ -53,8 +54,9 @@ class SparseAutoencoder(nn.Module):
             z = torch.zeros_like(z).scatter_(1, idx, vals)
         return z
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec + self.b_dec
+    def decode(self, z: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        out = z @ self.W_dec
+        return (out if gain is None else out * gain) + self.b_dec
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Latent codes of raw (unscaled) vectors of the layer."""

@@ -124,11 +124,11 @@ def _codes_summary(sae, x: np.ndarray, gains: np.ndarray | None = None, classes:
     err = 0.0
     for i in range(0, len(xt), chunk):
         xb = xt[i : i + chunk].to(dev)
-        g = 1.0 if table is None else table[torch.as_tensor(classes[i : i + chunk], device=dev)]
-        z = sae.activate(((xb * sae.scale - sae.b_dec) * g) @ sae.W_enc + sae.b_enc)
+        g = None if table is None else table[torch.as_tensor(classes[i : i + chunk], device=dev)]
+        z = sae.encode(xb * sae.scale, g)
         activity += z.abs().sum(0, dtype=torch.float64)
         fired += (z > 0).sum(0, dtype=torch.float64)
-        err += float(((xb - ((z @ sae.W_dec) * g + sae.b_dec) / sae.scale) ** 2).sum())
+        err += float(((xb - sae.decode(z, g) / sae.scale) ** 2).sum())
     total = float(((xt - xt.mean(0)) ** 2).sum())
     n = max(1, len(xt))
     return (activity / n).cpu().numpy(), (fired / n).cpu().numpy(), err / max(total, 1e-30)
