@@ -110,3 +110,91 @@ def test_sae_input_errors():
         train_sae(np.array([[np.nan, 1.0], [0.0, 1.0]]))
     with pytest.raises(UserError, match="kind must be"):
         SAESettings(kind="gated")
+
+
+def test_sparse_topk_decoding_equals_the_dense_product_forward_and_backward():
+    """Training decodes a TopK code by gathering its k decoder rows; the values and the gradients must be
+    those of the dense product z @ W_dec with the scattered code."""
+    from superlens.analysis.sae import batched_topk_decode, topk_decode
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(3, 50, 40, generator=g)
+    W = torch.randn(3, 40, 8, generator=g, dtype=torch.float64)
+    top, idx = pre.topk(4, dim=2)
+    vals = torch.relu(top).double()
+    for sparse in (True, False):
+        w = W.clone().requires_grad_(True)
+        v = vals.clone().requires_grad_(True)
+        if sparse:
+            out = batched_topk_decode(v, idx, w)
+        else:
+            out = torch.bmm(torch.zeros(3, 50, 40, dtype=torch.float64).scatter(2, idx, v), w)
+        (out ** 2).sum().backward()
+        if sparse:
+            sparse_out, sparse_grads = out.detach(), (w.grad, v.grad)
+    assert torch.allclose(sparse_out, out.detach(), atol=1e-12)
+    assert torch.allclose(sparse_grads[0], w.grad, atol=1e-12) and torch.allclose(sparse_grads[1], v.grad, atol=1e-12)
+    one = topk_decode(vals[0], idx[0], W[0])
+    assert torch.allclose(one, sparse_out[0], atol=1e-12)
+
+
+def test_the_sparse_training_loss_and_its_gradients_equal_the_dense_formulation():
+    """The batched protocol loss (TopK, class gains, auxiliary-k term on dead latents) computed sparsely
+    equals the dense formulas (every latent's pre-activation, a scattered code, dense products)."""
+    import torch.nn.functional as F
+
+    from superlens.analysis.sae import _Batched
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 12).abs().double()
+    model = _Batched.start(x, 1.0, 48, [0, 1], classes=3)
+    for p in model.params():
+        p.data = p.data.double() + 0.1 * torch.randn_like(p.data.double())
+    settings = SAESettings(k=3, aux_k=5, aux_coef=0.5, dead_after=100)
+    rows = torch.randint(400, (2, 64))
+    classes = torch.randint(3, (2, 64))
+    since = torch.zeros(2, 48).double()
+    since[:, ::4] = 1000  # a quarter of the latents are dead
+    xb = x[rows]
+
+    def dense() -> torch.Tensor:
+        gain = model.gains(classes)
+        pre = torch.baddbmm(model.b_enc, (xb - model.b_dec) * gain, model.W_enc)
+        z = F.relu(pre)
+        vals, j = z.topk(settings.k, dim=2)
+        z = torch.zeros_like(z).scatter_(2, j, vals)
+        residual = xb - (torch.bmm(z, model.W_dec) * gain + model.b_dec)
+        loss = (residual * residual).sum(2).mean(1)
+        fired = (z > 0).any(1)
+        dead = torch.where(fired, torch.zeros_like(since), since + xb.shape[1]) >= settings.dead_after
+        dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
+        vals, j = dead_pre.topk(5, dim=2)
+        e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), model.W_dec) * gain
+        err = residual.detach()
+        aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1)
+        return loss + 0.5 * aux
+
+    results = []
+    for compute in (dense, lambda: model.loss(xb, settings, since, 5, aux=True, classes=classes)[0]):
+        for p in model.params():
+            p.grad = None
+        loss = compute()
+        loss.sum().backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.params()]))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-10)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_picked_pre_activations_and_their_gradients_equal_the_dense_product_at_the_picks():
+    from superlens.analysis.sae import picked_pre
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 30, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(2, 6, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 1, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.baddbmm(b, x, W).topk(3, dim=2).indices
+    idx[0, 0] = torch.tensor([5, 5, 7])  # a latent picked twice in one row still sums its gradients
+    dense = torch.gather(torch.baddbmm(b, x, W), 2, idx)
+    assert torch.allclose(picked_pre(x, W, b, idx), dense, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, W, b: picked_pre(x, W, b, idx), (x, W, b))

@@ -12,6 +12,15 @@ decoder rows kept at unit norm. Latents that have not fired for ``dead_after``
 training vectors are revived by the auxiliary-k loss: the top ``aux_k`` dead latents
 must reconstruct the residual x - x_hat (weight ``aux_coef``).
 
+Training decodes a TopK code as a sum of its k decoder rows (``embedding_bag``),
+forward and backward, instead of a dense product over every latent, and computes
+the auxiliary term only while some latent is or may become dead before the next
+look (every step on the CPU, every ``AUX_CHECK`` steps on an accelerator, so a GPU is
+not made to wait every step); the term is masked by the dead latents of each step,
+so it is the same term as when computed at every step. While it is on, one dense
+encoder product serves the TopK code and the auxiliary term's dead latents. Adam is the fused kernel where
+this torch has one for the device.
+
 What is measured with a trained SAE (L0, FVU, splicing, ...) is ``sae_measures``.
 """
 
@@ -26,6 +35,84 @@ from torch import nn
 
 from superlens.errors import UserError
 from superlens.specs import SAESettings
+
+AUX_CHECK = 50  # steps between two questions "is any latent dead?" on an accelerator (one host sync each)
+
+
+def aux_check_every(device: torch.device) -> int:
+    """How often training asks whether any latent is dead: every step on the CPU, where the answer is
+    free; every ``AUX_CHECK`` steps on an accelerator, where asking waits for the device."""
+    return 1 if device.type == "cpu" else AUX_CHECK
+
+
+def topk_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """sum_j vals[r, j] * W_dec[idx[r, j]] for each row r: a TopK code (the k values ``vals`` at latents
+    ``idx``, both (rows, k)) decoded by gathering its k decoder rows, as ``z @ W_dec`` would with the dense
+    code z, at k / latents of the cost; differentiable in ``vals`` and ``W_dec``."""
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals.to(W_dec.dtype), mode="sum")
+
+
+def batched_topk_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """``topk_decode`` for several SAEs at once: ``vals``, ``idx`` (S, B, k); ``W_dec`` (S, L, d) -> (S, B, d)."""
+    S, B, k = idx.shape
+    L, d = W_dec.shape[1:]
+    offset = (torch.arange(S, device=idx.device) * L)[:, None, None]
+    return topk_decode(vals.reshape(S * B, k), (idx + offset).reshape(S * B, k), W_dec.reshape(S * L, d)).reshape(S, B, d)
+
+
+class _PickedPre(torch.autograd.Function):
+    """Pre-activations at picked latents, with a backward that touches the picked columns alone."""
+
+    @staticmethod
+    def forward(ctx, x_in, W_enc, b_enc, idx):
+        S, B, k = idx.shape
+        L = W_enc.shape[2]
+        flat = (idx + (torch.arange(S, device=idx.device) * L)[:, None, None]).reshape(-1)
+        W_t = W_enc.transpose(1, 2).reshape(S * L, -1)
+        columns = W_t.index_select(0, flat).reshape(S, B, k, -1)
+        out = (columns * x_in[:, :, None, :]).sum(3) + b_enc.reshape(-1).index_select(0, flat).reshape(S, B, k)
+        ctx.save_for_backward(x_in, W_enc, flat)
+        ctx.shape = (S, B, k, L)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_in, W_enc, flat = ctx.saved_tensors
+        S, B, k, L = ctx.shape
+        d = x_in.shape[2]
+        grad = grad.contiguous()
+        W_t = W_enc.transpose(1, 2).reshape(S * L, d)
+        # d/dx_in: sum_j grad_j * column_j, a weighted bag of the picked columns
+        grad_x = F.embedding_bag(flat.reshape(S * B, k), W_t, per_sample_weights=grad.reshape(S * B, k),
+                                 mode="sum").reshape(S, B, d)
+        rows = (grad[..., None] * x_in[:, :, None, :]).reshape(-1, d)
+        grad_W = torch.zeros(S * L, d, device=W_enc.device, dtype=W_enc.dtype).index_add_(0, flat, rows)
+        grad_b = torch.zeros(S * L, device=W_enc.device, dtype=W_enc.dtype).index_add_(0, flat, grad.reshape(-1))
+        return grad_x, grad_W.reshape(S, L, d).transpose(1, 2), grad_b.reshape(S, 1, L), None
+
+
+def picked_pre(x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The pre-activations (S, B, k) of the latents ``idx`` (S, B, k) only, for encoder inputs ``x_in``
+    (S, B, d), encoder ``W_enc`` (S, d, L) and bias ``b_enc`` (S, 1, L): equal to the entries of
+    ``x_in @ W_enc + b_enc`` at ``idx``, with gradients that touch the k picked columns alone (a dense
+    product's backward costs two more full products over every latent)."""
+    return _PickedPre.apply(x_in, W_enc, b_enc, idx)
+
+
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one launch for all parameters) where this torch has one for their device."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (TypeError, RuntimeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def fired_latents(idx: torch.Tensor, vals: torch.Tensor, latents: int) -> torch.Tensor:
+    """(..., latents) bool: which latents a TopK code (``idx``, ``vals``: (..., B, k)) fired in the batch."""
+    hits = torch.zeros(*idx.shape[:-2], latents, device=idx.device)
+    flat_idx = idx.flatten(-2)
+    return hits.scatter_add_(-1, flat_idx, (vals > 0).flatten(-2).to(hits.dtype)) > 0
 
 
 class SparseAutoencoder(nn.Module):
@@ -118,36 +205,54 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None, progr
     sae.scale.fill_(float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12))))
     with torch.no_grad():
         sae.b_dec.copy_((x * sae.scale).mean(0))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr)
+    optimizer = make_adam(sae.parameters(), settings.lr)
     latents = sae.W_dec.shape[0]
     since_fired = torch.zeros(latents, device=device)
     batch = min(settings.batch_size, n)
     k_aux = min(settings.aux_k, latents)
-    # Batches are drawn on the device; nothing in the loop waits for the host.
+    sparse = settings.kind == "topk" and settings.k < latents
+    # Batches are drawn on the device; nothing in the loop waits for the host but the dead-latent question.
     draws = torch.Generator(device=device).manual_seed(settings.seed)
     losses = torch.zeros(settings.steps, device=device)
-    # On the CPU, asking whether any latent is dead costs nothing, and skipping the auxiliary
-    # term when none is saves a top-k per step; on a GPU the question would wait for the device.
-    host_checks = x.device.type == "cpu"
+    any_dead = False
+    check_every = aux_check_every(x.device)
     for step in range(settings.steps):
+        if step % check_every == 0:  # can a latent be dead before the next question? (exact: the term is masked)
+            any_dead = bool((since_fired + check_every * batch >= settings.dead_after).any())
         idx = torch.randint(n, (batch,), generator=draws, device=device)
         xb = x[idx] * sae.scale
-        pre = sae.pre(xb)
-        z = sae.activate(pre)
-        x_hat = sae.decode(z)
+        if sparse and not any_dead:  # as _Batched.loss: the full product only picks the latents
+            with torch.no_grad():
+                pre = sae.pre(xb)
+                j = pre.topk(settings.k, dim=1).indices
+            vals = F.relu(picked_pre((xb - sae.b_dec)[None], sae.W_enc[None], sae.b_enc[None, None], j[None])[0])
+            x_hat = topk_decode(vals, j, sae.W_dec) + sae.b_dec
+            fired = fired_latents(j, vals, latents)
+        elif sparse:  # with dead latents the auxiliary term reads their pre-activations too
+            pre = sae.pre(xb)
+            j = pre.detach().topk(settings.k, dim=1).indices
+            vals = F.relu(torch.gather(pre, 1, j))
+            x_hat = topk_decode(vals, j, sae.W_dec) + sae.b_dec
+            fired = fired_latents(j, vals, latents)
+        else:
+            pre = sae.pre(xb)
+            z = sae.activate(pre)
+            x_hat = sae.decode(z)
+            fired = (z > 0).any(0)
         residual = xb - x_hat
         loss = (residual * residual).sum(1).mean()
         if settings.kind == "l1":
             loss = loss + settings.l1 * z.sum(1).mean()
-        fired = (z > 0).any(0)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(xb))
         dead = since_fired >= settings.dead_after
-        if not host_checks or dead.any():
+        if any_dead:
             # Auxiliary loss on the top-k_aux dead latents. Live latents are masked to 0, so they are
             # picked only when fewer than k_aux are dead and then add nothing; with none dead the term is 0.
-            dead_pre = torch.where(dead, F.relu(pre), torch.zeros_like(pre))
-            vals, j = dead_pre.topk(k_aux, dim=1)
-            e_hat = torch.zeros_like(dead_pre).scatter_(1, j, vals) @ sae.W_dec
+            masked = torch.where(dead, F.relu(pre.detach()), torch.zeros_like(pre))
+            j_aux = masked.topk(k_aux, dim=1).indices
+            keep = torch.gather(dead.expand_as(masked), 1, j_aux)
+            vals_aux = torch.gather(F.relu(pre), 1, j_aux)
+            e_hat = topk_decode(vals_aux * keep, j_aux, sae.W_dec)
             err = residual.detach()
             aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
             loss = loss + settings.aux_coef * aux * dead.any()
@@ -194,28 +299,46 @@ class _Batched:
         return torch.exp(self.log_gain).gather(1, classes[:, :, None].expand(-1, -1, self.log_gain.shape[2]))
 
     def loss(self, xb: torch.Tensor, settings: SAESettings, since_fired: torch.Tensor, k_aux: int,
-             host_checks: bool, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             aux: bool, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-seed loss of the batch ``xb`` (S, B, d) of classes ``classes`` (S, B) and the updated
-        steps-since-fired counters."""
+        steps-since-fired counters; ``aux``: add the auxiliary-k term (some latent may be dead)."""
         gain = self.gains(classes)
-        pre = torch.baddbmm(self.b_enc, (xb - self.b_dec) * gain, self.W_enc)
-        z = F.relu(pre)
-        if settings.kind == "topk" and settings.k < z.shape[2]:
-            vals, j = z.topk(settings.k, dim=2)
-            z = torch.zeros_like(z).scatter_(2, j, vals)
-        residual = xb - (torch.bmm(z, self.W_dec) * gain + self.b_dec)
+        x_in = (xb - self.b_dec) * gain
+        latents = self.W_enc.shape[2]
+        sparse = settings.kind == "topk" and settings.k < latents
+        if sparse and not aux:  # the full product only picks the latents; the k picked are recomputed with gradients
+            with torch.no_grad():
+                pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
+                j = pre.topk(settings.k, dim=2).indices  # relu and top-k commute: pick on pre
+            vals = F.relu(picked_pre(x_in, self.W_enc, self.b_enc, j))
+            decoded = batched_topk_decode(vals, j, self.W_dec)
+            fired = fired_latents(j, vals, latents)
+        elif sparse:  # the auxiliary term reads up to aux_k dead latents per vector: one dense product serves both
+            pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
+            j = pre.detach().topk(settings.k, dim=2).indices
+            vals = F.relu(torch.gather(pre, 2, j))
+            decoded = batched_topk_decode(vals, j, self.W_dec)
+            fired = fired_latents(j, vals, latents)
+        else:
+            pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
+            z = F.relu(pre)
+            decoded = torch.bmm(z, self.W_dec)
+            fired = (z > 0).any(1)
+        residual = xb - (decoded * gain + self.b_dec)
         per_seed = (residual * residual).sum(2).mean(1)
         if settings.kind == "l1":
             per_seed = per_seed + settings.l1 * z.sum(2).mean(1)
-        since_fired = torch.where((z > 0).any(1), torch.zeros_like(since_fired), since_fired + xb.shape[1])
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + xb.shape[1])
         dead = since_fired >= settings.dead_after  # (S, L)
-        if not host_checks or dead.any():  # the auxiliary-k loss on each seed's dead latents, as in train_sae
-            dead_pre = torch.where(dead[:, None, :], F.relu(pre), torch.zeros_like(pre))
-            vals, j = dead_pre.topk(k_aux, dim=2)
-            e_hat = torch.bmm(torch.zeros_like(dead_pre).scatter_(2, j, vals), self.W_dec) * gain
+        if aux:  # the auxiliary-k loss on each seed's dead latents, as in train_sae
+            masked = torch.where(dead[:, None, :], F.relu(pre.detach()), torch.zeros_like(pre))
+            j_aux = masked.topk(k_aux, dim=2).indices
+            keep = torch.gather(dead[:, None, :].expand_as(masked), 2, j_aux)  # a live latent picked adds nothing
+            vals_aux = torch.gather(F.relu(pre), 2, j_aux) * keep
+            e_hat = batched_topk_decode(vals_aux, j_aux, self.W_dec) * gain
             err = residual.detach()
-            aux = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
-            per_seed = per_seed + settings.aux_coef * aux * dead.any(1)
+            aux_loss = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
+            per_seed = per_seed + settings.aux_coef * aux_loss * dead.any(1)
         return per_seed, since_fired
 
     def split(self, settings: SAESettings, seeds: list[int], scale: float) -> list[SparseAutoencoder]:
@@ -270,16 +393,19 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     latents = settings.expansion * d
     scale = float(np.sqrt(d / max(float((x * x).sum(1).mean()), 1e-12)))
     model = _Batched.start(x, scale, latents, seeds, 0 if y is None else int(y.max()) + 1)
-    optimizer = torch.optim.Adam(model.params(), lr=settings.lr)
+    optimizer = make_adam(model.params(), settings.lr)
     batch, k_aux = min(settings.batch_size, n), min(settings.aux_k, latents)
     draws = torch.Generator(device=device).manual_seed(seeds[0])
     since_fired = torch.zeros(len(seeds), latents, device=device)
     losses = torch.zeros(len(seeds), settings.steps, device=device)
-    previous, settled, step, started = None, False, 0, time.perf_counter()
+    previous, settled, step, started, any_dead = None, False, 0, time.perf_counter(), False
+    check_every = aux_check_every(x.device)
     while step < settings.steps and not settled:
+        if step % check_every == 0:  # can a latent be dead before the next question? (exact: the term is masked)
+            any_dead = bool((since_fired + check_every * batch >= settings.dead_after).any())
         rows = torch.randint(n, (len(seeds), batch), generator=draws, device=device)
-        per_seed, since_fired = model.loss(x[rows] * scale, settings, since_fired, k_aux,
-                                           host_checks=x.device.type == "cpu", classes=None if y is None else y[rows])
+        per_seed, since_fired = model.loss(x[rows] * scale, settings, since_fired, k_aux, aux=any_dead,
+                                           classes=None if y is None else y[rows])
         optimizer.zero_grad(set_to_none=True)
         per_seed.sum().backward()
         optimizer.step()
