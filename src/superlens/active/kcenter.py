@@ -228,10 +228,13 @@ def greedy_kcenter_dense(points: np.ndarray, centers: np.ndarray, k: int, rng: n
         upper[first] = 0.0
         picked[0], radii[0], start = first, float("inf"), 1
     for t in range(start, k):
-        i = upper.argmax()  # stays on the device: ties go to the lowest index
-        picked[t], radii[t] = i, upper[i].sqrt()
-        upper = torch.minimum(upper, (x_sq + x_sq[i] - 2.0 * (x @ x[i])).clamp_min(0.0))
-        upper[i] = 0.0
+        # i is a 1-element tensor, never a 0-dim one: indexing with a 0-dim device tensor reads it back
+        # to the host, and these loops must not wait for the device
+        i = upper.argmax().reshape(1)  # ties go to the lowest index
+        picked[t : t + 1] = i
+        radii[t : t + 1] = upper[i].sqrt()
+        upper = torch.minimum(upper, (x_sq + x_sq[i] - 2.0 * (x @ x[i].T)[:, 0]).clamp_min(0.0))
+        upper.index_fill_(0, i, 0.0)
     return picked.cpu().numpy(), radii.double().cpu().numpy()
 
 
@@ -246,10 +249,10 @@ def kmeanspp_seeding_dense(factors: list[np.ndarray], k: int, rng: np.random.Gen
     for f in fs:
         sq = sq * (f * f).sum(1)
 
-    def distances(i) -> torch.Tensor:
+    def distances(i: torch.Tensor) -> torch.Tensor:  # i: a 1-element index tensor
         inner = torch.ones(n, device=sq.device)
         for f in fs:
-            inner = inner * (f @ f[i])
+            inner = inner * (f @ f[i].T)[:, 0]
         return (sq + sq[i] - 2.0 * inner).clamp_min(0.0)
 
     draws = torch.Generator(device=sq.device).manual_seed(int(rng.integers(2**63)))
@@ -257,11 +260,11 @@ def kmeanspp_seeding_dense(factors: list[np.ndarray], k: int, rng: np.random.Gen
     picked = torch.empty(k, dtype=torch.long, device=sq.device)
     picked[0] = first
     open_[first] = False
-    upper = distances(first)
+    upper = distances(torch.tensor([first], device=sq.device))
     for t in range(1, k):
         weights = torch.where(open_, upper + 1e-30, torch.zeros_like(upper))
-        i = torch.multinomial(weights, 1, generator=draws)[0]
-        picked[t] = i
-        open_[i] = False
+        i = torch.multinomial(weights, 1, generator=draws)  # (1,): stays on the device
+        picked[t : t + 1] = i
+        open_.index_fill_(0, i, False)
         upper = torch.minimum(upper, distances(i))
     return picked.cpu().numpy()
