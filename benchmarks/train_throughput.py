@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="recipe.compile=true for ours and the plain loop")
     ap.add_argument("--compile-backend", default="inductor",
                     help="torch.compile backend with --compile (eager: the compile path without code generation)")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune")
+    ap.add_argument("--amp", choices=["true", "false", "bf16"], default="true",
+                    help="recipe.amp: true (bf16 on a GPU or a CPU with bf16 units, else fp32), false (fp32), bf16")
     ap.add_argument("--dataloader", action="store_true", help="also time the per-sample DataLoader pipeline")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPU cores, at most 8)")
     args = ap.parse_args()
@@ -156,7 +160,9 @@ def main() -> None:
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     backend = True if args.compile_backend == "inductor" else args.compile_backend
     recipe = make_recipe("standard", epochs=1, batch_size=args.batch_size, eval_batch_size=1024,
-                         compile=backend if args.compile else False)
+                         compile=backend if args.compile else False,
+                         amp={"true": True, "false": False, "bf16": "bf16"}[args.amp],
+                         compile_mode=args.compile_mode)
     data = random_dataset(n)
     dtype = amp_dtype(recipe, device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; {n} images/epoch, batch {args.batch_size}, "

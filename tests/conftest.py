@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,7 +7,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(2)
+# One torch thread per pytest-xdist worker (make test runs one worker per core), two when run alone: more
+# threads than cores make torch's thread pools fight and every test slow down many times over.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the processes the tests start
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +21,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SUPERLENS_CACHE", str(home / "superlens"))
     monkeypatch.setenv("SUPERLENS_DATA", str(home / "data"))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    from superlens import training
+
+    monkeypatch.setattr(training, "_COMPILE_FAILED", set())  # a compiler failure one test provokes stays in it
 
 
 def run_cli(args, capsys):

@@ -86,8 +86,13 @@ def test_every_stage_runs_with_data_on_a_device(harness, tmp_path):
     assert (tmp_path / "arms" / "baseline" / "seed0" / "featvis-layer4.1.conv2.npz").exists()
 
 
-def test_mixed_precision_path_on_the_cpu(tmp_path):
-    cfg = load_config("demo", [*TINY, "arms=[baseline,al-margin,al-random]", "recipe.amp=bf16"])
+def test_the_other_precision_path_on_the_cpu(tmp_path):
+    """The suite runs in the CPU's default precision (bf16 where the CPU has bf16 units); a study in the
+    other one runs every stage too."""
+    from superlens.hardware import cpu_bf16_units
+
+    other = "false" if cpu_bf16_units() else "bf16"
+    cfg = load_config("demo", [*TINY, "arms=[baseline,al-margin,al-random]", f"recipe.amp={other}"])
     summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     for entry in summary["arms"].values():
         assert np.isfinite(entry["test_accuracy"]) and np.isfinite(entry["psi"]) and np.isfinite(entry["nc1"])
@@ -130,7 +135,13 @@ def test_bad_precision_and_compile_settings(monkeypatch, capsys):
     assert amp_dtype(make_recipe("standard", amp="bf16"), cuda) == torch.float16
     assert capsys.readouterr().err.count("Tesla T4 has no fast bf16") == 1
     assert set(asked) == {cuda}  # the configured device is asked, not whichever is current
-    assert amp_dtype(make_recipe("standard"), torch.device("cpu")) is None  # amp=true means CUDA only
+    from superlens import training
+
+    monkeypatch.setattr(training, "cpu_bf16_units", lambda: False)
+    assert amp_dtype(make_recipe("standard"), torch.device("cpu")) is None  # amp=true: fp32 on CPUs without bf16 units
+    monkeypatch.setattr(training, "cpu_bf16_units", lambda: True)
+    assert amp_dtype(make_recipe("standard"), torch.device("cpu")) == torch.bfloat16  # and bf16 on those with them
+    assert amp_dtype(make_recipe("standard", amp=False), torch.device("cpu")) is None  # amp=false forces fp32
     assert amp_dtype(make_recipe("standard", amp="bf16"), torch.device("cpu")) == torch.bfloat16
     monkeypatch.delattr(torch, "compile")
     with pytest.raises(UserError, match="recipe.compile needs torch.compile"):
@@ -252,3 +263,74 @@ def test_compiled_models_are_not_kept_forever(monkeypatch):
         training.compiled(resnet18(10, width=4), recipe)
     gc.collect()
     assert gone() is None and len(training._COMPILED) == training.COMPILED_KEPT
+
+
+def test_compile_modes_are_validated_with_one_line(capsys):
+    from conftest import run_cli
+    from superlens.errors import UserError
+    from superlens.training import make_recipe
+
+    assert make_recipe("standard", compile=True, compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
+    with pytest.raises(UserError, match="recipe.compile=reduce-overhead is a torch.compile mode, not a backend: "
+                                        "use recipe.compile=true recipe.compile_mode=reduce-overhead"):
+        make_recipe("standard", compile="reduce-overhead")
+    with pytest.raises(UserError, match="recipe.compile_mode must be one of 'default', 'reduce-overhead'"):
+        make_recipe("standard", compile=True, compile_mode="fastest")
+    with pytest.raises(UserError, match="recipe.compile must be true or false or one of 'inductor'"):
+        make_recipe("standard", compile="tensorrt-x")
+    code, _, err = run_cli(["run", "demo", "recipe.compile=max-autotune", "--out", "/nonexistent/never"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "recipe.compile_mode=max-autotune" in err
+
+
+def test_the_compile_mode_reaches_torch_compile_and_a_failure_is_remembered(monkeypatch, capsys):
+    """A mode goes to torch.compile as mode=; a backend and mode that failed once are not compiled again
+    in the process (a study would otherwise retry at every fit)."""
+    from superlens import training
+    from superlens.data import load
+    from superlens.models import resnet18
+
+    calls = []
+
+    def failing_compile(model, backend=None, mode=None):
+        calls.append((backend, mode))
+
+        def wrapper(x):
+            raise RuntimeError("no C compiler found")
+        return wrapper
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(training, "_WARNED", set())  # another test of this process may have said it already
+    train = load("digits").train.subset(np.arange(100))
+    recipe = training.make_recipe("standard", epochs=1, batch_size=50, compile=True, compile_mode="max-autotune")
+    for _ in range(3):
+        result = training.fit(resnet18(10, stem="cifar", width=4), train, recipe, device="cpu", progress=False)
+        assert result.steps == 2
+    assert calls == [("inductor", "max-autotune")]  # compiled once; the next fits train eagerly at once
+    assert capsys.readouterr().err.count("recipe.compile failed") == 1
+
+
+def test_a_loaded_optimizer_state_keeps_the_kernel_choice_of_this_device():
+    """Resume across devices, simulated by the state's flags: a GPU-made state (fused) loaded for a CPU
+    optimizer, and a CPU-made one (foreach) loaded for a fused optimizer, keep the loading optimizer's kind."""
+    from superlens.training import load_optimizer_state
+
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    made_on_cpu = torch.optim.Adam(params, lr=1e-3)
+    params[0].grad = torch.ones(4, 3)
+    made_on_cpu.step()
+    state = made_on_cpu.state_dict()
+    gpu_state = {**state, "param_groups": [{**g, "fused": True, "foreach": None} for g in state["param_groups"]]}
+    cpu_opt = torch.optim.Adam(params, lr=1e-3)
+    load_optimizer_state(cpu_opt, gpu_state)
+    assert cpu_opt.param_groups[0]["fused"] in (None, False) and cpu_opt.param_groups[0]["foreach"] is None
+    assert torch.equal(cpu_opt.state[params[0]]["exp_avg"], made_on_cpu.state[params[0]]["exp_avg"])
+    try:
+        fused = torch.optim.Adam(params, lr=1e-3, fused=True)
+    except (RuntimeError, TypeError):
+        pytest.skip("this torch has no fused Adam for CPU parameters")
+    foreach_state = {**state, "param_groups": [{**g, "fused": None, "foreach": True} for g in state["param_groups"]]}
+    load_optimizer_state(fused, foreach_state)
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["foreach"] is None
+    plain = torch.optim.Adam(params, lr=1e-3)
+    plain.load_state_dict(foreach_state)
+    assert plain.param_groups[0]["foreach"] is True  # what load_state_dict alone would have left

@@ -71,6 +71,10 @@ class ModelSpec(Spec):
     pretrained: str | None = None  # weights to start from, e.g. IMAGENET1K_V1
 
 
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")  # torch.compile backends recipe.compile may name
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class Recipe(Spec):
     """How a model is trained and evaluated (the training stage's spec)."""
@@ -80,7 +84,8 @@ class Recipe(Spec):
              "nesterov": boolean(), "weight_decay": number(0), "batch_size": integer(1), "epochs": integer(0),
              "steps": optional(integer(1)), "schedule": one_of("constant", "warmup_cosine", "warmup_linear"),
              "warmup_epochs": number(0), "label_smoothing": number(0, 1, hi_open=True), "crop_padding": integer(0),
-             "flip": boolean(), "amp": one_of(True, False, "bf16", "fp16"), "compile": either(boolean(), text()),
+             "flip": boolean(), "amp": one_of(True, False, "bf16", "fp16"),
+             "compile": either(boolean(), one_of(*COMPILE_BACKENDS)), "compile_mode": one_of(*COMPILE_MODES),
              "input_size": optional(integer(1)), "eval_batch_size": integer(1)}
 
     optimizer: str = "sgd"  # "sgd" or "adam"
@@ -98,9 +103,16 @@ class Recipe(Spec):
     flip: bool = True
     amp: bool | str = True  # True: mixed precision on CUDA (bf16, or fp16 + loss scaling where bf16 is not
     # supported); False: off; "bf16" / "fp16": that dtype on any device, the CPU included
-    compile: bool | str = False  # torch.compile the model (True: the default backend, or a backend name)
+    compile: bool | str = False  # torch.compile the model (True: inductor; or a backend: eager, aot_eager, inductor)
+    compile_mode: str = "default"  # torch.compile's mode: default, reduce-overhead (CUDA graphs) or max-autotune
     input_size: int | None = None  # resize inputs on the device (e.g. 224); None keeps them
     eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.compile in COMPILE_MODES:  # the most likely slip: a mode where a backend goes
+            raise UserError(f"recipe.compile={self.compile} is a torch.compile mode, not a backend: "
+                            f"use recipe.compile=true recipe.compile_mode={self.compile}")
+        super().__post_init__()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -386,7 +398,7 @@ class RaySpec(Spec):
 
     address: str | None = None  # None: a local Ray (or RAY_ADDRESS); "host:port": that cluster
     gpus_per_job: float | None = None  # None: 1 when the cluster has GPUs, else 0; fractions share a GPU
-    cpus_per_job: float | None = None  # None: the cluster's CPUs per GPU with a GPU, else the local thread count
+    cpus_per_job: float | None = None  # None: CPUs per GPU of the GPU nodes with a GPU, else the local thread count
     max_retries: int = 2  # times a job is rerun when its worker process dies
 
 

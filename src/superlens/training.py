@@ -22,6 +22,7 @@ from torch import nn
 from superlens.data.augment import normalize, random_crop, random_flip, resize
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError, describe
+from superlens.hardware import cpu_bf16_units
 from superlens.specs import RECIPES, Recipe, make_recipe
 
 __all__ = ["RECIPES", "Recipe", "make_recipe", "fit", "evaluate", "resolve_device"]
@@ -61,6 +62,24 @@ def align_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+_KERNEL_CHOICES = ("fused", "foreach", "capturable", "differentiable")  # how a step runs, not what it computes
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping the kernel choice ``make_optimizer`` made for this
+    device: ``load_state_dict`` installs the saved param groups whole, so a state saved on a CPU would
+    turn a fused CUDA optimizer into the foreach one, and one saved on a GPU would set ``fused`` on CPU
+    parameters (an error on torch versions without fused CPU kernels)."""
+    chosen = [{key: group[key] for key in _KERNEL_CHOICES if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keep in zip(optimizer.param_groups, chosen):
+        for key in _KERNEL_CHOICES:
+            if key in keep:
+                group[key] = keep[key]
+            else:
+                group.pop(key, None)
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer; fused kernels (one launch for all parameters) when they sit on CUDA."""
     on_cuda = all(p.is_cuda for p in model.parameters())
@@ -86,14 +105,18 @@ def warn_once(message: str) -> None:
 
 
 def amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``recipe`` on ``device``, or None for full precision."""
+    """The autocast dtype of ``recipe`` on ``device``, or None for full precision.
+
+    ``recipe.amp=true`` (the default) is mixed precision where the device has fast low-precision
+    arithmetic: bf16 on a GPU that computes it (fp16 with loss scaling on older ones) and on a CPU
+    with bf16 units (AVX512-BF16, AMX); full precision on other CPUs. ``false`` forces fp32."""
     if recipe.amp is False:
         return None
     cuda = device.type == "cuda"
     bf16_ok = not cuda or bf16_supported(device)
     if recipe.amp is True:
         if not cuda:
-            return None
+            return torch.bfloat16 if device.type == "cpu" and cpu_bf16_units() else None
         return torch.bfloat16 if bf16_ok else torch.float16
     if recipe.amp == "bf16" and not bf16_ok:
         warn_once(f"{torch.cuda.get_device_name(device)} has no fast bf16; recipe.amp=bf16 runs in fp16 with loss scaling")
@@ -105,6 +128,22 @@ def bf16_supported(device: torch.device) -> bool:
     """Whether the CUDA device ``device`` (not the current one) computes bf16 natively: compute capability 8.0
     (Ampere) or newer."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether convolutions run channels_last on ``device``: on CUDA (tensor-core kernels). Not on the CPU,
+    though oneDNN's convolutions are faster in it: with torch 2.13.0 on 2 threads a channels_last
+    backward pass crashes the process (segmentation fault, or "double free or corruption") at some batch
+    shapes (29 images of 16 x 16 through a width-8 ResNet-18, fp32 and bf16 alike; a plain loop outside
+    superlens shows it), while the contiguous layout runs them."""
+    return device.type == "cuda"
+
+
+def precision_record(recipe: Recipe, device: torch.device) -> dict[str, Any]:
+    """What a run's manifest says about its arithmetic: autocast dtype, memory layout, bf16 units."""
+    dtype = amp_dtype(recipe, device)
+    return {"device": str(device), "autocast": str(dtype).replace("torch.", "") if dtype else "float32",
+            "channels_last": channels_last(device), "cpu_bf16_units": cpu_bf16_units(), "recipe_amp": recipe.amp}
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -127,14 +166,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 _COMPILED: list[tuple[nn.Module, nn.Module]] = []  # (model, its compiled wrapper), the most recent last
 COMPILED_KEPT = 2  # compiled models kept for reuse: a job's model across its rounds, and one more
+_COMPILE_FAILED: set[tuple[str, str]] = set()  # (backend, mode) that failed in this process: not tried again
+
+
+def _compile_key(recipe: Recipe) -> tuple[str, str]:
+    return ("inductor" if recipe.compile is True else str(recipe.compile), recipe.compile_mode)
 
 
 def compiled(model: nn.Module, recipe: Recipe) -> nn.Module:
     """``model`` itself, or its torch.compile'd wrapper, made once per model and reused every round.
 
     Only the ``COMPILED_KEPT`` most recent wrappers are kept: a wrapper holds its model (and
-    its GPU memory), so an unbounded cache would keep every model a process ever trained."""
-    if recipe.compile is False:
+    its GPU memory), so an unbounded cache would keep every model a process ever trained.
+    A backend and mode whose compilation failed once in this process are not tried again:
+    the model trains eagerly (a study would otherwise retry at every fit)."""
+    if recipe.compile is False or _compile_key(recipe) in _COMPILE_FAILED:
         return model
     if not hasattr(torch, "compile"):
         raise UserError("recipe.compile needs torch.compile (torch >= 2.0); set recipe.compile=false")
@@ -142,15 +188,18 @@ def compiled(model: nn.Module, recipe: Recipe) -> nn.Module:
         if kept is model:
             _COMPILED.append(_COMPILED.pop(i))
             return wrapper
-    backend = "inductor" if recipe.compile is True else recipe.compile
-    _COMPILED.append((model, torch.compile(model, backend=backend)))
+    backend, mode = _compile_key(recipe)
+    options = {} if mode == "default" else {"mode": mode}
+    _COMPILED.append((model, torch.compile(model, backend=backend, **options)))
     del _COMPILED[:-COMPILED_KEPT]
     return _COMPILED[-1][1]
 
 
-def _uncompiled(model: nn.Module) -> nn.Module:
-    """Forget ``model``'s compiled wrapper (its compilation failed) and train it eagerly from now on."""
+def _uncompiled(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Forget ``model``'s compiled wrapper (its compilation failed), remember that the recipe's backend and
+    mode fail in this process, and train eagerly from now on."""
     _COMPILED[:] = [(kept, wrapper) for kept, wrapper in _COMPILED if kept is not model]
+    _COMPILE_FAILED.add(_compile_key(recipe))
     return model
 
 
@@ -161,7 +210,7 @@ def prepare_batch(images: torch.Tensor, data: ImageDataset, recipe: Recipe, trai
         if recipe.flip:
             images = random_flip(images, generator)
     x = resize(normalize(images, data.mean, data.std), recipe.input_size)
-    if x.device.type == "cuda":
+    if channels_last(x.device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -195,8 +244,9 @@ def fit(
     if len(data) < 2:
         raise UserError(f"training needs at least 2 images, got {len(data)}")
     model.to(device)
-    if device.type == "cuda":
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     data = data.to(device)
     optimizer = optimizer or make_optimizer(model, recipe)
@@ -208,7 +258,7 @@ def fit(
     n = len(data)
     batch = min(recipe.batch_size, n)
     # A compiled model keeps one batch shape (no recompilation): the ragged last batch is dropped.
-    ragged = n % batch == 1 or (recipe.compile is not False and n % batch != 0)
+    ragged = n % batch == 1 or (net is not model and n % batch != 0)
     steps_per_epoch = n // batch if ragged else math.ceil(n / batch)
     total_steps = recipe.steps if recipe.steps is not None else steps_per_epoch * recipe.epochs
     bar = _bar(total=total_steps * batch, desc=desc, enabled=progress)
@@ -230,7 +280,7 @@ def fit(
                 if net is model:
                     raise
                 warn_once(f"recipe.compile failed ({describe(exc, limit=160)}); training continues without torch.compile")
-                net = _uncompiled(model)
+                net = _uncompiled(model, recipe)
                 loss = _forward_backward(net, x, data.labels[idx], recipe, optimizer, scaler, device, dtype)
             if scaler is None:
                 optimizer.step()
@@ -288,7 +338,7 @@ def evaluate(
     recipe = recipe or RECIPES["standard"]
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
-    if device.type == "cuda":
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(recipe, device)
     # Without indices a batch is a slice (a view); with them, a gather of that batch only.

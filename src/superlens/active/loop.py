@@ -31,7 +31,7 @@ from superlens.fileio import atomic_path, read_json, write_json
 from superlens.layout import JobPaths
 from superlens.models import build_model
 from superlens.specs import ActiveSpec, ModelSpec, Recipe, SnapshotSpec
-from superlens.training import TrainResult, evaluate, fit, make_optimizer
+from superlens.training import TrainResult, evaluate, fit, load_optimizer_state, make_optimizer
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -273,7 +273,7 @@ def run_round0(seed: int, paths: JobPaths, splits: DatasetSplits, device: torch.
     optimizer = None
     if active.start_from_baseline:  # the baseline's optimizer state continues too
         optimizer = make_optimizer(net.to(device), recipe)
-        optimizer.load_state_dict(torch.load(baseline.optimizer, map_location="cpu", weights_only=True))
+        load_optimizer_state(optimizer, torch.load(baseline.optimizer, map_location="cpu", weights_only=True))
     pool = Pool.empty(len(train))
     pool.acquire(_initial(active, net, train, labels, recipe, device, seed), 0)
     torch.manual_seed(derive_seed(seed, "round", 0))
@@ -326,7 +326,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         pool = Pool(np.load(round0.pool))
         net.load_state_dict(torch.load(round0.model, map_location="cpu", weights_only=True))
         optimizer = make_optimizer(net.to(device), recipe)
-        optimizer.load_state_dict(torch.load(round0.optimizer, map_location="cpu", weights_only=True))
+        load_optimizer_state(optimizer, torch.load(round0.optimizer, map_location="cpu", weights_only=True))
         records, state, start, queries = [{**first, "arm": arm}], {}, 1, {}
         if keep_round_models:
             _save_state_dict(paths.round_model(0), net)
@@ -334,7 +334,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         pool = Pool(checkpoint["pool"])
         net.load_state_dict(checkpoint["model"])
         optimizer = make_optimizer(net.to(device), recipe)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
         records, state, start = checkpoint["records"], checkpoint["strategy_state"], checkpoint["round"] + 1
         queries = checkpoint.get("queries", {})
     mc_rate = model.dropout or active.mc_dropout  # MC dropout at the model's own rate when it was trained with one
