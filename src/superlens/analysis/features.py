@@ -10,7 +10,8 @@ from torch import nn
 
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
-from superlens.training import RECIPES, Recipe, amp_dtype, autocast, default_device, first_tensor, prepare_batch
+from superlens.training import (RECIPES, Recipe, amp_dtype, autocast, channels_last, default_device, first_tensor,
+                                prepare_batch)
 
 POOLINGS = ("avg", "max", "flatten", "none")
 
@@ -42,6 +43,18 @@ def reduce_outputs(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def capture_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype activations are captured in: the recipe's mixed precision on CUDA (bf16 there),
+    full precision on the CPU, where the measured values are kept exact at a small cost; recorded in
+    analysis.json and sae.json as ``capture_dtype``."""
+    return amp_dtype(recipe, device) if device.type == "cuda" else None
+
+
+def capture_dtype_name(recipe: Recipe, device: torch.device) -> str:
+    dtype = capture_dtype(recipe, torch.device(device))
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
 def capture(
     model: nn.Module,
     data: ImageDataset,
@@ -71,9 +84,9 @@ def capture(
     recipe = recipe or RECIPES["standard"]
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
-    if device.type == "cuda":
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(recipe, device)
+    dtype = capture_dtype(recipe, device)
     # One preallocated host buffer per layer, filled in place. Not pinned: the CUDA host allocator rounds a
     # pinned request up to a power of two and keeps it cached for the process (50,000 x 25,088 features would
     # hold 8 GiB); a device-to-pageable copy of a batch costs a sync, small beside the forward pass.

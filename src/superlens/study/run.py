@@ -136,8 +136,12 @@ def _similarities(jobs, specs: StageSpecs, splits, device, clock: StageClock, lo
              and not a.paths.similarity.exists()]
     if not pairs:
         return
-    if device is None:  # Ray ran the jobs: the driver loads the data itself
-        device = resolve_device(specs.device)
+    if device is None:  # Ray ran the jobs: the driver loads the data itself, on its own GPU or its CPU
+        try:
+            device = resolve_device(specs.device)
+        except UserError:  # device=cuda for the workers, and a driver without a GPU
+            device = resolve_device("cpu")
+            log(f"similarity (CKA) on the driver's CPU: device={specs.device} is not available here")
         splits = load_spec(specs.data, device)
     for arm, control in pairs:
         t0 = time.perf_counter()
@@ -184,6 +188,16 @@ def _revisions(earlier: dict[str, Any]) -> list[str]:
     return revisions
 
 
+def _precision(cfg: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
+    """The arithmetic the study's training, evaluation and capture used on the driver's device (Ray jobs
+    on GPUs use their GPU's: bf16 where it computes it)."""
+    from superlens.specs import stage_specs
+    from superlens.training import precision_record, resolve_device
+
+    recipe = stage_specs(cfg).recipe
+    return precision_record(recipe, device if device is not None else resolve_device("cpu"))
+
+
 def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock,
                    revisions: list[str]) -> None:
     import sklearn
@@ -198,6 +212,7 @@ def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None
         "device_name": (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
                         else platform.processor() or "cpu"),
         "torch_threads": torch.get_num_threads(), "seeds": cfg["seeds"],
+        "precision": _precision(cfg, device),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "this_invocation_seconds": round(time.time() - started, 3), "job_seconds": jobs_,
         "stage_seconds": clock.totals(), "stage_job_seconds": clock.seconds,
