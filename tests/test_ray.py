@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from conftest import run_cli
 from superlens.config import load_config
@@ -22,6 +23,7 @@ from superlens.rundir import RunDir
 from superlens.study import run_study
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray instance at a time, in one pytest-xdist worker
 
 TINY = [
     "model.width=4", "recipe.epochs=1", "recipe.batch_size=128", "active.initial_size=40", "active.query_size=40",
@@ -47,7 +49,8 @@ def test_ray_gives_the_records_of_the_local_executor(cluster, tmp_path):
     base = [*TINY, "seeds=[0,1]", "arms=[al-least_confidence,al-random]", "analysis.enabled=true",
             "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false"]
     local = run_study(load_config("demo", base), tmp_path / "local", progress=False, log=quiet)
-    remote = run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0", "ray.cpus_per_job=2"]),
+    remote = run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0",
+                                            f"ray.cpus_per_job={torch.get_num_threads()}"]),
                        tmp_path / "ray", progress=False, log=quiet)
     for arm in ("al-least_confidence", "al-random"):
         for seed in (0, 1):
@@ -57,17 +60,42 @@ def test_ray_gives_the_records_of_the_local_executor(cluster, tmp_path):
 
 
 def test_logical_gpus_bound_the_jobs_running_at_once(cluster, tmp_path):
-    cfg = load_config("demo", [*TINY, "seeds=[0,1,2,3]", "arms=[al-random]", "device=cpu", "executor=ray",
+    cfg = load_config("demo", [*TINY, "seeds=[0,1,2]", "arms=[al-random]", "device=cpu", "executor=ray",
                                "ray.gpus_per_job=1", "ray.cpus_per_job=1"])
     run_study(cfg, tmp_path, progress=False, log=quiet)
     workers = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/seed*/worker.json")]
     workers += [json.loads(p.read_text()) for p in tmp_path.glob("round0/seed*/worker.json")]
-    assert len(workers) == 8 and all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
+    assert len(workers) == 6 and all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
     for w in workers:  # the jobs running when w starts: at most two (two logical GPUs, one per job), on distinct GPUs
         running = [v for v in workers if v["started"] <= w["started"] < v["finished"]]
         assert 1 <= len(running) <= 2
         assert len({v["cuda_visible_devices"] for v in running}) == len(running)
     assert max(sum(v["started"] <= w["started"] < v["finished"] for v in workers) for w in workers) == 2  # in parallel
+    # one worker process per GPU job: a reused worker would keep the CUDA context of its first job's GPU
+    assert len({w["pid"] for w in workers}) == len(workers)
+    assert all("gpu_uuid" in w for w in workers)
+
+
+def test_cpus_per_gpu_job_count_the_gpu_nodes_only():
+    """A 64-CPU head without GPUs and two nodes of 8 GPUs and 64 CPUs: 8 CPUs per GPU job, not 12 (which
+    would leave 3 of every 8 GPUs idle)."""
+    from superlens.specs import RaySpec
+    from superlens.study.executors import ray_resources
+
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 192.0, "GPU": 16.0}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 64.0}},
+                    {"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+                    {"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+                    {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}]
+
+    assert ray_resources(FakeRay, RaySpec()) == (1.0, 8.0)
+    assert ray_resources(FakeRay, RaySpec(gpus_per_job=2)) == (2.0, 16.0)
 
 
 def test_a_failing_job_leaves_error_txt_and_the_rest_finish(cluster, tmp_path, capsys):
@@ -108,7 +136,8 @@ def test_a_worker_that_dies_is_retried_and_resumes(cluster, tmp_path):
 
     watcher = threading.Thread(target=kill_once)
     watcher.start()
-    run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0", "ray.cpus_per_job=2", "ray.max_retries=2"]), out,
+    run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0",
+                                        f"ray.cpus_per_job={torch.get_num_threads()}", "ray.max_retries=2"]), out,
               progress=False, log=quiet)
     watcher.join()
     assert killed, "the job finished before it could be killed"
@@ -137,6 +166,10 @@ def test_gpus_asked_of_a_cluster_without_any_is_refused_before_submitting():
         @staticmethod
         def cluster_resources():
             return {"CPU": 128.0, "GPU": 8.0}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 128.0, "GPU": 8.0}}]
 
     # a GPU job gets the node's CPUs per GPU (its t-SNE, strategies and probes run there), not 1
     assert ray_resources(EightGPUs, RaySpec()) == (1.0, 16.0)

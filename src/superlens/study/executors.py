@@ -33,10 +33,16 @@ def run_local(jobs: list[Job], deps: dict[str, list[str]], splits, device, progr
     return list(results.values())
 
 
-def _ray_job(job: Job, threads: int, *dependencies: JobResult) -> JobResult:
-    """One job inside a Ray worker: torch uses the job's CPUs; Ray has set CUDA_VISIBLE_DEVICES."""
+def _ray_job(job: Job, threads: int, gpu: bool, *dependencies: JobResult) -> JobResult:
+    """One job inside a Ray worker: torch uses the job's CPUs; Ray has set CUDA_VISIBLE_DEVICES.
+
+    A GPU job runs in a fresh worker process (``max_calls=1``): a CUDA context, once made,
+    stays on the GPU of the job that made it, whatever CUDA_VISIBLE_DEVICES says later."""
     import torch
 
+    if gpu and torch.cuda.is_initialized():
+        raise RuntimeError(f"{job.label}: CUDA is already initialized in this Ray worker (pid {os.getpid()}), "
+                           "so the job would run on an earlier job's GPU; GPU jobs need a fresh worker")
     for dep in dependencies:
         if not dep.ok:
             return JobResult(job.label, False, {}, f"not run: {dep.job} failed")
@@ -100,10 +106,22 @@ def ray_resources(ray, ray_settings: RaySpec) -> tuple[float, float]:
         import torch
 
         if gpus > 0:
-            cpus = max(1, int(float(ray.cluster_resources().get("CPU", 1)) / cluster_gpus * gpus))
+            cpus = max(1, int(gpu_node_cpus_per_gpu(ray) * gpus))
         else:
             cpus = torch.get_num_threads()
     return float(gpus), float(cpus)
+
+
+def gpu_node_cpus_per_gpu(ray) -> float:
+    """CPUs per GPU on the live nodes that have GPUs: a head node with CPUs and no GPU runs no GPU job,
+    so counting its CPUs would reserve more CPUs per job than a GPU node has and leave its GPUs idle."""
+    cpus = gpus = 0.0
+    for node in ray.nodes():
+        resources = node.get("Resources", {})
+        if node.get("Alive", True) and resources.get("GPU", 0) > 0:
+            cpus += float(resources.get("CPU", 0))
+            gpus += float(resources["GPU"])
+    return cpus / gpus if gpus > 0 else 1.0
 
 
 def run_ray(jobs: list[Job], deps: dict[str, list[str]], ray_settings: RaySpec, log: Callable[[str], None]
@@ -111,6 +129,7 @@ def run_ray(jobs: list[Job], deps: dict[str, list[str]], ray_settings: RaySpec, 
     ray = connect(ray_settings)
     gpus, cpus = ray_resources(ray, ray_settings)
     task = ray.remote(_ray_job)
+    gpu_task = ray.remote(max_calls=1)(_ray_job)  # no worker reuse: a reused worker keeps its first GPU's context
     refs: dict[str, Any] = {}
     results: list[JobResult] = []
     for job in jobs:
@@ -119,8 +138,9 @@ def run_ray(jobs: list[Job], deps: dict[str, list[str]], ray_settings: RaySpec, 
             continue
         waits = [refs[d] for d in deps[job.label] if d in refs]
         # A job whose worker dies is resubmitted up to max_retries times.
-        options = dict(num_cpus=cpus, num_gpus=gpus if job.needs_gpu else 0, max_retries=ray_settings.max_retries)
-        refs[job.label] = task.options(**options).remote(job, int(cpus), *waits)
+        on_gpu = job.needs_gpu and gpus > 0
+        options = dict(num_cpus=cpus, num_gpus=gpus if on_gpu else 0, max_retries=ray_settings.max_retries)
+        refs[job.label] = (gpu_task if on_gpu else task).options(**options).remote(job, int(cpus), on_gpu, *waits)
     log(f"submitted {len(refs)} jobs to Ray ({gpus:g} GPU, {cpus:g} CPU each); {len(results)} already finished")
     label_of = {ref: label for label, ref in refs.items()}
     pending = list(refs.values())

@@ -326,7 +326,19 @@ def _record_worker(paths: JobPaths) -> None:
         except (UserError, OSError):  # a half-written record from a killed worker
             attempts = 0
     write_json(paths.worker, {"pid": os.getpid(), "host": socket.gethostname(), "attempts": attempts + 1,
-                              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time()})
+                              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                              "gpu_uuid": _gpu_uuid(), "started": time.time()})
+
+
+def _gpu_uuid() -> str | None:
+    """The physical GPU this process computes on (cuda:0), by its UUID; None without a visible GPU.
+    CUDA_VISIBLE_DEVICES names a GPU by index; the UUID shows which card ran the job."""
+    if not os.environ.get("CUDA_VISIBLE_DEVICES") or not torch.cuda.is_available():
+        return None
+    try:
+        return str(torch.cuda.get_device_properties(0).uuid)
+    except (AttributeError, RuntimeError):  # a torch without the field, or a GPU that cannot be read
+        return None
 
 
 def _finish_worker(paths: JobPaths) -> None:
