@@ -324,3 +324,27 @@ def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries(tmp_path):
         tiny_config("arms=[al-random@1]")
     with pytest.raises(UserError, match="unknown strategy 'nope' in arm 'al-nope@2'"):
         tiny_config("arms=[al-nope@2]")
+
+
+def test_a_driver_without_the_workers_gpu_computes_cka_on_its_cpu(tmp_path):
+    """Ray jobs told device=cuda and a driver without a GPU: the driver's CKA runs on its CPU instead of
+    raising before the summary (which left a run without summary or report, and every resume failing)."""
+    from dataclasses import replace
+
+    from superlens.rundir import RunDir
+    from superlens.specs import stage_specs
+    from superlens.study.jobs import plan
+    from superlens.study.run import StageClock, _similarities
+
+    cfg = tiny_config("seeds=[0]", "arms=[al-margin,al-random]", "analysis.enabled=true", "analysis.max_samples=100",
+                 "analysis.probe_samples=100", "analysis.tsne=false")
+    run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
+    similarity = RunDir(tmp_path).job("al-margin", 0).similarity
+    kept = json.loads(similarity.read_text())
+    similarity.unlink()
+    specs = replace(stage_specs(cfg), device="cuda")
+    jobs, _ = plan(specs, cfg["arms"], RunDir(tmp_path))
+    said = []
+    _similarities(jobs, specs, None, None, StageClock(None), said.append)
+    assert json.loads(similarity.read_text())["layers"] == pytest.approx(kept["layers"])
+    assert any("on the driver's CPU" in line for line in said) == (not torch.cuda.is_available())
