@@ -2,14 +2,22 @@
 
     bash benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--budget SECONDS] [--steps a,b,...]
 
-On a machine with a GPU and no network, in about 8 minutes: a tiny study on CUDA with
-every strategy arm and every analysis (per-round psi, featvis), a run made on the CPU
-and continued on the GPU (the resume case), ``superlens analyze``, the device-relevant
-tests, the training throughput benchmark eager and compiled (with the plain-loop
-ratio), and a full-size epoch (50,000 synthetic images) through the study path. Each
-step runs in its own process under its own time limit and a global deadline; a failed
-or timed-out step is recorded and the next one runs. Results: ``results.md`` (the table
-to read), ``results.json``, and ``log.txt`` (every step's output) in the output folder.
+It runs from the checkout alone: superlens is imported from ``src`` (the device image
+has torch and the scientific stack, not superlens). On a machine with a GPU and no
+network, in about 8 minutes, performance first: the training throughput benchmark
+eager and compiled (with the plain-loop ratio), a full-size epoch (50,000 synthetic
+images) through ``fit`` timed over the epochs after the first; then a tiny study on
+CUDA with every strategy arm and every analysis (per-round psi, featvis), a run made
+on the CPU and continued on the GPU (the resume case), ``superlens analyze``,
+``browse`` and ``diff`` on the tiny study, a scale study (50,000 synthetic images at
+width 64, ``al-badge`` and ``al-coreset``, a ``scratch_same_init`` round of 2,000,
+psi, t-SNE) with its seconds per stage, the parity and host-sync probes
+(``gpu_probe.py``), and the device-relevant tests. Each step runs in its own process
+under its own time limit and a global deadline; a failed or timed-out step is recorded
+and the next one runs. Results, in ``$OUT`` when it is set (a lent machine returns
+that folder), else ``--out``: ``results.md`` (the table to read, also printed at the
+end), ``results.json``, ``errors.txt`` (every failed job's ``error.txt`` and every
+failed step's last lines) and ``log.txt`` (every step's output).
 
 ``--dry-run`` runs the same steps on the CPU at a reduced size, so that CI keeps the
 check working on machines without a GPU.
@@ -28,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # this process reads the strategy registry; superlens may not be installed
 
 ENV = """
 import json, os, platform, torch
@@ -94,28 +103,43 @@ def steps(dry: bool, device: str, out: Path) -> list[tuple[str, int, list[str]]]
             "active.strategy_options.cluster_margin.n_clusters=5", f"device={device}"]
     if dry:
         tiny.append("analysis.tsne=false")
-    arms = ",".join(["baseline"] + [f"al-{s}" for s in strategies])
-    images, width = (1_000, 8) if dry else (50_000, 64)
+    # the dry run checks the check's own steps; every strategy's engine run on the CPU is a test of the suite
+    arms = ",".join(["baseline"] + [f"al-{s}" for s in (["margin", "random"] if dry else strategies)])
+    images, width = (512, 8) if dry else (50_000, 64)
     tests = (["tests/test_device_harness.py", "-k", "refuses or cuda_index or backward"] if dry else
-             ["tests/test_device_harness.py", "tests/test_training.py", "tests/test_sae.py", "tests/test_lens.py"])
+             ["tests/test_device_harness.py", "tests/test_training.py", "tests/test_sae.py", "tests/test_lens.py",
+              "tests/test_strategies.py", "tests/test_superposition.py"])
     bench = [py, str(ROOT / "benchmarks" / "train_throughput.py"), "--device", device,
-             "--widths", *(["16"] if dry else ["64", "16"]), "--images", str(512 if dry else 49_152)]
+             "--widths", *(["16"] if dry else ["64", "16"]), "--images", str(256 if dry else 49_152),
+             *(["--batch-size", "64"] if dry else [])]
+    smoke = out / "smoke"
+    scale = [f"data.options.n_train={1_000 if dry else 50_000}", f"data.options.n_test={200 if dry else 1_000}",
+             f"model.width={4 if dry else 64}", "seeds=[0]", "arms=[al-badge,al-coreset]",
+             "active.reset=scratch_same_init", f"active.initial_size={100 if dry else 2_000}",
+             f"active.query_size={50 if dry else 2_000}", "active.rounds=1", "recipe.epochs=1",
+             "recipe.batch_size=512", f"analysis.max_samples={150 if dry else 10_000}",
+             f"analysis.probe_samples={150 if dry else 10_000}",
+             f"analysis.tsne={'false' if dry else 'true'}", f"sae.max_images={50 if dry else 5_000}",
+             f"sae.superposition.max_steps={100 if dry else 1_200}", "featvis.enabled=false", "toy.enabled=false"]
     return [
         ("env", 60, [py, "-c", ENV]),
-        ("smoke", 240, [*cli, "run", "demo", *tiny, f"arms=[{arms}]", "--out", str(out / "smoke"), "--quiet"]),
+        ("bench-eager", 120, bench),
+        ("bench-compiled", 240, [*bench, "--compile", *(["--compile-backend", "eager"] if dry else [])]),
+        ("epoch", 150, [py, "-c", EPOCH, device, str(images), str(width)]),
+        ("smoke", 240, [*cli, "run", "demo", *tiny, f"arms=[{arms}]", "--out", str(smoke), "--quiet"]),
         ("resume", 90, [py, "-c", RESUME, device]),
         ("lens", 120, [*cli, "analyze", "resnet18", "model.width=8", "--data", "digits", "--layers", "layer3,layer4",
                        "--units", "1,2", "analysis.max_samples=300", "analysis.probe_samples=300", "sae.max_images=60",
                        "sae.settings.steps=20", "sae.superposition.max_steps=100", "sae.superposition.window=50",
                        "featvis.settings.steps=4", f"device={device}", "--out", str(out / "lens")]),
-        ("pytest", 240, [py, "-m", "pytest", "-x", "-p", "no:cacheprovider", *tests]),  # -q from pyproject
-        ("bench-eager", 120, bench),
-        ("bench-compiled", 240, [*bench, "--compile", *(["--compile-backend", "eager"] if dry else [])]),
-        ("synthetic", 150, [*cli, "run", "demo", "data.name=synthetic", f"data.options.n_train={images}",
-                            "data.options.n_test=1000", "arms=[baseline]", "seeds=[0]", f"model.width={width}",
-                            "recipe.epochs=1", "recipe.batch_size=512", "analysis.enabled=false", "sae.enabled=false",
-                            "featvis.enabled=false", "toy.enabled=false", f"device={device}",
-                            "--out", str(out / "synthetic"), "--quiet"]),
+        ("browse", 60, [*cli, "browse", str(smoke), "--arm", "al-random", "--seed", "0"]),
+        ("diff", 90, [*cli, "diff", str(smoke), "--arms", "al-random,al-margin", "--steps", "50"]),
+        ("scale", 240, [*cli, "run", "demo", "data.name=synthetic", *scale, f"device={device}",
+                        "--out", str(out / "scale"), "--quiet"]),
+        ("scale-stages", 20, [py, "-c", STAGES, str(out / "scale" / "manifest.json")]),
+        ("probe", 120, [py, str(ROOT / "benchmarks" / "gpu_probe.py"), "--device", device,
+                        "--scale", "0.25" if dry else "1"]),
+        ("pytest", 240, [py, "-m", "pytest", "-p", "no:cacheprovider", *tests]),  # every failure, not the first
     ]
 
 
@@ -125,9 +149,43 @@ def _strategies() -> list[str]:
     return sorted(REGISTRY)
 
 
+# A full-size epoch through the study's training path: fit once (set-up, cuDNN autotuning, the first epoch),
+# then time two more epochs of the same model, so the rate is the steady one, not the set-up's.
+EPOCH = """
+import sys, time, torch
+from superlens.data import load
+from superlens.models import resnet18
+from superlens.training import fit, make_recipe
+device, images, width = torch.device(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+train = load("synthetic", n_train=images, n_test=100).train
+recipe = make_recipe("standard", epochs=1, batch_size=512)
+model = resnet18(10, stem="cifar", width=width)
+t0 = time.perf_counter()
+first = fit(model, train, recipe, device=device, progress=False)
+setup = time.perf_counter() - t0
+recipe = make_recipe("standard", epochs=2, batch_size=512)
+t0 = time.perf_counter()
+later = fit(model, train, recipe, device=device, optimizer=first.optimizer, progress=False)
+if device.type == "cuda":
+    torch.cuda.synchronize()
+steady = time.perf_counter() - t0
+print(f"{images:,} images at width {width}: first epoch (with set-up) {setup:.1f} s; "
+      f"later epochs {later.images_seen / steady:,.0f} img/s (fit, study path)")
+"""
+
+# The scale study's seconds per stage, from its manifest, and the device's peak memory if recorded.
+STAGES = """
+import json, sys
+m = json.load(open(sys.argv[1]))
+stages = m.get("stage_seconds", {})
+total = sum(stages.values()) or 1.0
+print("stages: " + ", ".join(f"{k} {v:.0f} s ({v / total:.0%})" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])))
+"""
+
+
 def run(dry: bool, out: Path, budget: float, only: set[str] | None) -> list[Step]:
     out.mkdir(parents=True, exist_ok=True)
-    for folder in ("smoke", "lens", "synthetic"):  # a check starts from nothing: no run of an earlier check resumed
+    for folder in ("smoke", "lens", "scale"):  # a check starts from nothing: no run of an earlier check resumed
         shutil.rmtree(out / folder, ignore_errors=True)
     device = "cpu" if dry else "cuda"
     deadline = time.monotonic() + budget
@@ -159,8 +217,6 @@ def run(dry: bool, out: Path, budget: float, only: set[str] | None) -> list[Step
         log.flush()
         lines = [line for line in text.splitlines() if line.strip() and "img/s]" not in line]
         summary = _summary_line(name, lines)
-        if name == "synthetic" and status == "ok":
-            summary = _epoch_rate(out, 1_000 if dry else 50_000) or summary
         done.append(Step(name, status, rc, round(seconds, 1), round(limit, 1), summary))
         print(f"[{name}] {status} in {seconds:.0f} s: {done[-1].last_line}", flush=True)
     log.close()
@@ -184,13 +240,20 @@ def _summary_line(name: str, lines: list[str]) -> str:
 
 
 
-def _epoch_rate(out: Path, images: int) -> str | None:
-    """The synthetic step's training throughput, from the seconds its run's manifest records."""
-    try:
-        seconds = json.loads((out / "synthetic" / "manifest.json").read_text())["stage_seconds"]["training"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return f"{images:,} images, one epoch: training {seconds:.1f} s, {images / seconds:,.0f} img/s (study path)"
+def gather_errors(out: Path, done: list[Step], log_text: str) -> str:
+    """Every failed job's ``error.txt`` under ``out`` and the last lines of every step that did not pass,
+    in one text: the files a lent machine returns come from ``out`` alone, not from folders deep in it."""
+    parts = []
+    for path in sorted(out.rglob("error.txt")):
+        parts.append(f"=== {path.relative_to(out)}\n{path.read_text(errors='replace').strip()}\n")
+    for step in done:
+        if step.status in ("failed", "timeout"):
+            marker = f"=== [{step.name}] limit"
+            start = log_text.find(marker)
+            block = log_text[start:].split("\n=== [", 2)
+            tail = "\n".join(("=== [" + block[1] if len(block) > 1 else block[0]).splitlines()[-40:])
+            parts.append(f"=== step {step.name}: {step.status}\n{tail}\n")
+    return "\n".join(parts) if parts else "no errors\n"
 
 
 def write_results(out: Path, done: list[Step], dry: bool) -> None:
@@ -207,14 +270,18 @@ def write_results(out: Path, done: list[Step], dry: bool) -> None:
             f"torch {info.get('torch')}, CUDA {info.get('cuda')}, {info.get('cpus')} CPUs", "",
             "| step | status | seconds / limit | result |", "|---|---|---|---|", *rows, "",
             f"{sum(s.status == 'ok' for s in done)} of {len(done)} steps passed; "
-            f"{sum(s.seconds for s in done):.0f} s in all. Every step's output is in log.txt.", ""]
+            f"{sum(s.seconds for s in done):.0f} s in all. Every step's output is in log.txt; "
+            "failed jobs and steps are in errors.txt.", ""]
     (out / "results.md").write_text("\n".join(text))
+    log = out / "log.txt"
+    (out / "errors.txt").write_text(gather_errors(out, done, log.read_text(errors="replace") if log.exists() else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at a reduced size")
-    ap.add_argument("--out", type=Path, default=ROOT / "gpu-check-out")
+    ap.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "gpu-check-out",
+                    help="output folder (default: $OUT when set, else gpu-check-out)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for every step together")
     ap.add_argument("--steps", default=None, help="comma-separated step names to run (default: all)")
     args = ap.parse_args(argv)
@@ -227,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.steps.split(",")) if args.steps else None
     done = run(args.dry_run, args.out, args.budget, only)
     write_results(args.out, done, args.dry_run)
-    print(f"results: {args.out / 'results.md'}")
+    print((args.out / "results.md").read_text())
+    print(f"results: {args.out / 'results.md'}; errors: {args.out / 'errors.txt'}")
     return 0 if all(s.status in ("ok", "skipped") for s in done) and any(s.status == "ok" for s in done) else 1
 
 
