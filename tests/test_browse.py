@@ -135,9 +135,15 @@ def test_browse_and_diff_mistakes_are_one_line(study, tmp_path, capsys):
                           (["browse", study, "--seed", "7"], "unknown seed 7"),
                           (["diff", study, "--arms", "al-margin"], "--arms takes two different arms"),
                           (["diff", study, "--arms", "al-margin,al-typo"], "unknown arm 'al-typo'"),
+                          (["diff", study, "--out", tmp_path / "elsewhere"],
+                           "--out is for diffing two models; a run's diffs are written into the run"),
+                          (["diff", study, "--images", "500"], "--images is for diffing two models"),
+                          (["diff", "resnet18", "resnet18", "--data", "digits", "--arms", "a,b"],
+                           "--arms is for diffing the arms of a run"),
                           (["browse", tmp_path], "is not a run directory")):
         code, _, err = run_cli(args, capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+    assert not (tmp_path / "elsewhere").exists()
     copy = tmp_path / "copy"
     shutil.copytree(study, copy)
     (copy / "arms" / "al-margin" / "seed0" / "sae-layer4" / "sae.safetensors").write_bytes(b"not a tensor file")

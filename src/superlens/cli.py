@@ -255,10 +255,11 @@ def browse(run_dir: str, layer: str | None, arms: tuple[str, ...], seeds: tuple[
 @click.option("--data", "data_name", default=None, help="Two models: the dataset whose training images are used.")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Two models: the dataset's folder.")
 @click.option("--weights", multiple=True, help="Two models: a weight file per MODEL, in order.")
-@click.option("--images", type=click.IntRange(min=2), default=2000, show_default=True,
-              help="Two models: training images the crosscoder sees.")
-@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled objects.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Two models: folder (default runs/diff).")
+@click.option("--images", type=click.IntRange(min=2), default=None,
+              help="Two models: training images the crosscoder sees (default 2000).")
+@click.option("--trust-pickle", is_flag=True, help="Two models: allow weight files that hold pickled objects.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Two models: folder (default runs/diff). A run's diffs go into the run (RUN/diff, its report).")
 def diff(args, arms, seeds, layer, steps, k, data_name, root, weights, images, trust_pickle, out) -> None:
     """Model diffing with a crosscoder: RUN_DIR [--arms A,B], or MODEL_A MODEL_B --data NAME --weights A B --layers L
     [key=value ...] (model.*, device, seed as for analyze)."""
@@ -269,6 +270,12 @@ def diff(args, arms, seeds, layer, steps, k, data_name, root, weights, images, t
     if len(names) == 1 and not data_name:
         if overrides:
             raise UserError(f"key=value options ({overrides[0]}) are for two models; a run keeps its own settings")
+        two_model_only = {"--out": out, "--root": root, "--weights": weights or None, "--images": images,
+                          "--trust-pickle": trust_pickle or None}
+        given = [name for name, value in two_model_only.items() if value is not None]
+        if given:
+            raise UserError(f"{given[0]} is for diffing two models; a run's diffs are written into the run "
+                            f"({Path(names[0]) / 'diff'}, {Path(names[0]) / 'browse'} and its report)")
         from superlens.browse import diff_run
 
         pair = [a for a in arms.split(",") if a] if arms else []
@@ -277,7 +284,10 @@ def diff(args, arms, seeds, layer, steps, k, data_name, root, weights, images, t
             raise UserError(f"no pair of finished jobs to diff in {names[0]}")
         click.echo(f"{len(written)} diffs; report: {Path(names[0]) / 'report.html'}")
         return
-    diff_two_models(names, weights, overrides, data_name, root, layer, crosscoder, images, trust_pickle, out,
+    if arms or seeds:
+        raise UserError(f"{'--arms' if arms else '--seed'} is for diffing the arms of a run (superlens diff RUN_DIR "
+                        "--arms A,B); two models are compared as given")
+    diff_two_models(names, weights, overrides, data_name, root, layer, crosscoder, images or 2000, trust_pickle, out,
                     click.echo)
 
 
