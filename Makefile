@@ -21,7 +21,7 @@ demo: venv
 	$(VENV)/bin/superlens demo --out $(OUT)
 
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs

@@ -98,7 +98,7 @@ def test_class_gains_learn_which_neurons_a_class_silences():
     labels = rng.integers(0, 2, 6000)
     x = (codes @ directions).astype(np.float32)
     x[labels == 1, :6] = 0.0
-    settings = SAESettings(expansion=4, k=2, steps=2500, batch_size=512)
+    settings = SAESettings(expansion=4, k=2, steps=1200, batch_size=512)
     gained = train_saes(x, settings, [0, 1], tolerance=1e-9, classes=labels)
     assert gained.gains.shape == (2, 2, 12)
     for gains in gained.gains:
@@ -110,29 +110,24 @@ def test_class_gains_learn_which_neurons_a_class_silences():
 
 
 def test_bench_fast_case_psi_follows_features_not_class_structure():
-    """The ground-truth bench's design generator in small (8,000 vectors): psi rises with the planted
-    features per neuron and moves less with class structure than between G/N = 2 and 3."""
+    """The ground-truth bench's design generator in small (8,000 vectors): psi rises from G/N = 2 to 3,
+    moves less with class structure than that step, and counts roughly. The G/N = 1 and 6 cells (and the
+    class gains' effect at G/N = 6) are in benchmarks/superposition_fast_case.py."""
 
     def measure(ratio, c):
         d = synthetic_activations(8000, 32, ratio * 32, class_weight=c, seed=0)
         return superlens.measure_superposition(d.x, labels=d.labels, batch_size=1024)
 
-    one, two, three, classy = measure(1, 0.0), measure(2, 0.0), measure(3, 0.0), measure(2, 2.0)
-    for m in (one, two, three, classy):
+    two, three, classy = measure(2, 0.0), measure(3, 0.0), measure(2, 2.0)
+    for m in (two, three, classy):
         assert {"psi", "psi_sd", "features_per_neuron", "feature_dimensionality_mean", "interference",
                 "dead_fraction", "converged", "steps", "expansion"} <= set(m)
         assert len(m["psi_per_seed"]) == 3 and m["psi_sd"] == pytest.approx(np.std(m["psi_per_seed"], ddof=1))
         assert m["class_centered"] and m["class_gains"] and m["expansion"] == 8 and 0 < m["steps"] <= 3000
-    assert one["psi"] < two["psi"] < three["psi"]
+    assert two["psi"] < three["psi"]
     step = abs(three["psi"] - two["psi"])
     assert abs(classy["psi"] - two["psi"]) < step
     assert abs(two["psi"] - 2) < 0.5 and abs(three["psi"] - 3) < 0.75  # a rough count where the bench passes (d)
-    # at G/N = 6, class structure split features into per-class variants until the SAEs learned class gains
-    six, six_classy = measure(6, 0.0), measure(6, 2.0)
-    assert three["psi"] < six["psi"] and abs(six_classy["psi"] - six["psi"]) < step
-    d = synthetic_activations(8000, 32, 6 * 32, class_weight=2.0, seed=0)
-    no_gains = superlens.measure_superposition(d.x, labels=d.labels, batch_size=1024, class_gains=False)
-    assert not no_gains["class_gains"] and six["psi"] - no_gains["psi"] > step
 
 
 def test_psi_all_seeds_is_psi_when_there_are_two_seeds():
