@@ -165,6 +165,25 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
     return per_seed
 
 
+def _details(saes, decoders: list[np.ndarray], summaries: list[tuple], match: float) -> dict:
+    """Each seed's reproduced unit decoder rows (by any other seed), and the median firing frequency and
+    active magnitude (raw input units) of the live latents over every seed."""
+    reproduced_rows, freqs, magnitudes = [], [], []
+    for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
+        live = freq > 0
+        kept = np.zeros(len(dec), dtype=bool)
+        for j, other in enumerate(decoders):
+            if j != i:
+                kept |= reproduced(dec, other, match) & live
+        reproduced_rows.append(dec[kept])
+        freqs.append(freq[live])
+        magnitudes.append(activity[live] / freq[live] / float(saes[i].scale))
+    freqs, magnitudes = np.concatenate(freqs), np.concatenate(magnitudes)
+    return {"reproduced_decoders": reproduced_rows,
+            "latent_frequency_median": float(np.median(freqs)) if len(freqs) else float("nan"),
+            "latent_magnitude_median": float(np.median(magnitudes)) if len(magnitudes) else float("nan")}
+
+
 def _mean_finite(values) -> float:
     """Mean of the finite values; NaN (no warning) when there are none (no latent was reproduced)."""
     v = np.asarray(values, dtype=np.float64)
@@ -173,7 +192,7 @@ def _mean_finite(values) -> float:
 
 
 def measure_superposition(activations, *, seeds: int | None = None, labels=None, layer_name: str | None = None,
-                          device=None, progress=None, **settings) -> dict:
+                          device=None, progress=None, details: bool = False, **settings) -> dict:
     """Superposition of a layer's activations by the validated protocol.
 
     ``activations``: (n, C) array or tensor (rows: images or positions; columns:
@@ -185,6 +204,9 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
     shares) / C, the effective number of features per neuron; the returned psi is the
     mean over seeds and ``psi_sd`` its SD over seeds. ``settings``: any field of
     ``SuperpositionSettings`` (k, expansion, max_steps, tolerance, match, ...).
+    ``details``: also return, under ``"details"``, each seed's reproduced decoder
+    directions and the median firing frequency and active magnitude (in the input's
+    units) of its live latents (what ``analysis.controls`` plants features like).
     """
     from superlens.specs import SuperpositionSettings
 
@@ -215,7 +237,8 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
                  for i, s in enumerate(batch.saes)]
     per_seed = _per_seed_metrics(decoders, summaries, opts.match, neurons)
     psi = np.array(per_seed["psi"])
-    return {
+    extra = {"details": _details(batch.saes, decoders, summaries, opts.match)} if details else {}
+    return {**extra,
         "psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)) if len(psi) > 1 else 0.0,
         "psi_per_seed": psi.tolist(),
         "psi_per_live_neuron": float(psi.mean() * neurons / live_neurons) if live_neurons else float("nan"),

@@ -1,0 +1,101 @@
+"""The psi protocol's controls on a real layer: what it reads where there are no features (the null
+floors), and how it responds when known features are added (the planted-feature response).
+
+Arrays in, numbers out, as ``superposition``:
+
+- ``gaussian_null``: vectors with the layer's mean and covariance and no sparse structure,
+  ReLU'd as the layer is: psi of these is the floor the covariance alone gives.
+- the initialized-network floor is the same protocol on the same images through the same
+  architecture at its initial weights (the caller captures those; a study has them as the
+  shared round-0 initialization).
+- ``planted_response``: K known sparse non-negative directions added to the layer's real
+  vectors, each present in a vector with the real latents' median firing frequency and
+  with magnitudes of their median active magnitude; for each K, psi, how far it rose per
+  planted feature per neuron, and the recall of the planted directions (the fraction that
+  a reproduced latent matches at the protocol's cosine threshold, averaged over SAE seeds).
+  It says, for this layer at these settings, what change in features the instrument sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from superlens.analysis.superposition import measure_superposition, unit_rows
+from superlens.errors import UserError
+
+
+def gaussian_null(x, seed: int = 0) -> np.ndarray:
+    """As many vectors as ``x`` (rows x neurons) drawn from a Gaussian with ``x``'s mean and covariance,
+    then ReLU'd: the layer's second-order statistics without any sparse feature."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise UserError(f"gaussian_null needs (rows, neurons) vectors, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    mean = x.mean(0)
+    cov = np.cov(x, rowvar=False)
+    eigval, eigvec = np.linalg.eigh(np.atleast_2d(cov))
+    factor = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+    draws = mean + rng.standard_normal((len(x), x.shape[1])) @ factor.T
+    return np.maximum(draws, 0.0).astype(np.float32)
+
+
+def planted_directions(neurons: int, k: int, seed: int = 0, support: float = 0.25) -> np.ndarray:
+    """``k`` unit non-negative directions in ``neurons`` dimensions, each on a random ``support`` share of
+    the neurons (at least 2)."""
+    rng = np.random.default_rng(seed)
+    on = max(2, int(round(support * neurons)))
+    d = np.zeros((k, neurons))
+    for row in d:
+        idx = rng.choice(neurons, on, replace=False)
+        row[idx] = rng.uniform(0.5, 1.5, on)
+    return unit_rows(d)
+
+
+def plant(x, directions: np.ndarray, frequency: float, magnitude: float, seed: int = 0) -> np.ndarray:
+    """``x`` plus each direction, present in a vector with probability ``frequency`` and an exponential
+    magnitude of mean ``magnitude``."""
+    rng = np.random.default_rng(seed)
+    present = rng.random((len(x), len(directions))) < frequency
+    codes = present * rng.exponential(magnitude, present.shape)
+    return (np.asarray(x, dtype=np.float64) + codes @ directions).astype(np.float32)
+
+
+def recall(directions: np.ndarray, reproduced: list[np.ndarray], match: float) -> float:
+    """Mean over SAE seeds of the fraction of ``directions`` matched by a reproduced decoder row at cosine
+    >= ``match``."""
+    per_seed = [float(((unit_rows(directions) @ rows.T).max(1) >= match).mean()) if len(rows) else 0.0
+                for rows in reproduced]
+    return float(np.mean(per_seed)) if per_seed else 0.0
+
+
+def planted_response(x, labels=None, ks=None, *, seed: int = 0, frequency: float | None = None,
+                     magnitude: float | None = None, device=None, **settings) -> dict:
+    """psi of ``x`` and of ``x`` with K planted directions for each K in ``ks`` (default N/2 and N).
+
+    ``frequency`` and ``magnitude`` default to the median firing frequency and active magnitude of the
+    latents the protocol finds in ``x`` itself. Returns the base measurement's psi and, per K: psi, its
+    SAE-seed SD, the rise in psi per planted feature per neuron ((psi_K - psi_0) / (K / N)) and the recall
+    of the planted directions."""
+    from superlens.specs import SuperpositionSettings
+
+    match = SuperpositionSettings.from_settings(settings).match
+    x = np.asarray(x, dtype=np.float32)
+    neurons = x.shape[1]
+    ks = list(ks) if ks is not None else [max(1, neurons // 2), neurons]
+    base = measure_superposition(x, labels=labels, device=device, details=True, **settings)
+    info = base["details"]
+    frequency = info["latent_frequency_median"] if frequency is None else frequency
+    magnitude = info["latent_magnitude_median"] if magnitude is None else magnitude
+    if not (np.isfinite(frequency) and np.isfinite(magnitude) and frequency > 0 and magnitude > 0):
+        raise UserError("planted_response needs a positive frequency and magnitude; the protocol found no live "
+                        "latent to copy them from, so pass frequency= and magnitude=")
+    rows = []
+    for i, k in enumerate(ks):
+        directions = planted_directions(neurons, k, seed=seed + 1 + i)
+        m = measure_superposition(plant(x, directions, frequency, magnitude, seed=seed + 101 + i), labels=labels,
+                                  device=device, details=True, **settings)
+        rows.append({"planted": k, "planted_per_neuron": k / neurons, "psi": m["psi"], "psi_sd": m["psi_sd"],
+                     "psi_rise_per_planted_per_neuron": (m["psi"] - base["psi"]) / (k / neurons),
+                     "recall": recall(directions, m["details"]["reproduced_decoders"], match)})
+    return {"psi": base["psi"], "psi_sd": base["psi_sd"], "frequency": float(frequency),
+            "magnitude": float(magnitude), "response": rows}
