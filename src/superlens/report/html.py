@@ -31,6 +31,15 @@ UNIT_TITLES = {
 LONG_TAIL = ("labeled_minority_share", "test_tail_accuracy", "test_head_accuracy", "test_balanced_accuracy")
 
 
+def _precision_note(manifest: dict) -> str:
+    """", training in bf16 autocast" (or fp32, fp16) as the run's manifest records it; empty for older runs."""
+    precision = manifest.get("precision")
+    if not precision:
+        return ""
+    layout = ", channels_last" if precision.get("channels_last") else ""
+    return f", training and evaluation in {precision.get('autocast')}{layout}"
+
+
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
@@ -360,7 +369,7 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
     ]
     if manifest:
         rows += [
-            ("device", f"{manifest.get('device')} ({manifest.get('device_name')})"),
+            ("device", f"{manifest.get('device')} ({manifest.get('device_name')})" + _precision_note(manifest)),
             ("software", f"superlens {manifest.get('superlens')}, torch {manifest.get('torch')}, "
                          f"numpy {manifest.get('numpy')}, scikit-learn {manifest.get('scikit_learn')}"),
             ("git revision", str(manifest.get("git_revision"))
