@@ -197,6 +197,12 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     assert sum(int(c) for c in queried["query_class_hist"].split()) == 40
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seeds"] == [0, 1] and "torch" in manifest and len(manifest["job_seconds"]) == 6
+    from superlens.hardware import cpu_bf16_units
+
+    assert manifest["precision"]["autocast"] == ("bfloat16" if cpu_bf16_units() else "float32")
+    job = out / "arms" / "al-least_confidence" / "seed0"
+    for name in ("analysis.json", "sae.json"):  # activations are captured in full precision on the CPU
+        assert json.loads((job / name).read_text())["capture_dtype"] == "float32", name
     for arm in ("baseline", "al-least_confidence", "al-random"):
         for seed in (0, 1):
             assert (out / "arms" / arm / f"seed{seed}" / "done.json").exists()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from superlens.active.loop import load_checkpoint, run_arm, run_baseline, run_round0
+from superlens.analysis.features import capture_dtype_name
 from superlens.data import DatasetSplits, fixed_subset, load_spec
 from superlens.errors import UserError, describe
 from superlens.fileio import atomic_path, read_json, write_json
@@ -130,6 +131,7 @@ def analysis_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
     from superlens.analysis.representation import analyze_model
 
     result = analyze_model(final_model(job, splits), splits, job.analysis, job.recipe, job.seed, device)
+    result["capture_dtype"] = capture_dtype_name(job.recipe, device)  # the precision the features were captured in
     coords, labels = result.pop("tsne"), result.pop("labels")
     if coords is not None:
         with atomic_path(job.paths.tsne) as tmp, open(tmp, "wb") as f:
@@ -184,7 +186,8 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     m.update(superposition_metrics(protocol))
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
-              "train_vectors": int(len(train_vectors)), "metrics": m, "superposition": protocol}
+              "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
+              "metrics": m, "superposition": protocol}
     if spec.per_round:
         result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log)
     write_json(job.paths.sae, result)
