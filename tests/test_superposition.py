@@ -152,3 +152,20 @@ def test_the_protocol_settings_are_config_keys():
     assert stage_specs(cfg).sae.superposition.seeds == 2 and stage_specs(cfg).sae.superposition.k == 8
     with pytest.raises(UserError, match="unknown sae.superposition key 'kk'"):
         load_config("demo", ["sae.superposition.kk=8"])
+
+
+def test_decoder_cosines_on_an_accelerator_path_equal_the_float64_ones():
+    """The float32 torch products used on a GPU give the float64 cosines to float32 precision (run here with
+    the CPU as the torch device), and the reproduced latents are the same."""
+    from superlens.analysis import superposition as sp
+
+    rng = np.random.default_rng(0)
+    base = sp.unit_rows(rng.normal(size=(64, 16)))
+    decoders = [sp.unit_rows(base + 0.05 * rng.normal(size=base.shape)) for _ in range(3)]
+    exact = sp.decoder_cosines(decoders)
+    fast = sp.decoder_cosines(decoders, "cpu", in_torch=True)
+    assert set(exact) == set(fast) == {(0, 1), (0, 2), (1, 2)}
+    for pair in exact:
+        assert np.abs(fast[pair] - exact[pair]).max() < 1e-6
+        kept = sp.reproduced(decoders[pair[0]], decoders[pair[1]], 0.9, exact[pair])
+        assert kept.any() and (kept == sp.reproduced(decoders[pair[0]], decoders[pair[1]], 0.9, fast[pair])).all()
