@@ -60,12 +60,12 @@ def test_ray_gives_the_records_of_the_local_executor(cluster, tmp_path):
 
 
 def test_logical_gpus_bound_the_jobs_running_at_once(cluster, tmp_path):
-    cfg = load_config("demo", [*TINY, "seeds=[0,1,2]", "arms=[al-random]", "device=cpu", "executor=ray",
+    cfg = load_config("demo", [*TINY, "seeds=[0,1]", "arms=[al-random]", "device=cpu", "executor=ray",
                                "ray.gpus_per_job=1", "ray.cpus_per_job=1"])
     run_study(cfg, tmp_path, progress=False, log=quiet)
     workers = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/seed*/worker.json")]
     workers += [json.loads(p.read_text()) for p in tmp_path.glob("round0/seed*/worker.json")]
-    assert len(workers) == 6 and all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
+    assert len(workers) == 4 and all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
     for w in workers:  # the jobs running when w starts: at most two (two logical GPUs, one per job), on distinct GPUs
         running = [v for v in workers if v["started"] <= w["started"] < v["finished"]]
         assert 1 <= len(running) <= 2
