@@ -268,3 +268,22 @@ def test_two_models_diffed_from_their_weight_files(tmp_path, capsys):
                           ([f"{FACTORIES}:small_cnn", f"{FACTORIES}:small_cnn", "--layers", "8"], "need --data NAME")):
         code, _, err = run_cli(["diff", *args, "--out", out], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+
+
+def test_the_crosscoders_fraction_unexplained_is_the_same_in_chunks():
+    """Encoded a chunk of pairs at a time (memory bounded) it equals the formula on all pairs at once."""
+    from superlens.analysis.crosscoder import Crosscoder, fraction_unexplained
+
+    g = torch.Generator().manual_seed(0)
+    cc = Crosscoder(6, 5, 24, 3, g)
+    with torch.no_grad():
+        cc.scale_a.fill_(0.7)
+        cc.scale_b.fill_(1.3)
+    rng = np.random.default_rng(0)
+    a, b = np.abs(rng.normal(size=(101, 6))).astype(np.float32), np.abs(rng.normal(size=(101, 5))).astype(np.float32)
+    with torch.no_grad():
+        xa, xb = torch.from_numpy(a) * cc.scale_a, torch.from_numpy(b) * cc.scale_b
+        ya, yb = cc.decode(cc.encode(xa, xb))
+    expected = [float(((x - y) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()) for x, y in ((xa, ya), (xb, yb))]
+    for chunk in (7, 100, 10_000):
+        assert fraction_unexplained(cc, a, b, chunk=chunk) == pytest.approx(expected, rel=1e-5)
