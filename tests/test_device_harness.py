@@ -334,3 +334,32 @@ def test_a_loaded_optimizer_state_keeps_the_kernel_choice_of_this_device():
     plain = torch.optim.Adam(params, lr=1e-3)
     plain.load_state_dict(foreach_state)
     assert plain.param_groups[0]["foreach"] is True  # what load_state_dict alone would have left
+
+
+def test_ragged_eval_batches_padded_as_on_cuda_give_the_same_outputs(monkeypatch):
+    """On CUDA the last, ragged batch of evaluate and capture is padded to the batch size (one shape for
+    cuDNN); forced on here, the outputs equal the unpadded ones."""
+    from superlens.analysis import features
+    from superlens.data import load
+    from superlens.models import resnet18
+    from superlens.training import evaluate, make_recipe, pad_batch
+    from superlens import training
+
+    test = load("digits").test.subset(np.arange(70))
+    torch.manual_seed(0)
+    model = resnet18(10, stem="cifar", width=4)
+    recipe = make_recipe("standard", eval_batch_size=32, amp=False)
+    plain = evaluate(model, test, recipe, device="cpu")
+    acts = features.capture(model, test, "layer3", pool="avg", batch_size=32, device="cpu")["layer3"]
+    images = test.images[:5]
+    padded = pad_batch(images, 32, torch.device("cpu"), pad=True)
+    assert padded.shape[0] == 32 and torch.equal(padded[:5], images) and torch.equal(padded[31], images[4])
+    assert pad_batch(images, 32, torch.device("cpu")) is images  # not on the CPU
+    forced = lambda images, size, device, pad=None: pad_batch(images, size, device, pad=True)  # noqa: E731
+    monkeypatch.setattr(training, "pad_batch", forced)
+    monkeypatch.setattr(features, "pad_batch", forced)
+    again = evaluate(model, test, recipe, device="cpu")
+    assert np.allclose(again.probs, plain.probs, atol=1e-6) and again.accuracy == plain.accuracy
+    assert np.allclose(again.embeddings, plain.embeddings, atol=1e-6) and again.loss == pytest.approx(plain.loss)
+    assert np.allclose(features.capture(model, test, "layer3", pool="avg", batch_size=32, device="cpu")["layer3"],
+                       acts, atol=1e-6)

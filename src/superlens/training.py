@@ -307,6 +307,18 @@ def _forward_backward(net, x, labels, recipe: Recipe, optimizer, scaler, device,
     return loss
 
 
+def pad_batch(images: torch.Tensor, size: int, device: torch.device, pad: bool | None = None) -> torch.Tensor:
+    """On CUDA (or with ``pad``), a ragged last batch of an eval pass filled up to ``size`` with copies of
+    its last image: every batch then has one shape, so cuDNN's autotuning (``cudnn.benchmark``) runs
+    once instead of again for each new ragged shape. In eval mode images do not interact, so the
+    caller keeps the first ``len(images)`` outputs."""
+    if pad is None:
+        pad = device.type == "cuda"
+    if not pad or len(images) >= size or len(images) == 0:
+        return images
+    return torch.cat([images, images[-1:].expand(size - len(images), *images.shape[1:])])
+
+
 @dataclass
 class EvalResult:
     accuracy: float
@@ -352,10 +364,10 @@ def evaluate(
         idx = slice(start, start + recipe.eval_batch_size) if order is None else order[start : start + recipe.eval_batch_size]
         images = data.images[idx].to(device, non_blocking=True)
         labels = data.labels[idx].to(device, non_blocking=True)
-        x = prepare_batch(images, data, recipe, train=False)
+        x = prepare_batch(pad_batch(images, recipe.eval_batch_size, device), data, recipe, train=False)
         with autocast(device, dtype):
             emb = model.embed(x)
-        emb = emb.float()
+        emb = emb[: len(labels)].float()
         logits = model.fc(emb)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()

@@ -11,7 +11,7 @@ from torch import nn
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
 from superlens.training import (RECIPES, Recipe, amp_dtype, autocast, channels_last, default_device, first_tensor,
-                                prepare_batch)
+                                pad_batch, prepare_batch)
 
 POOLINGS = ("avg", "max", "flatten", "none")
 
@@ -98,11 +98,11 @@ def capture(
     try:
         for start in range(0, len(data), batch_size):
             images = data.images[start : start + batch_size].to(device)
-            with autocast(device, dtype):
-                model(prepare_batch(images, data, recipe, train=False))
+            with autocast(device, dtype):  # a ragged last batch padded on CUDA: one shape, one cuDNN autotuning
+                model(prepare_batch(pad_batch(images, batch_size, device), data, recipe, train=False))
             for name in names:
                 # reduced in float32 on the device; copied to the host without waiting for it
-                out = reduce_outputs(latest.pop(name).float(), pool)
+                out = reduce_outputs(latest.pop(name)[: len(images)].float(), pool)
                 if name not in store:
                     store[name] = torch.empty((len(data),) + tuple(out.shape[1:]), dtype=torch.float32)
                 store[name][start : start + len(out)].copy_(out)
