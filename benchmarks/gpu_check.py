@@ -86,6 +86,7 @@ class Step:
     seconds: float
     limit: float
     last_line: str
+    output_tail: str = ""  # the last 40 lines of a failed or timed-out step's output
 
 
 def steps(dry: bool, device: str, out: Path) -> list[tuple[str, int, list[str]]]:
@@ -217,7 +218,8 @@ def run(dry: bool, out: Path, budget: float, only: set[str] | None) -> list[Step
         log.flush()
         lines = [line for line in text.splitlines() if line.strip() and "img/s]" not in line]
         summary = _summary_line(name, lines)
-        done.append(Step(name, status, rc, round(seconds, 1), round(limit, 1), summary))
+        tail = "\n".join(text.splitlines()[-40:]) if status in ("failed", "timeout") else ""
+        done.append(Step(name, status, rc, round(seconds, 1), round(limit, 1), summary, tail))
         print(f"[{name}] {status} in {seconds:.0f} s: {done[-1].last_line}", flush=True)
     log.close()
     return done
@@ -240,19 +242,13 @@ def _summary_line(name: str, lines: list[str]) -> str:
 
 
 
-def gather_errors(out: Path, done: list[Step], log_text: str) -> str:
+def gather_errors(out: Path, done: list[Step]) -> str:
     """Every failed job's ``error.txt`` under ``out`` and the last lines of every step that did not pass,
     in one text: the files a lent machine returns come from ``out`` alone, not from folders deep in it."""
-    parts = []
-    for path in sorted(out.rglob("error.txt")):
-        parts.append(f"=== {path.relative_to(out)}\n{path.read_text(errors='replace').strip()}\n")
-    for step in done:
-        if step.status in ("failed", "timeout"):
-            marker = f"=== [{step.name}] limit"
-            start = log_text.find(marker)
-            block = log_text[start:].split("\n=== [", 2)
-            tail = "\n".join(("=== [" + block[1] if len(block) > 1 else block[0]).splitlines()[-40:])
-            parts.append(f"=== step {step.name}: {step.status}\n{tail}\n")
+    parts = [f"=== {path.relative_to(out)}\n{path.read_text(errors='replace').strip()}\n"
+             for path in sorted(out.rglob("error.txt"))]
+    parts += [f"=== step {step.name}: {step.status}\n{step.output_tail}\n" for step in done
+              if step.status in ("failed", "timeout")]
     return "\n".join(parts) if parts else "no errors\n"
 
 
@@ -273,8 +269,7 @@ def write_results(out: Path, done: list[Step], dry: bool) -> None:
             f"{sum(s.seconds for s in done):.0f} s in all. Every step's output is in log.txt; "
             "failed jobs and steps are in errors.txt.", ""]
     (out / "results.md").write_text("\n".join(text))
-    log = out / "log.txt"
-    (out / "errors.txt").write_text(gather_errors(out, done, log.read_text(errors="replace") if log.exists() else ""))
+    (out / "errors.txt").write_text(gather_errors(out, done))
 
 
 def main(argv: list[str] | None = None) -> int:

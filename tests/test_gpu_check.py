@@ -66,9 +66,9 @@ def test_failed_jobs_are_gathered_into_errors_txt(tmp_path):
     job = tmp_path / "smoke" / "arms" / "al-margin" / "seed0"
     job.mkdir(parents=True)
     (job / "error.txt").write_text("Traceback ...\nRuntimeError: CUDA error: an illegal memory access\n")
-    log = "=== [env] limit 60 s: python\nok\n=== [env] ok after 1.0 s\n=== [lens] limit 9 s: x\nboom line\n"
-    steps = [gpu_check.Step("env", "ok", 0, 1.0, 60, "{}"), gpu_check.Step("lens", "failed", 1, 2.0, 9, "boom line")]
-    text = gpu_check.gather_errors(tmp_path, steps, log)
+    steps = [gpu_check.Step("env", "ok", 0, 1.0, 60, "{}"),
+             gpu_check.Step("lens", "failed", 1, 2.0, 9, "boom line", "Traceback ...\nboom line")]
+    text = gpu_check.gather_errors(tmp_path, steps)
     assert "smoke/arms/al-margin/seed0/error.txt" in text and "illegal memory access" in text
     assert "step lens: failed" in text and "boom line" in text and "step env" not in text
 

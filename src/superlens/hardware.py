@@ -1,7 +1,7 @@
-"""What the compute device can do fast: bf16 arithmetic and the memory layout its kernels prefer.
+"""What the CPU can do fast: whether it multiplies bf16 natively.
 
-Asked once per process and device; training, evaluation, capture and the SAEs read it
-to choose their precision and layout automatically (a recipe or setting can force fp32).
+Asked once per process; training and evaluation read it to choose bf16 autocast on such
+CPUs (``recipe.amp=false`` forces fp32).
 """
 
 from __future__ import annotations
@@ -30,10 +30,3 @@ def cpu_bf16_units() -> bool:
         return False
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA device of compute capability 8.0 (Ampere) or newer,
-    or a CPU with bf16 units (``cpu_bf16_units``)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and cpu_bf16_units()

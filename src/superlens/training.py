@@ -70,14 +70,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     device: ``load_state_dict`` installs the saved param groups whole, so a state saved on a CPU would
     turn a fused CUDA optimizer into the foreach one, and one saved on a GPU would set ``fused`` on CPU
     parameters (an error on torch versions without fused CPU kernels)."""
-    chosen = [{key: group[key] for key in _KERNEL_CHOICES if key in group} for group in optimizer.param_groups]
+    chosen = [{key: group.get(key) for key in _KERNEL_CHOICES} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, keep in zip(optimizer.param_groups, chosen):
-        for key in _KERNEL_CHOICES:
-            if key in keep:
-                group[key] = keep[key]
-            else:
-                group.pop(key, None)
+        group.update(keep)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -139,10 +135,14 @@ def channels_last(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """An autocast dtype as runs record it ("bfloat16", "float16"); None (no autocast) is "float32"."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
 def precision_record(recipe: Recipe, device: torch.device) -> dict[str, Any]:
     """What a run's manifest says about its arithmetic: autocast dtype, memory layout, bf16 units."""
-    dtype = amp_dtype(recipe, device)
-    return {"device": str(device), "autocast": str(dtype).replace("torch.", "") if dtype else "float32",
+    return {"device": str(device), "autocast": dtype_name(amp_dtype(recipe, device)),
             "channels_last": channels_last(device), "cpu_bf16_units": cpu_bf16_units(), "recipe_amp": recipe.amp}
 
 

@@ -189,7 +189,6 @@ def crosscoder_codes(cc: Crosscoder, a, b, chunk: int = 65536) -> np.ndarray:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def fraction_unexplained(cc: Crosscoder, a, b, chunk: int = 16384) -> tuple[float, float]:
     """FVU of each model's vectors reconstructed by the crosscoder (scaled units; the scale cancels).
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from superlens.data.dataset import ImageDataset
 from superlens.errors import UserError
-from superlens.training import (RECIPES, Recipe, amp_dtype, autocast, channels_last, default_device, first_tensor,
-                                pad_batch, prepare_batch)
+from superlens.training import (RECIPES, Recipe, amp_dtype, autocast, channels_last, default_device, dtype_name,
+                                first_tensor, pad_batch, prepare_batch)
 
 POOLINGS = ("avg", "max", "flatten", "none")
 
@@ -42,7 +42,6 @@ def reduce_outputs(x: torch.Tensor, pool: str) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
 def capture_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     """The autocast dtype activations are captured in: the recipe's mixed precision on CUDA (bf16 there),
     full precision on the CPU, where the measured values are kept exact at a small cost; recorded in
@@ -51,10 +50,10 @@ def capture_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
 
 
 def capture_dtype_name(recipe: Recipe, device: torch.device) -> str:
-    dtype = capture_dtype(recipe, torch.device(device))
-    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    return dtype_name(capture_dtype(recipe, torch.device(device)))
 
 
+@torch.no_grad()
 def capture(
     model: nn.Module,
     data: ImageDataset,

@@ -18,8 +18,9 @@ the auxiliary term only while some latent is or may become dead before the next
 look (every step on the CPU, every ``AUX_CHECK`` steps on an accelerator, so a GPU is
 not made to wait every step); the term is masked by the dead latents of each step,
 so it is the same term as when computed at every step. While it is on, one dense
-encoder product serves the TopK code and the auxiliary term's dead latents. Adam is the fused kernel where
-this torch has one for the device.
+encoder product serves the TopK code and the auxiliary term's dead latents
+(``topk_forward``, shared by one SAE and several). Adam is the fused kernel where this
+torch has one for the device.
 
 What is measured with a trained SAE (L0, FVU, splicing, ...) is ``sae_measures``.
 """
@@ -97,6 +98,51 @@ def picked_pre(x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, idx
     ``x_in @ W_enc + b_enc`` at ``idx``, with gradients that touch the k picked columns alone (a dense
     product's backward costs two more full products over every latent)."""
     return _PickedPre.apply(x_in, W_enc, b_enc, idx)
+
+
+def topk_forward(x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor,
+                 settings: SAESettings, aux: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor,
+                                                            torch.Tensor]:
+    """Encode and decode encoder inputs ``x_in`` (S, B, d) of S SAEs (``W_enc`` (S, d, L), ``b_enc``
+    (S, 1, L), ``W_dec`` (S, L, d)). Returns (pre, z, decoded, fired): ``pre`` the full pre-activations
+    with gradients (None when not needed), ``z`` the dense code (L1 or k >= L only, else None), the
+    decoding (S, B, d) before gains and bias, and which latents fired (S, L).
+
+    TopK without ``aux``: the full product only picks each vector's k latents; their pre-activations
+    are recomputed with gradients by ``picked_pre``. With ``aux`` (the auxiliary term reads up to
+    ``aux_k`` dead latents per vector) one dense product with gradients serves both. Either way the
+    code is decoded as a bag of its k decoder rows."""
+    latents = W_enc.shape[2]
+    if settings.kind != "topk" or settings.k >= latents:
+        pre = torch.baddbmm(b_enc, x_in, W_enc)
+        z = F.relu(pre)
+        return pre, z, torch.bmm(z, W_dec), (z > 0).any(1)
+    if aux:
+        pre = torch.baddbmm(b_enc, x_in, W_enc)
+        j = pre.detach().topk(settings.k, dim=2).indices
+        vals = F.relu(torch.gather(pre, 2, j))
+    else:
+        pre = None
+        with torch.no_grad():  # relu and top-k commute: pick on pre
+            j = torch.baddbmm(b_enc, x_in, W_enc).topk(settings.k, dim=2).indices
+        vals = F.relu(picked_pre(x_in, W_enc, b_enc, j))
+    return pre, None, batched_topk_decode(vals, j, W_dec), fired_latents(j, vals, latents)
+
+
+def aux_decoding(pre: torch.Tensor, dead: torch.Tensor, k_aux: int, W_dec: torch.Tensor) -> torch.Tensor:
+    """The auxiliary-k decoding (S, B, d) of the top ``k_aux`` dead latents (``dead`` (S, L)) of each vector.
+    Live latents are masked to 0, so they are picked only when fewer than k_aux are dead and then add
+    nothing; with none dead the decoding is 0."""
+    masked = torch.where(dead[:, None, :], F.relu(pre.detach()), torch.zeros_like(pre))
+    j = masked.topk(k_aux, dim=2).indices
+    keep = torch.gather(dead[:, None, :].expand_as(masked), 2, j)
+    return batched_topk_decode(torch.gather(F.relu(pre), 2, j) * keep, j, W_dec)
+
+
+def aux_loss(residual: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
+    """Per-SAE auxiliary loss: how much of the (detached) residual the dead latents' decoding misses."""
+    err = residual.detach()
+    return ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -210,7 +256,6 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None, progr
     since_fired = torch.zeros(latents, device=device)
     batch = min(settings.batch_size, n)
     k_aux = min(settings.aux_k, latents)
-    sparse = settings.kind == "topk" and settings.k < latents
     # Batches are drawn on the device; nothing in the loop waits for the host but the dead-latent question.
     draws = torch.Generator(device=device).manual_seed(settings.seed)
     losses = torch.zeros(settings.steps, device=device)
@@ -220,42 +265,19 @@ def train_sae(vectors, settings: SAESettings = SAESettings(), device=None, progr
         if step % check_every == 0:  # can a latent be dead before the next question? (exact: the term is masked)
             any_dead = bool((since_fired + check_every * batch >= settings.dead_after).any())
         idx = torch.randint(n, (batch,), generator=draws, device=device)
-        xb = x[idx] * sae.scale
-        if sparse and not any_dead:  # as _Batched.loss: the full product only picks the latents
-            with torch.no_grad():
-                pre = sae.pre(xb)
-                j = pre.topk(settings.k, dim=1).indices
-            vals = F.relu(picked_pre((xb - sae.b_dec)[None], sae.W_enc[None], sae.b_enc[None, None], j[None])[0])
-            x_hat = topk_decode(vals, j, sae.W_dec) + sae.b_dec
-            fired = fired_latents(j, vals, latents)
-        elif sparse:  # with dead latents the auxiliary term reads their pre-activations too
-            pre = sae.pre(xb)
-            j = pre.detach().topk(settings.k, dim=1).indices
-            vals = F.relu(torch.gather(pre, 1, j))
-            x_hat = topk_decode(vals, j, sae.W_dec) + sae.b_dec
-            fired = fired_latents(j, vals, latents)
-        else:
-            pre = sae.pre(xb)
-            z = sae.activate(pre)
-            x_hat = sae.decode(z)
-            fired = (z > 0).any(0)
-        residual = xb - x_hat
-        loss = (residual * residual).sum(1).mean()
+        xb = (x[idx] * sae.scale)[None]  # one SAE in the batched shapes of topk_forward
+        W_dec = sae.W_dec[None]
+        pre, z, decoded, fired = topk_forward(xb - sae.b_dec, sae.W_enc[None], sae.b_enc[None, None], W_dec,
+                                              settings, any_dead)
+        residual = xb - (decoded + sae.b_dec)
+        loss = (residual * residual).sum(2).mean()
         if settings.kind == "l1":
-            loss = loss + settings.l1 * z.sum(1).mean()
-        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(xb))
+            loss = loss + settings.l1 * z.sum(2).mean()
+        since_fired = torch.where(fired[0], torch.zeros_like(since_fired), since_fired + batch)
         dead = since_fired >= settings.dead_after
         if any_dead:
-            # Auxiliary loss on the top-k_aux dead latents. Live latents are masked to 0, so they are
-            # picked only when fewer than k_aux are dead and then add nothing; with none dead the term is 0.
-            masked = torch.where(dead, F.relu(pre.detach()), torch.zeros_like(pre))
-            j_aux = masked.topk(k_aux, dim=1).indices
-            keep = torch.gather(dead.expand_as(masked), 1, j_aux)
-            vals_aux = torch.gather(F.relu(pre), 1, j_aux)
-            e_hat = topk_decode(vals_aux * keep, j_aux, sae.W_dec)
-            err = residual.detach()
-            aux = ((err - e_hat) ** 2).sum(1).mean() / (err * err).sum(1).mean().clamp_min(1e-12)
-            loss = loss + settings.aux_coef * aux * dead.any()
+            e_hat = aux_decoding(pre, dead[None], k_aux, W_dec)
+            loss = loss + settings.aux_coef * aux_loss(residual, e_hat)[0] * dead.any()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -303,27 +325,8 @@ class _Batched:
         """Per-seed loss of the batch ``xb`` (S, B, d) of classes ``classes`` (S, B) and the updated
         steps-since-fired counters; ``aux``: add the auxiliary-k term (some latent may be dead)."""
         gain = self.gains(classes)
-        x_in = (xb - self.b_dec) * gain
-        latents = self.W_enc.shape[2]
-        sparse = settings.kind == "topk" and settings.k < latents
-        if sparse and not aux:  # the full product only picks the latents; the k picked are recomputed with gradients
-            with torch.no_grad():
-                pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
-                j = pre.topk(settings.k, dim=2).indices  # relu and top-k commute: pick on pre
-            vals = F.relu(picked_pre(x_in, self.W_enc, self.b_enc, j))
-            decoded = batched_topk_decode(vals, j, self.W_dec)
-            fired = fired_latents(j, vals, latents)
-        elif sparse:  # the auxiliary term reads up to aux_k dead latents per vector: one dense product serves both
-            pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
-            j = pre.detach().topk(settings.k, dim=2).indices
-            vals = F.relu(torch.gather(pre, 2, j))
-            decoded = batched_topk_decode(vals, j, self.W_dec)
-            fired = fired_latents(j, vals, latents)
-        else:
-            pre = torch.baddbmm(self.b_enc, x_in, self.W_enc)
-            z = F.relu(pre)
-            decoded = torch.bmm(z, self.W_dec)
-            fired = (z > 0).any(1)
+        pre, z, decoded, fired = topk_forward((xb - self.b_dec) * gain, self.W_enc, self.b_enc, self.W_dec, settings,
+                                              aux)
         residual = xb - (decoded * gain + self.b_dec)
         per_seed = (residual * residual).sum(2).mean(1)
         if settings.kind == "l1":
@@ -331,14 +334,8 @@ class _Batched:
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + xb.shape[1])
         dead = since_fired >= settings.dead_after  # (S, L)
         if aux:  # the auxiliary-k loss on each seed's dead latents, as in train_sae
-            masked = torch.where(dead[:, None, :], F.relu(pre.detach()), torch.zeros_like(pre))
-            j_aux = masked.topk(k_aux, dim=2).indices
-            keep = torch.gather(dead[:, None, :].expand_as(masked), 2, j_aux)  # a live latent picked adds nothing
-            vals_aux = torch.gather(F.relu(pre), 2, j_aux) * keep
-            e_hat = batched_topk_decode(vals_aux, j_aux, self.W_dec) * gain
-            err = residual.detach()
-            aux_loss = ((err - e_hat) ** 2).sum(2).mean(1) / (err * err).sum(2).mean(1).clamp_min(1e-12)
-            per_seed = per_seed + settings.aux_coef * aux_loss * dead.any(1)
+            e_hat = aux_decoding(pre, dead, k_aux, self.W_dec) * gain
+            per_seed = per_seed + settings.aux_coef * aux_loss(residual, e_hat) * dead.any(1)
         return per_seed, since_fired
 
     def split(self, settings: SAESettings, seeds: list[int], scale: float) -> list[SparseAutoencoder]:

@@ -189,13 +189,11 @@ def _revisions(earlier: dict[str, Any]) -> list[str]:
 
 
 def _precision(cfg: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
-    """The arithmetic the study's training, evaluation and capture used on the driver's device (Ray jobs
-    on GPUs use their GPU's: bf16 where it computes it)."""
-    from superlens.specs import stage_specs
-    from superlens.training import precision_record, resolve_device
+    """The arithmetic the study's training and evaluation used on the driver's device (Ray jobs on GPUs
+    use their GPU's: bf16 where it computes it)."""
+    from superlens.training import precision_record
 
-    recipe = stage_specs(cfg).recipe
-    return precision_record(recipe, device if device is not None else resolve_device("cpu"))
+    return precision_record(stage_specs(cfg).recipe, device if device is not None else torch.device("cpu"))
 
 
 def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock,
