@@ -86,7 +86,7 @@ def test_interval_of_a_paired_difference_matches_the_t_test():
         assert (lo > 0 or hi < 0) == (stats.paired_test(d, "t") < 0.05)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one set-up per worker, whatever the order of its tests
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("paired")
     cfg = load_config("demo", [*TINY, "arms=[baseline,al-least_confidence,al-margin,al-random]"])
@@ -94,6 +94,7 @@ def study(tmp_path_factory):
     return out, cfg, summary
 
 
+@pytest.mark.xdist_group("test_comparisons-study")  # its module fixture: built once, on one worker
 def test_round_zero_is_identical_across_the_arms_of_a_seed(study):
     out, cfg, _ = study
     run = RunDir(out)
@@ -108,6 +109,7 @@ def test_round_zero_is_identical_across_the_arms_of_a_seed(study):
         assert all(isinstance(v, torch.Tensor) for v in shared.values())
 
 
+@pytest.mark.xdist_group("test_comparisons-study")  # its module fixture: built once, on one worker
 def test_vs_random_recomputed_by_hand(study):
     from scipy.stats import t
 
@@ -141,6 +143,7 @@ def test_vs_random_recomputed_by_hand(study):
     assert "t-interval" in summary["statistics"]["interval"]
 
 
+@pytest.mark.xdist_group("test_comparisons-study")  # its module fixture: built once, on one worker
 def test_per_round_metrics_and_compute_in_rounds_csv(study):
     out, _, summary = study
     rows = list(csv.DictReader(open(out / "rounds.csv")))

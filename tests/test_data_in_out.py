@@ -94,7 +94,7 @@ def test_ids_survive_subsets_and_file_datasets_name_their_files(tmp_path):
     assert folder.ids.tolist() == [f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one set-up per worker, whatever the order of its tests
 def queried_run(tmp_path_factory):
     """A tiny study on an image folder: margin sampling (scores) and random (none)."""
     from PIL import Image
@@ -120,6 +120,7 @@ def queried_run(tmp_path_factory):
     return out, data
 
 
+@pytest.mark.xdist_group("test_data_in_out-queried_run")  # its module fixture: built once, on one worker
 def test_queries_as_csv_match_the_pool(queried_run, capsys):
     from superlens.rundir import RunDir
 
@@ -145,6 +146,7 @@ def test_queries_as_csv_match_the_pool(queried_run, capsys):
     assert code == 0 and len(rows) == 10 and all(r["score"] == "" and r["round"] == "2" for r in rows)
 
 
+@pytest.mark.xdist_group("test_data_in_out-queried_run")  # its module fixture: built once, on one worker
 def test_queries_for_label_studio(queried_run, tmp_path, capsys):
     out, data = queried_run
     target = tmp_path / "tasks.json"
@@ -169,6 +171,7 @@ def test_queries_for_label_studio(queried_run, tmp_path, capsys):
     assert code == 0 and json.loads(target.read_text())[0]["data"]["image"].startswith("/data/local-files/?d=folder/train/")
 
 
+@pytest.mark.xdist_group("test_data_in_out-queried_run")  # its module fixture: built once, on one worker
 def test_queries_mistakes_are_one_line(queried_run, capsys):
     out, _ = queried_run
     for args, message in ((["--arm", "al-badge", "--seed", "0"], "unknown arm 'al-badge'; the active-learning arms"),

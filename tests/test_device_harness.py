@@ -71,6 +71,7 @@ TINY = [
     "active.initial_size=40", "active.query_size=30", "active.rounds=1",
     "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false",
     "sae.max_images=40", "sae.stability=false", "sae.settings.steps=5", "sae.settings.batch_size=64",
+    "sae.superposition.max_steps=100", "sae.superposition.window=50",  # the paths, not a converged psi
     "featvis.units=[1,2]", "featvis.settings.steps=3", "toy.enabled=false",
     "active.strategy_options.cluster_margin.n_clusters=5", "active.mc_samples=3",
 ]

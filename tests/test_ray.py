@@ -46,15 +46,14 @@ def records(run_dir, arm, seed):
 
 
 def test_ray_gives_the_records_of_the_local_executor(cluster, tmp_path):
-    base = [*TINY, "seeds=[0,1]", "arms=[al-least_confidence,al-random]", "analysis.enabled=true",
+    base = [*TINY, "seeds=[0]", "arms=[al-least_confidence,al-random]", "analysis.enabled=true",
             "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false"]
     local = run_study(load_config("demo", base), tmp_path / "local", progress=False, log=quiet)
     remote = run_study(load_config("demo", [*base, "executor=ray", "ray.gpus_per_job=0",
                                             f"ray.cpus_per_job={torch.get_num_threads()}"]),
                        tmp_path / "ray", progress=False, log=quiet)
     for arm in ("al-least_confidence", "al-random"):
-        for seed in (0, 1):
-            assert records(tmp_path / "local", arm, seed) == records(tmp_path / "ray", arm, seed)
+        assert records(tmp_path / "local", arm, 0) == records(tmp_path / "ray", arm, 0)
     assert local["arms"]["al-random"]["test_accuracy"] == remote["arms"]["al-random"]["test_accuracy"]
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["executor"] == "ray"
 

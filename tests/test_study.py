@@ -155,7 +155,8 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
     code, stdout, err = run_cli(["run", "demo", *TINY, "active.strategy_options.least_confidence={}",
                                  "analysis.enabled=true", "analysis.max_samples=200", "analysis.probe_samples=300",
                                  "sae.enabled=true", "sae.max_images=100", "sae.settings.steps=20",
-                                 "sae.settings.batch_size=256", "toy.enabled=true", "toy.steps=30", "toy.phase_grid=2",
+                                 "sae.settings.batch_size=256", "sae.superposition.max_steps=100",
+                                 "sae.superposition.window=50", "toy.enabled=true", "toy.steps=30", "toy.phase_grid=2",
                                  "toy.selection={sparsity: 0.9, pool: 400, budget: 100, initial: 50}",
                                  "--out", out, "--quiet"], capsys)
     assert code == 0, err
