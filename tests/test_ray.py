@@ -239,3 +239,10 @@ def test_a_driver_killed_with_kill_9_leaves_a_run_that_resume_finishes(tmp_path,
     code, _, err = run_cli(["resume", out, "--quiet"], capsys)
     assert code == 0, err
     assert len(list(out.glob("arms/*/seed*/done.json"))) == 4
+
+
+def test_the_ray_tests_share_one_worker(request):
+    """Under `make test` (pytest-xdist, --dist loadgroup) every test of this file carries the group's name, so one
+    worker runs them all; a pytest that drops the mark (9.2 with pytest-xdist 3.8) fails here."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getvalue("loadgroup"):
+        assert request.node.nodeid.endswith("@ray"), request.node.nodeid

@@ -250,7 +250,8 @@ def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):
 
 
 def test_psi_per_active_learning_round(tmp_path):
-    cfg = tiny_config("arms=[al-random,al-random@2]", "seeds=[0]", "sae.enabled=true", "sae.per_round=true",
+    cfg = tiny_config("arms=[al-random,al-random@2]", "seeds=[0]", "data.train_subset=600", "sae.enabled=true",
+                      "sae.per_round=true",
                       "sae.stability=false", "sae.max_images=100", "sae.settings.steps=5", "sae.settings.batch_size=64",
                       "sae.superposition.max_steps=100", "sae.superposition.window=50", "sae.superposition.batch_size=64")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
@@ -265,20 +266,54 @@ def test_psi_per_active_learning_round(tmp_path):
     assert twin["per_round"][0] == sae["per_round"][0]
     kept = json.loads(run.round0(0).round_psi.read_text())
     assert kept["protocol"]["psi"] == sae["per_round"][0]["psi"]
+    # the SAEs saw 100 training images outside the 600-image pool, the same ones for both arms
+    measured = sae["measurement_images"]
+    assert measured["source"] == "outside_pool" and measured["images"] == len(measured["ids"]) == 100
+    assert twin["measurement_images"] == measured and sae["train_vectors"] == 100 * 4  # 2 x 2 positions each
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sae_images"]["source"] == "outside_pool" and summary["sae_images"]["images"] == 100
+    assert "100 training images outside the pool" in (tmp_path / "report.html").read_text()
     # and the kept number is what measuring the kept round-0 weights gives
-    from superlens.data import fixed_subset, load_spec
+    from superlens.data import load_spec
     from superlens.specs import stage_specs
-    from superlens.study.stages import final_model, _superposition
+    from superlens.study.stages import final_model, measurement_images, _superposition
     from superlens.study.jobs import plan
 
     jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), run)
     job = next(j for j in jobs if getattr(j, "arm", None) == "al-random")
     splits = load_spec(job.data)
-    train = fixed_subset(splits.train, job.sae.max_images)
+    train, _ = measurement_images(job, splits, torch.device("cpu"))
+    assert not set(train.ids) & set(splits.train.ids) and not set(train.ids) & set(splits.test.ids)
+    assert list(train.ids) == measured["ids"]
     again = _superposition(final_model(job, splits, weights=job.paths.round_model(0)), train, job.sae, job.recipe,
                            torch.device("cpu"))
     assert again["psi"] == pytest.approx(kept["protocol"]["psi"])
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("extra, source, why", [
+    ([], "pool", "the pool is the whole training split"),
+    (["data.train_subset=1300"], "pool", "only 47 training images lie outside the pool"),
+    (["data.train_subset=600", "sae.images=pool"], "pool", "asked for (sae.images=pool)"),
+    (["data.train_subset=600"], "outside_pool", "747 training images lie outside the pool"),
+])
+def test_the_sae_images_come_from_outside_the_pool_when_there_are_enough(tmp_path, extra, source, why):
+    from superlens.data import load_spec
+    from superlens.specs import stage_specs
+    from superlens.study.jobs import plan
+    from superlens.study.stages import measurement_images
+
+    cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.max_images=100", *extra)
+    jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), RunDir(tmp_path))
+    job = next(j for j in jobs if getattr(j, "arm", None) == "al-random")
+    splits = load_spec(job.data)
+    images, record = measurement_images(job, splits, torch.device("cpu"))
+    assert record["source"] == source and why in record["why"] and len(images) == record["images"] == 100
+    pool = set(splits.train.ids)
+    assert (set(images.ids) <= pool) == (source == "pool") and not set(images.ids) & (set() if source == "pool" else pool)
+    assert not set(images.ids) & set(splits.test.ids)
+    assert np.bincount(images.labels.numpy(), minlength=10).min() >= 9  # a stratified draw: about 10 per class
+    assert measurement_images(job, splits, torch.device("cpu"))[1] == record  # fixed: every arm, seed and round
 
 
 def test_run_dir_from_an_earlier_version_still_loads(tmp_path):

@@ -217,9 +217,8 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
              log: Callable[[str], None] = print) -> list[Path]:
     """Crosscoder diffs of a study: the pair ``arms`` (A, B), or every AL arm against al-random; every
     seed unless told. The report is rebuilt with the counts."""
-    from superlens.data import fixed_subset
     from superlens.study.run import arm_job
-    from superlens.study.stages import final_model
+    from superlens.study.stages import final_model, measurement_images
 
     run, cfg = _study(run_dir)
     if arms:
@@ -244,7 +243,7 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
                     continue
                 splits = work.splits(ja)
                 t0 = time.perf_counter()
-                images = fixed_subset(splits.train, ja.sae.max_images)
+                images = measurement_images(ja, splits, work.device)[0]  # the psi protocol's images
                 settings = _settings(cfg, seed, crosscoder or {})
                 result = diff_models(final_model(ja, splits), final_model(jb, splits), layer, images, settings,
                                      recipe=ja.recipe, device=work.device, names=(a, b), top=top, pooled=ja.sae.pooled,

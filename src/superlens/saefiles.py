@@ -50,11 +50,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def sae_identity(layer: str, pooled: bool, settings, fingerprint: str, vectors: int) -> dict[str, Any]:
-    """What a kept SAE must match to be reused: the layer, the vectors it was trained on, the
-    settings and the model's weights."""
-    return {"layer": layer, "pooled": bool(pooled), "settings": asdict(settings), "model_fingerprint": fingerprint,
-            "train_vectors": int(vectors)}
+def sae_identity(layer: str, pooled: bool, settings, fingerprint: str, vectors: int,
+                 images_sha256: str | None = None) -> dict[str, Any]:
+    """What a kept SAE must match to be reused: the layer, the vectors it was trained on (their count,
+    and the hash of their images' ids when known), the settings and the model's weights."""
+    identity = {"layer": layer, "pooled": bool(pooled), "settings": asdict(settings), "model_fingerprint": fingerprint,
+                "train_vectors": int(vectors)}
+    if images_sha256 is not None:
+        identity["images_sha256"] = images_sha256
+    return identity
 
 
 def save_sae(sae, folder: Path, identity: dict[str, Any], **extra: Any) -> Path:

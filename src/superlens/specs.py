@@ -288,11 +288,15 @@ class SAESpec(Spec):
 
     SECTION = "sae"
     RULES = {"layer": text(), "pooled": boolean(), "max_images": integer(1), "stability": boolean(),
-             "per_round": boolean(), "test_images": integer(1), "topk": integer(1)}
+             "per_round": boolean(), "test_images": integer(1), "topk": integer(1),
+             "images": one_of("outside_pool", "pool")}
 
     layer: str = "layer4"  # one vector per image and position of this layer (post-ReLU block output)
     pooled: bool = False  # one spatially averaged vector per image instead
     max_images: int = 5000  # training images whose activations train the SAE
+    # where they come from: training images outside the pool (no arm can label them; the same for every
+    # arm, seed and round) when the split holds at least max_images of them, else the pool; or the pool
+    images: str = "outside_pool"
     stability: bool = False  # train a second decoding SAE (another seed) and match decoders
     per_round: bool = False  # also psi for the model of every active-learning round
     settings: SAESettings = SAESettings()  # the decoding SAE (reconstruction, splicing, latent selectivity)

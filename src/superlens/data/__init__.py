@@ -16,7 +16,7 @@ from superlens.data.dataset import DatasetSplits, ImageDataset, channel_stats, f
 from superlens.errors import UserError
 
 __all__ = ["DatasetSplits", "ImageDataset", "channel_stats", "default_root", "fixed_subset", "load", "load_spec",
-           "long_tailed", "NAMES"]
+           "outside_pool", "long_tailed", "NAMES"]
 
 NAMES = ("digits", "cifar10", "tinyimagenet", "synthetic", "imagefolder:<path>", "hf:<repo>")
 
@@ -87,6 +87,25 @@ def load_spec(spec, device=None) -> DatasetSplits:
     if device is not None:
         train, test = train.to(device), test.to(device)
     return DatasetSplits(train, test)
+
+
+def outside_pool(spec, pool: ImageDataset, device=None) -> ImageDataset | None:
+    """The training images of the dataset a ``DataSpec`` names that are not in ``pool`` (the images
+    ``data.train_subset`` or ``data.imbalance`` left out, which no arm can label), with the pool's
+    normalization, on ``device``; None when the pool is the whole training split. The test split is
+    never among them."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    if not spec.train_subset and not spec.imbalance:
+        return None
+    train, _ = load(spec.name, root=spec.root, download=spec.download, **spec.options)
+    rest = np.flatnonzero(~np.isin(train.ids, pool.ids))
+    if len(rest) == 0:
+        return None
+    out = replace(train.subset(rest), mean=pool.mean, std=pool.std)
+    return out.to(device) if device is not None else out
 
 
 def _call(name: str, loader, *args: Any, **options: Any) -> DatasetSplits:

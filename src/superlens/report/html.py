@@ -197,7 +197,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     html = env.get_template("report.html.j2").render(
         name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        setup=_setup_rows(cfg, manifest, classes), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
+        setup=_setup_rows(cfg, manifest, classes, summary.get("sae_images")), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
         similarity_rows=_similarity_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
@@ -351,7 +351,8 @@ def _class_names(run: RunDir) -> list[str]:
     return json.loads(run.classes.read_text()) if run.classes.exists() else []
 
 
-def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str]) -> list[tuple[str, str]]:
+def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str],
+                sae_images: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     recipe = ", ".join(f"{k}={v}" for k, v in cfg["recipe"].items())
     al = cfg["active"]
     rows = [
@@ -367,6 +368,10 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
         ("analysis", f"features {cfg['analysis']['layer']} ({'flattened' if cfg['analysis']['pool'] == 'flatten' else cfg['analysis']['pool'] + '-pooled'}), "
                      f"units {cfg['analysis']['neuron_layer']}, up to {cfg['analysis']['max_samples']} test images"),
     ]
+    if sae_images:
+        where = "training images outside the pool" if sae_images["source"] == "outside_pool" else "pool images"
+        rows.append(("SAE images", f"{sae_images['images']} {where}, the same for every arm, seed and round "
+                                   f"({sae_images['why']})"))
     if manifest:
         rows += [
             ("device", f"{manifest.get('device')} ({manifest.get('device_name')})" + _precision_note(manifest)),

@@ -22,7 +22,7 @@ import torch
 
 from superlens.active.loop import load_checkpoint, run_arm, run_baseline, run_round0
 from superlens.analysis.features import capture_dtype_name
-from superlens.data import DatasetSplits, fixed_subset, load_spec
+from superlens.data import DatasetSplits, fixed_subset, load_spec, outside_pool
 from superlens.errors import UserError, describe
 from superlens.fileio import atomic_path, read_json, write_json
 from superlens.layout import JobPaths
@@ -163,6 +163,32 @@ def _superposition(model, train, spec, recipe, device, log=None, label: str = ""
                                  layer_name=spec.layer, device=device, progress=progress, **asdict(spec.superposition))
 
 
+def measurement_images(job: ArmJob, splits: DatasetSplits, device):
+    """The images whose layer vectors the job's SAEs are trained on, and what sae.json records of them.
+
+    With ``sae.images=outside_pool`` (the default): ``sae.max_images`` training images outside the pool,
+    which no arm can label and the test split does not hold, the same fixed stratified draw for every
+    arm, seed and round; labelled with their dataset class, which only the class centring reads. When
+    the pool is the whole training split, or fewer than ``max_images`` images lie outside it, and with
+    ``sae.images=pool``: the pool's fixed draw, as every arm, seed and round shares too."""
+    import hashlib
+
+    spec = job.sae
+    outside = outside_pool(job.data, splits.train, device) if spec.images == "outside_pool" else None
+    if outside is not None and len(outside) >= spec.max_images:
+        images, source = fixed_subset(outside, spec.max_images), "outside_pool"
+        why = f"{len(outside)} training images lie outside the pool"
+    else:
+        images, source = fixed_subset(splits.train, spec.max_images), "pool"
+        why = ("asked for (sae.images=pool)" if spec.images == "pool" else "the pool is the whole training split"
+               if outside is None else f"only {len(outside)} training images lie outside the pool, "
+               f"fewer than sae.max_images={spec.max_images}")
+    ids = [str(i) for i in images.ids]
+    record = {"source": source, "why": why, "images": len(ids),
+              "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "ids": ids}
+    return images, record
+
+
 def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     """``sae.json``: the decoding SAE on the final model's layer (reconstruction, splicing, latents
     vs neurons), psi and the dictionary metrics by the superposition protocol, and with
@@ -172,12 +198,12 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
 
     spec = job.sae
     model = final_model(job, splits)
-    train = fixed_subset(splits.train, spec.max_images)
+    train, measured = measurement_images(job, splits, device)
     test = fixed_subset(splits.test, spec.test_images)
     _, train_vectors = _sae_vectors(model, train, spec, job.recipe, device)
     test_acts, test_vectors = _sae_vectors(model, test, spec, job.recipe, device)
     splice = dict(data=test, mean_activation=torch.from_numpy(test_acts.mean(0)), recipe=job.recipe, pooled=spec.pooled)
-    sae = decoding_sae(job, splits, device, model, log, train_vectors)
+    sae = decoding_sae(job, splits, device, model, log, train_vectors, measured["ids_sha256"])
     m = measure_sae(model, spec.layer, sae, train_vectors, test_vectors, spec.stability, device, splice)
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
@@ -187,28 +213,32 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
-              "metrics": m, "superposition": protocol}
+              "measurement_images": measured, "metrics": m, "superposition": protocol}
     if spec.per_round:
-        result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log)
+        result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log, measured["ids_sha256"])
     write_json(job.paths.sae, result)
     if job.tracking is not None:
         job.tracking.sae({"superposition_SAEs": curve}, result.get("per_round", []))
 
 
-def decoding_sae(job: ArmJob, splits: DatasetSplits, device, model=None, log=None, train_vectors=None):
+def decoding_sae(job: ArmJob, splits: DatasetSplits, device, model=None, log=None, train_vectors=None,
+                 images_sha256: str | None = None):
     """The job's decoding SAE (``sae-<layer>/``): the one kept for these weights, layer, settings and
-    vectors, or else trained now on the SAE's training vectors (``train_vectors`` when already made)
-    and kept. The sae stage makes it; ``browse`` finds it, or trains it for a run that predates it."""
+    vectors, or else trained now on the SAE's training vectors (``train_vectors`` when already made,
+    of the images whose ids hash to ``images_sha256``) and kept. The sae stage makes it; ``browse``
+    finds it, or trains it for a run that predates it."""
     from superlens.analysis.sae import progress_log, train_sae
     from superlens.saefiles import file_sha256, kept_or_trained, model_fingerprint, sae_folder, sae_identity
 
     spec = job.sae
     model = model if model is not None else final_model(job, splits)
     if train_vectors is None:
-        _, train_vectors = _sae_vectors(model, fixed_subset(splits.train, spec.max_images), spec, job.recipe, device)
+        images, measured = measurement_images(job, splits, device)
+        _, train_vectors = _sae_vectors(model, images, spec, job.recipe, device)
+        images_sha256 = measured["ids_sha256"]
     folder = sae_folder(job.paths.root, spec.layer)
     identity = sae_identity(spec.layer, spec.pooled, spec.settings_for(job.seed), model_fingerprint(model),
-                            len(train_vectors))
+                            len(train_vectors), images_sha256)
 
     def train():
         if log is not None:
@@ -238,8 +268,8 @@ def _head_and_tail_psi(model, train, splits: DatasetSplits, spec, recipe, device
     return out
 
 
-def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None
-                   ) -> list[dict[str, Any]]:
+def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None,
+                   images_sha256: str | None = None) -> list[dict[str, Any]]:
     """psi (with its SAE-seed SD) of the model of each active-learning round (kept by the loop).
 
     The last round's model is the final model, measured already (``final``); round 0's
@@ -257,7 +287,7 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
         if round_ == last:
             protocol = final
         elif round_ == 0 and job.round0 is not None:
-            protocol = _shared_round0_psi(job.round0, job.sae, measure)
+            protocol = _shared_round0_psi(job.round0, job.sae, measure, images_sha256)
         else:
             protocol = measure()
         out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"), "psi": protocol["psi"],
@@ -265,11 +295,12 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
     return out
 
 
-def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, Any]],
+                       images_sha256: str | None = None) -> dict[str, Any]:
     """The round-0 model's protocol result, measured by the first arm that needs it; a kept result
-    measured with other SAE settings is measured again."""
+    measured with other SAE settings or on other images is measured again."""
     key = json.loads(json.dumps({"layer": spec.layer, "max_images": spec.max_images, "pooled": spec.pooled,
-                                 "superposition": asdict(spec.superposition)}))
+                                 "superposition": asdict(spec.superposition), "images_sha256": images_sha256}))
     kept = read_json(round0.round_psi) if round0.round_psi.exists() else None
     if kept is not None and kept.get("settings") == key:
         return kept["protocol"]

@@ -226,10 +226,25 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "arms": arms,
     }
     summary["primary"] = _primary(cfg["stats"]["primary"], values, arms)
+    images = _sae_images(run, finished)
+    if images is not None:
+        summary["sae_images"] = images
     if cfg["paper"]:
         summary["paper_comparison"] = paper_comparison(cfg, arms)
     write_json(run.summary, summary)
     return summary
+
+
+def _sae_images(run: RunDir, finished) -> dict[str, Any] | None:
+    """Where the SAEs' images came from (one fixed set for every job): source, count and why, from the first
+    finished job's sae.json that records them (runs made before it was recorded have none)."""
+    for arm, seed in finished:
+        path = run.job(arm, seed).sae
+        if path.exists():
+            kept = read_json(path).get("measurement_images")
+            if kept:
+                return {k: kept[k] for k in ("source", "images", "why", "ids_sha256")}
+    return None
 
 
 def paper_comparison(cfg: dict[str, Any], arms: dict[str, Any]) -> dict[str, Any]:
