@@ -289,6 +289,30 @@ def test_psi_per_active_learning_round(tmp_path):
                            torch.device("cpu"))
     assert again["psi"] == pytest.approx(kept["protocol"]["psi"])
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
+    # the floor: psi of the seed's network at its initial weights on the same images, measured once for both arms
+    from superlens.active.loop import derive_seed
+    from superlens.models import build_model
+
+    floor = sae["floor"]
+    assert twin["floor"]["psi"] == floor["psi"] and run.round0(0).root.joinpath("floor.json").exists()
+    init = build_model(job.model, splits.train.num_classes, derive_seed(0, "init"))
+    assert _superposition(init, train, job.sae, job.recipe, torch.device("cpu"))["psi"] == pytest.approx(floor["psi"])
+    assert floor["above"] == pytest.approx(sae["metrics"]["psi"] - floor["psi"])
+    assert floor["clears"] == (floor["above"] > max(floor["psi_sd"], sae["superposition"]["psi_sd"]))
+    assert sae["metrics"]["psi_init_floor"] == floor["psi"] and "psi_init_floor" in summary["arms"]["al-random"]
+    assert "psi_init_floor" not in summary["arms"]["al-random@2"].get("vs_random", {})  # the seed's: not compared
+    # a model at its floor is named in the report's first superposition paragraph
+    for arm in ("al-random", "al-random@2"):
+        path = run.job(arm, 0).sae
+        kept_sae = json.loads(path.read_text())
+        kept_sae["floor"]["clears"] = arm == "al-random"
+        path.write_text(json.dumps(kept_sae))
+    from superlens.study import summarize
+    from superlens.report.html import build_report
+
+    build_report(run, summarize(run))
+    html = (tmp_path / "report.html").read_text()
+    assert "at the level of an untrained network for\n1 of 2 models (al-random@2 seed 0)" in html
 
 
 @pytest.mark.parametrize("extra, source, why", [

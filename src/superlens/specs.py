@@ -289,7 +289,7 @@ class SAESpec(Spec):
     SECTION = "sae"
     RULES = {"layer": text(), "pooled": boolean(), "max_images": integer(1), "stability": boolean(),
              "per_round": boolean(), "test_images": integer(1), "topk": integer(1),
-             "images": one_of("outside_pool", "pool")}
+             "images": one_of("outside_pool", "pool"), "floor": boolean()}
 
     layer: str = "layer4"  # one vector per image and position of this layer (post-ReLU block output)
     pooled: bool = False  # one spatially averaged vector per image instead
@@ -297,6 +297,9 @@ class SAESpec(Spec):
     # where they come from: training images outside the pool (no arm can label them; the same for every
     # arm, seed and round) when the split holds at least max_images of them, else the pool; or the pool
     images: str = "outside_pool"
+    # psi of the seed's network at its initial weights (random, also for a pretrained model) on the same images,
+    # measured once per seed for every arm: the floor a trained layer's psi is read against
+    floor: bool = True
     stability: bool = False  # train a second decoding SAE (another seed) and match decoders
     per_round: bool = False  # also psi for the model of every active-learning round
     settings: SAESettings = SAESettings()  # the decoding SAE (reconstruction, splicing, latent selectivity)

@@ -264,14 +264,18 @@ def _figures(run: RunDir, cfg: dict[str, Any], arms: list[str], rows: list[dict[
 
 def _protocol(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> dict[str, Any] | None:
     """How the psi protocol ran: its settings and how many of the models' SAEs converged."""
-    runs = [(_read(run.job(arm, seed).sae) or {}).get("superposition") for arm in arms for seed in cfg["seeds"]]
-    runs = [r for r in runs if r]
+    kept = {(arm, seed): _read(run.job(arm, seed).sae) or {} for arm in arms for seed in cfg["seeds"]}
+    runs = [r["superposition"] for r in kept.values() if r.get("superposition")]
     if not runs:
         return None
     first = runs[0]
+    floors = {k: r["floor"] for k, r in kept.items() if r.get("floor")}
+    at_floor = [f"{arm} seed {seed}" for (arm, seed), f in floors.items() if not f["clears"]]
     return {"seeds": first["seeds"], "k": first["k"], "expansion": first["expansion"], "models": len(runs),
             "converged": sum(bool(r["converged"]) for r in runs), "steps": max(r["steps"] for r in runs),
-            "vectors": first["vectors"], "layer": first.get("layer"), "class_gains": bool(first.get("class_gains"))}
+            "vectors": first["vectors"], "layer": first.get("layer"), "class_gains": bool(first.get("class_gains")),
+            "floors": len(floors), "at_floor": at_floor,
+            "floor_psi": _fmt(float(np.mean([f["psi"] for f in floors.values()]))) if floors else None}
 
 
 def _psi_rounds_section(run: RunDir, cfg: dict[str, Any], arms: list[str]) -> list[dict[str, str]]:

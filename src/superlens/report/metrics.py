@@ -5,6 +5,10 @@ SUPERPOSITION_DOCS = {
            "reproduces) / neurons, on class-centred vectors with a gain per class and neuron; mean over SAE seeds "
            "(checked on the ground-truth bench, docs/superposition.md)",
     "psi_sae_sd": "SD of psi over the SAE seeds of one model (the measurement's own noise)",
+    "psi_init_floor": "psi of the seed's network at its initial (random) weights on the same images, same protocol: "
+                      "what the instrument reads where nothing was learned",
+    "psi_above_floor": "psi minus its initialized-network floor, per seed",
+    "psi_clears_floor": "share of seeds whose psi exceeds its floor by more than the SAE-seed spread (the larger SD)",
     "psi_per_live_neuron": "psi counted per neuron that ever responds (dead units left out of the denominator)",
     "psi_tail": "long-tailed pool: psi on the SAE images of the minority classes only (same protocol)",
     "psi_head": "long-tailed pool: psi on the SAE images of the other classes only (same protocol)",

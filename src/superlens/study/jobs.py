@@ -62,6 +62,7 @@ class ArmJob(TrainingJob):
     round0: JobPaths | None  # the round 0 an AL arm starts from
     baseline: JobPaths | None  # the trained baseline round 0 continued, if it did
     tracking: Tracking | None = None  # where its rounds and SAE curves are mirrored (tracking: tensorboard|wandb)
+    floor: Path | None = None  # the seed's initialized-network psi, measured once for every arm of the seed
 
     needs_gpu = True
 
@@ -142,7 +143,8 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
                       sae=specs.sae, featvis=specs.featvis if seed == first else None,
                       round0=run.round0(seed) if active is not None else None,
                       baseline=run.job("baseline", seed) if active is not None and from_baseline else None,
-                      tracking=_tracking(specs.tracking, run, arm, seed), **common)
+                      tracking=_tracking(specs.tracking, run, arm, seed), floor=run.round0(seed).root / "floor.json",
+                      **common)
 
     if "baseline" in arms:
         for seed in specs.seeds:

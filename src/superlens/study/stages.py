@@ -211,9 +211,12 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curve)
     m.update(superposition_metrics(protocol))
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
+    floor = init_floor(job, splits, train, device, protocol, log, measured["ids_sha256"]) if spec.floor else None
+    if floor is not None:
+        m.update(psi_init_floor=floor["psi"], psi_above_floor=floor["above"], psi_clears_floor=float(floor["clears"]))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
-              "measurement_images": measured, "metrics": m, "superposition": protocol}
+              "measurement_images": measured, "metrics": m, "superposition": protocol, "floor": floor}
     if spec.per_round:
         result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log, measured["ids_sha256"])
     write_json(job.paths.sae, result)
@@ -299,14 +302,45 @@ def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, A
                        images_sha256: str | None = None) -> dict[str, Any]:
     """The round-0 model's protocol result, measured by the first arm that needs it; a kept result
     measured with other SAE settings or on other images is measured again."""
+    return _kept_protocol(round0.round_psi, spec, measure, images_sha256)
+
+
+def _kept_protocol(path: Path, spec, measure: Callable[[], dict[str, Any]],
+                   images_sha256: str | None = None) -> dict[str, Any]:
+    """A protocol result shared by the arms of a seed, kept in ``path`` with the settings and images it was
+    measured with; measured (and kept) when there is none for these."""
     key = json.loads(json.dumps({"layer": spec.layer, "max_images": spec.max_images, "pooled": spec.pooled,
                                  "superposition": asdict(spec.superposition), "images_sha256": images_sha256}))
-    kept = read_json(round0.round_psi) if round0.round_psi.exists() else None
+    kept = read_json(path) if path.exists() else None
     if kept is not None and kept.get("settings") == key:
         return kept["protocol"]
     protocol = measure()
-    write_json(round0.round_psi, {"settings": key, "protocol": protocol})
+    write_json(path, {"settings": key, "protocol": protocol})
     return protocol
+
+
+def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None,
+               images_sha256: str | None = None) -> dict[str, Any]:
+    """psi of the seed's network at its initial weights (random ones, also where the study starts from
+    pretrained weights) on the same images by the same protocol, and whether the final model's psi
+    (``final``) clears it by more than the SAE-seed spread (the larger of the two SDs). Measured once per
+    seed, by the first arm that needs it, and kept beside round 0 for the others."""
+    from dataclasses import replace
+
+    from superlens.active.loop import derive_seed
+    from superlens.models import build_model
+
+    def measure() -> dict[str, Any]:
+        spec = replace(job.model, pretrained=None) if job.model.pretrained else job.model
+        model = build_model(spec, splits.train.num_classes, derive_seed(job.seed, "init"))
+        return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: initialized-network psi")
+
+    protocol = _kept_protocol(job.floor, job.sae, measure, images_sha256) if job.floor else measure()
+    margin = max(float(final["psi_sd"]), float(protocol["psi_sd"]))
+    return {"psi": protocol["psi"], "psi_sd": protocol["psi_sd"], "converged": protocol["converged"],
+            "steps": protocol["steps"], "weights": "initial (random, the seed's own draw)",
+            "above": float(final["psi"]) - float(protocol["psi"]), "margin": margin,
+            "clears": bool(float(final["psi"]) - float(protocol["psi"]) > margin)}
 
 
 def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device) -> dict[str, Any]:

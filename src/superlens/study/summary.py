@@ -37,7 +37,8 @@ HEADLINE = ("test_accuracy", "aubc") + SUPERPOSITION
 QUALITY = ("silhouette_features", "davies_bouldin_features", "nc1")
 REPRESENTATION_QUALITY = QUALITY + tuple(f"{m}_area" for m in QUALITY)
 FAMILIES = {"headline": HEADLINE, "representation_quality": REPRESENTATION_QUALITY}
-NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total", "psi_sae_sd")
+NOT_COMPARED = ("label_efficiency", "images_seen_total", "optimizer_steps_total", "psi_sae_sd", "psi_init_floor",
+                "psi_above_floor", "psi_clears_floor")  # the floor is the seed's, the same for every arm
 
 
 def family(metric: str) -> str:
