@@ -276,7 +276,8 @@ def test_psi_per_active_learning_round(tmp_path):
     # and the kept number is what measuring the kept round-0 weights gives
     from superlens.data import load_spec
     from superlens.specs import stage_specs
-    from superlens.study.stages import final_model, measurement_images, _superposition
+    from superlens.study.measure import _superposition, measurement_images
+    from superlens.study.stages import final_model
     from superlens.study.jobs import plan
 
     jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), run)
@@ -325,7 +326,7 @@ def test_the_sae_images_come_from_outside_the_pool_when_there_are_enough(tmp_pat
     from superlens.data import load_spec
     from superlens.specs import stage_specs
     from superlens.study.jobs import plan
-    from superlens.study.stages import measurement_images
+    from superlens.study.measure import measurement_images
 
     cfg = tiny_config("arms=[al-random]", "seeds=[0]", "sae.enabled=true", "sae.max_images=100", *extra)
     jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), RunDir(tmp_path))

@@ -218,7 +218,8 @@ def diff_run(run_dir: str | Path, arms: Sequence[str] = (), seeds: Sequence[int]
     """Crosscoder diffs of a study: the pair ``arms`` (A, B), or every AL arm against al-random; every
     seed unless told. The report is rebuilt with the counts."""
     from superlens.study.run import arm_job
-    from superlens.study.stages import final_model, measurement_images
+    from superlens.study.measure import measurement_images
+    from superlens.study.stages import final_model
 
     run, cfg = _study(run_dir)
     if arms:

@@ -8,12 +8,10 @@ reports failure; the other jobs go on.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +20,13 @@ import torch
 
 from superlens.active.loop import load_checkpoint, run_arm, run_baseline, run_round0
 from superlens.analysis.features import capture_dtype_name
-from superlens.data import DatasetSplits, fixed_subset, load_spec, outside_pool
+from superlens.data import DatasetSplits, fixed_subset, load_spec
 from superlens.errors import UserError, describe
 from superlens.fileio import atomic_path, read_json, write_json
 from superlens.layout import JobPaths
 from superlens.models import trained_model
 from superlens.study.jobs import ArmJob, Job, JobResult, Round0Job, ToyJob
+from superlens.study.measure import _sae_vectors, _shared_round0_psi, _superposition, init_floor, measurement_images
 from superlens.training import resolve_device
 
 
@@ -139,56 +138,6 @@ def analysis_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
     write_json(job.paths.analysis, result)
 
 
-def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndarray]:
-    """The layer's activations on ``data`` and the SAE's vectors made of them."""
-    from superlens.analysis.features import capture
-    from superlens.analysis.sae import conv_vectors
-
-    acts = capture(model, data, spec.layer, pool="avg" if spec.pooled else "none", recipe=recipe, device=device)[spec.layer]
-    return acts, conv_vectors(acts)
-
-
-def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curve=None) -> dict[str, Any]:
-    """The psi protocol on the layer's vectors of the SAE training images (class means removed); with
-    ``curve`` (a list), its (step, loss) points are appended there."""
-    from superlens.analysis.sae import progress_log, vector_labels
-    from superlens.analysis.superposition import measure_superposition
-    from superlens.tracking import curve_recorder
-
-    _, vectors = _sae_vectors(model, train, spec, recipe, device)
-    progress = progress_log(log, label)
-    if curve is not None:
-        progress = curve_recorder(curve, progress)
-    return measure_superposition(vectors, labels=vector_labels(train.labels.cpu().numpy(), len(vectors)),
-                                 layer_name=spec.layer, device=device, progress=progress, **asdict(spec.superposition))
-
-
-def measurement_images(job: ArmJob, splits: DatasetSplits, device):
-    """The images whose layer vectors the job's SAEs are trained on, and what sae.json records of them.
-
-    With ``sae.images=outside_pool`` (the default): ``sae.max_images`` training images outside the pool,
-    which no arm can label and the test split does not hold, the same fixed stratified draw for every
-    arm, seed and round; labelled with their dataset class, which only the class centring reads. When
-    the pool is the whole training split, or fewer than ``max_images`` images lie outside it, and with
-    ``sae.images=pool``: the pool's fixed draw, as every arm, seed and round shares too."""
-    import hashlib
-
-    spec = job.sae
-    outside = outside_pool(job.data, splits.train, device) if spec.images == "outside_pool" else None
-    if outside is not None and len(outside) >= spec.max_images:
-        images, source = fixed_subset(outside, spec.max_images), "outside_pool"
-        why = f"{len(outside)} training images lie outside the pool"
-    else:
-        images, source = fixed_subset(splits.train, spec.max_images), "pool"
-        why = ("asked for (sae.images=pool)" if spec.images == "pool" else "the pool is the whole training split"
-               if outside is None else f"only {len(outside)} training images lie outside the pool, "
-               f"fewer than sae.max_images={spec.max_images}")
-    ids = [str(i) for i in images.ids]
-    record = {"source": source, "why": why, "images": len(ids),
-              "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "ids": ids}
-    return images, record
-
-
 def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     """``sae.json``: the decoding SAE on the final model's layer (reconstruction, splicing, latents
     vs neurons), psi and the dictionary metrics by the superposition protocol, and with
@@ -296,51 +245,6 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
         out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"), "psi": protocol["psi"],
                     "psi_sae_sd": protocol["psi_sd"], "converged": protocol["converged"]})
     return out
-
-
-def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, Any]],
-                       images_sha256: str | None = None) -> dict[str, Any]:
-    """The round-0 model's protocol result, measured by the first arm that needs it; a kept result
-    measured with other SAE settings or on other images is measured again."""
-    return _kept_protocol(round0.round_psi, spec, measure, images_sha256)
-
-
-def _kept_protocol(path: Path, spec, measure: Callable[[], dict[str, Any]],
-                   images_sha256: str | None = None) -> dict[str, Any]:
-    """A protocol result shared by the arms of a seed, kept in ``path`` with the settings and images it was
-    measured with; measured (and kept) when there is none for these."""
-    key = json.loads(json.dumps({"layer": spec.layer, "max_images": spec.max_images, "pooled": spec.pooled,
-                                 "superposition": asdict(spec.superposition), "images_sha256": images_sha256}))
-    kept = read_json(path) if path.exists() else None
-    if kept is not None and kept.get("settings") == key:
-        return kept["protocol"]
-    protocol = measure()
-    write_json(path, {"settings": key, "protocol": protocol})
-    return protocol
-
-
-def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[str, Any], log=None,
-               images_sha256: str | None = None) -> dict[str, Any]:
-    """psi of the seed's network at its initial weights (random ones, also where the study starts from
-    pretrained weights) on the same images by the same protocol, and whether the final model's psi
-    (``final``) clears it by more than the SAE-seed spread (the larger of the two SDs). Measured once per
-    seed, by the first arm that needs it, and kept beside round 0 for the others."""
-    from dataclasses import replace
-
-    from superlens.active.loop import derive_seed
-    from superlens.models import build_model
-
-    def measure() -> dict[str, Any]:
-        spec = replace(job.model, pretrained=None) if job.model.pretrained else job.model
-        model = build_model(spec, splits.train.num_classes, derive_seed(job.seed, "init"))
-        return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: initialized-network psi")
-
-    protocol = _kept_protocol(job.floor, job.sae, measure, images_sha256) if job.floor else measure()
-    margin = max(float(final["psi_sd"]), float(protocol["psi_sd"]))
-    return {"psi": protocol["psi"], "psi_sd": protocol["psi_sd"], "converged": protocol["converged"],
-            "steps": protocol["steps"], "weights": "initial (random, the seed's own draw)",
-            "above": float(final["psi"]) - float(protocol["psi"]), "margin": margin,
-            "clears": bool(float(final["psi"]) - float(protocol["psi"]) > margin)}
 
 
 def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device) -> dict[str, Any]:
