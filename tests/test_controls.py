@@ -42,3 +42,37 @@ def test_recall_is_the_share_of_planted_directions_a_reproduced_latent_matches()
     assert recall(directions, [directions, directions[:4]], 0.9) == pytest.approx(0.75)  # mean over seeds
     assert recall(directions, [np.zeros((0, 16))], 0.9) == 0.0
     assert recall(directions, [other], 0.999) == 0.0
+
+
+def test_reinitialized_redraws_every_resettable_parameter_and_leaves_the_model_alone():
+    import torch
+    from torch import nn
+
+    from superlens.analysis.controls import reinitialized
+
+    class Scaled(nn.Module):  # a module with a parameter and no reset_parameters: kept as it is
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.full((4,), 3.0))
+
+        def forward(self, x):
+            return x * self.scale[:, None, None]
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), Scaled(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model[1].running_mean.fill_(5.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh, kept = reinitialized(model, seed=3)
+    again, _ = reinitialized(model, seed=3)
+    assert kept == 1 and torch.equal(fresh[2].scale, model[2].scale)
+    assert not torch.equal(fresh[0].weight, model[0].weight) and not torch.equal(fresh[4].weight, model[4].weight)
+    assert torch.equal(fresh[1].running_mean, torch.zeros(4)) and torch.equal(fresh[1].weight, torch.ones(4))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))  # seeded
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model itself is untouched
+
+
+def test_the_floor_verdict_by_hand():
+    from superlens.analysis.controls import floor_verdict
+
+    assert floor_verdict(0.30, 0.02, 0.10, 0.05) == {"above": pytest.approx(0.20), "margin": 0.05, "clears": True}
+    assert floor_verdict(0.12, 0.03, 0.10, 0.01)["clears"] is False  # 0.02 above, within the 0.03 spread

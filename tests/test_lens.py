@@ -45,6 +45,9 @@ def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
         for key in ("silhouette_features", "davies_bouldin_features", "nc1", "cosine_mean",
                     "silhouette_tsne", "psi", "sae_fvu", "sae_accuracy_spliced", "knn_accuracy"):
             assert key in m, (layer, key)
+    for layer in ("3", "8"):  # the initialized-network floor of each layer, and where psi stands against it
+        m = entry["layers"][layer]
+        assert m["psi_above_floor"] == pytest.approx(m["psi"] - m["psi_init_floor"]) and m["psi_clears_floor"] in (0, 1)
     assert "class_selectivity_mean" in entry["layers"]["8"]  # a ReLU output
     assert "class_selectivity_mean" not in entry["layers"]["3"]  # a convolution, before its ReLU
     assert "filter_cosine_mean" in entry["layers"]["3"] and "filter_cosine_mean" not in entry["layers"]["8"]

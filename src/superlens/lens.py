@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"stem": "cifar", "width": 64, "dropout": 0.0},  # for MODEL=resnet18
     "analysis": {"pool": "avg", "max_samples": 10000, "probe_samples": 10000, "tsne": True, "perplexity": 30.0,
                  "topk": 100, "knn_k": 10, "eval_batch_size": 256},
-    "sae": {"enabled": True, "max_images": 5000, "stability": False, "settings": {}, "superposition": {}},
+    "sae": {"enabled": True, "max_images": 5000, "stability": False, "floor": True, "settings": {}, "superposition": {}},
     "featvis": {"top": 9, "settings": {}},
     "data": {"options": {}},  # keyword arguments of the dataset's loader, e.g. data.options.image_size=16
 }
@@ -149,6 +149,11 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         del raw
         result.metrics.update(_sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known,
                                    seed, progress, keep))
+        m = result.metrics
+        if m.get("psi_clears_floor") == 0.0:
+            result.notes.append(f"{name}: psi {m['psi']:.3g} is at the level of an untrained network: the same network "
+                                f"at fresh initial weights reads {m['psi_init_floor']:.3g} on the same images, and psi "
+                                "does not exceed that by more than the SAE-seed spread")
     if units_to_show:
         if not conv:
             result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
@@ -197,7 +202,19 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
                                      progress=progress_log(progress, "superposition SAEs"),
                                      **section["superposition"])
-    return {**metrics, **superposition_metrics(protocol)}
+    metrics.update(superposition_metrics(protocol))
+    if section["floor"]:  # the same protocol on the same images through the network at fresh initial weights
+        from superlens.analysis.controls import floor_verdict, reinitialized
+
+        fresh, _ = reinitialized(model, seed)
+        floor_vectors = _sae_vectors(capture(fresh, sae_train, name, pool="none", recipe=recipe, device=device)[name])
+        floor = measure_superposition(floor_vectors, labels=labels, layer_name=name, device=device,
+                                      progress=progress_log(progress, "initialized-network psi"),
+                                      **section["superposition"])
+        verdict = floor_verdict(protocol["psi"], protocol["psi_sd"], floor["psi"], floor["psi_sd"])
+        metrics.update(psi_init_floor=floor["psi"], psi_above_floor=verdict["above"],
+                       psi_clears_floor=float(verdict["clears"]))
+    return metrics
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:

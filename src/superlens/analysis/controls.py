@@ -24,6 +24,36 @@ from superlens.analysis.superposition import measure_superposition, unit_rows
 from superlens.errors import UserError
 
 
+def reinitialized(model, seed: int = 0):
+    """A copy of ``model`` at fresh initial weights: every submodule that has ``reset_parameters`` (convs,
+    linears, norms, whose running statistics restart too) redrawn from ``seed``; parameters of modules
+    without it keep their values. Returns (copy, how many parameter tensors kept their values)."""
+    import copy
+
+    import torch
+
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    reset = set()
+    for module in fresh.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            reset.update(id(p) for p in module.parameters(recurse=False))
+        if callable(getattr(module, "reset_running_stats", None)):
+            module.reset_running_stats()
+    kept = sum(id(p) not in reset for p in fresh.parameters())
+    return fresh, kept
+
+
+def floor_verdict(psi: float, psi_sd: float, floor_psi: float, floor_sd: float) -> dict[str, float | bool]:
+    """How far psi lies above its initialized-network floor, and whether by more than the SAE-seed spread (the
+    larger of the two SDs): below that, psi cannot be told from what the instrument reads where nothing was
+    learned."""
+    margin = max(float(psi_sd), float(floor_sd))
+    above = float(psi) - float(floor_psi)
+    return {"above": above, "margin": margin, "clears": bool(above > margin)}
+
+
 def gaussian_null(x, seed: int = 0) -> np.ndarray:
     """As many vectors as ``x`` (rows x neurons) drawn from a Gaussian with ``x``'s mean and covariance,
     then ReLU'd: the layer's second-order statistics without any sparse feature."""

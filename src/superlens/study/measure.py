@@ -104,9 +104,9 @@ def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[st
         model = build_model(spec, splits.train.num_classes, derive_seed(job.seed, "init"))
         return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: initialized-network psi")
 
+    from superlens.analysis.controls import floor_verdict
+
     protocol = _kept_protocol(job.floor, job.sae, measure, images_sha256) if job.floor else measure()
-    margin = max(float(final["psi_sd"]), float(protocol["psi_sd"]))
     return {"psi": protocol["psi"], "psi_sd": protocol["psi_sd"], "converged": protocol["converged"],
             "steps": protocol["steps"], "weights": "initial (random, the seed's own draw)",
-            "above": float(final["psi"]) - float(protocol["psi"]), "margin": margin,
-            "clears": bool(float(final["psi"]) - float(protocol["psi"]) > margin)}
+            **floor_verdict(final["psi"], final["psi_sd"], protocol["psi"], protocol["psi_sd"])}
