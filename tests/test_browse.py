@@ -61,7 +61,7 @@ def study(tmp_path_factory):
                                "arms=[al-margin,al-random]", "analysis.enabled=false", "featvis.enabled=false",
                                "toy.enabled=false", "sae.max_images=200", "analysis.max_samples=150", "sae.stability=false",
                                "sae.settings.steps=60", "sae.settings.batch_size=256", "sae.superposition.max_steps=200",
-                               "sae.superposition.window=100", "sae.superposition.batch_size=256"])
+                               "sae.superposition.window=100", "sae.superposition.batch_size=256", "sae.floor=false"])
     run_study(cfg, out, progress=False, log=lambda *_: None)
     return out
 

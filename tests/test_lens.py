@@ -12,7 +12,7 @@ from conftest import run_cli
 FACTORIES = Path(__file__).parent / "lens_models.py"
 QUICK = ["analysis.max_samples=150", "analysis.probe_samples=200", "sae.max_images=60", "sae.settings.steps=20",
          "sae.settings.batch_size=128", "sae.superposition.max_steps=100", "sae.superposition.window=50",
-         "featvis.settings.steps=4", "featvis.top=3"]
+         "featvis.settings.steps=4", "featvis.top=3", "sae.floor=false"]  # the floor: tested on two layers below
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def saved(tmp_path_factory):
 def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
     out = tmp_path / "cnn"
     code, stdout, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", "--weights", saved["small_cnn"], "--data", "digits",
-                                 "--layers", "3,8", "--units", "0,5", "--out", out, *QUICK], capsys)
+                                 "--layers", "3,8", "--units", "0,5", "--out", out, *QUICK, "sae.floor=true"], capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     entry = summary["arms"]["small_cnn"]
