@@ -289,6 +289,8 @@ def test_psi_per_active_learning_round(tmp_path):
     again = _superposition(final_model(job, splits, weights=job.paths.round_model(0)), train, job.sae, job.recipe,
                            torch.device("cpu"))
     assert again["psi"] == pytest.approx(kept["protocol"]["psi"])
+    final = _superposition(final_model(job, splits), train, job.sae, job.recipe, torch.device("cpu"))  # a fresh capture
+    assert final["psi"] == pytest.approx(sae["metrics"]["psi"])  # the stage's reuse of its capture changed nothing
     assert "Superposition per active-learning round" in (tmp_path / "report.html").read_text()
     # the floor: psi of the seed's network at its initial weights on the same images, measured once for both arms
     from superlens.active.loop import derive_seed

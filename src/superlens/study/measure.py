@@ -26,14 +26,17 @@ def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndar
     return acts, conv_vectors(acts)
 
 
-def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curve=None) -> dict[str, Any]:
+def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curve=None,
+                   vectors: np.ndarray | None = None) -> dict[str, Any]:
     """The psi protocol on the layer's vectors of the SAE training images (class means removed); with
-    ``curve`` (a list), its (step, loss) points are appended there."""
+    ``curve`` (a list), its (step, loss) points are appended there. ``vectors``: those vectors, when the
+    caller has captured them already (``model`` is then not run again)."""
     from superlens.analysis.sae import progress_log, vector_labels
     from superlens.analysis.superposition import measure_superposition
     from superlens.tracking import curve_recorder
 
-    _, vectors = _sae_vectors(model, train, spec, recipe, device)
+    if vectors is None:
+        _, vectors = _sae_vectors(model, train, spec, recipe, device)
     progress = progress_log(log, label)
     if curve is not None:
         progress = curve_recorder(curve, progress)

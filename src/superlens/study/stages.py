@@ -157,7 +157,8 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
     curve: list[tuple[int, float]] = []
-    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curve)
+    protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curve,
+                              vectors=train_vectors)  # the decoding SAE's capture, not a second one
     m.update(superposition_metrics(protocol))
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     floor = init_floor(job, splits, train, device, protocol, log, measured["ids_sha256"]) if spec.floor else None
