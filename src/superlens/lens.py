@@ -204,16 +204,15 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
                                      **section["superposition"])
     metrics.update(superposition_metrics(protocol))
     if section["floor"]:  # the same protocol on the same images through the network at fresh initial weights
-        from superlens.analysis.controls import floor_verdict, reinitialized
+        from superlens.analysis.controls import floor_metrics, floor_verdict, reinitialized
 
         fresh, _ = reinitialized(model, seed)
         floor_vectors = _sae_vectors(capture(fresh, sae_train, name, pool="none", recipe=recipe, device=device)[name])
         floor = measure_superposition(floor_vectors, labels=labels, layer_name=name, device=device,
                                       progress=progress_log(progress, "initialized-network psi"),
                                       **section["superposition"])
-        verdict = floor_verdict(protocol["psi"], protocol["psi_sd"], floor["psi"], floor["psi_sd"])
-        metrics.update(psi_init_floor=floor["psi"], psi_above_floor=verdict["above"],
-                       psi_clears_floor=float(verdict["clears"]))
+        metrics.update(floor_metrics({"psi": floor["psi"], **floor_verdict(protocol["psi"], protocol["psi_sd"],
+                                                                            floor["psi"], floor["psi_sd"])}))
     return metrics
 
 

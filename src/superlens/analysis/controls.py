@@ -54,6 +54,11 @@ def floor_verdict(psi: float, psi_sd: float, floor_psi: float, floor_sd: float) 
     return {"above": above, "margin": margin, "clears": bool(above > margin)}
 
 
+def floor_metrics(floor: dict) -> dict[str, float]:
+    """The metrics a study and ``analyze`` report of a floor (its ``psi`` and ``floor_verdict``'s keys)."""
+    return {"psi_init_floor": floor["psi"], "psi_above_floor": floor["above"], "psi_clears_floor": float(floor["clears"])}
+
+
 def gaussian_null(x, seed: int = 0) -> np.ndarray:
     """As many vectors as ``x`` (rows x neurons) drawn from a Gaussian with ``x``'s mean and covariance,
     then ReLU'd: the layer's second-order statistics without any sparse feature."""

@@ -197,7 +197,8 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
     html = env.get_template("report.html.j2").render(
         name=cfg["name"], run_dir=str(run.path), complete=summary.get("complete", True),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        setup=_setup_rows(cfg, manifest, classes, summary.get("sae_images")), figures=figs, arms=arms, metric_rows=_metric_rows(summary, "main"),
+        setup=_setup_rows(cfg, manifest, classes, summary.get("sae_images")), figures=figs, arms=arms,
+        metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
         similarity_rows=_similarity_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),

@@ -13,7 +13,6 @@ import numpy as np
 
 from superlens.data import DatasetSplits, fixed_subset, outside_pool
 from superlens.fileio import read_json, write_json
-from superlens.layout import JobPaths
 from superlens.study.jobs import ArmJob
 
 
@@ -55,32 +54,31 @@ def measurement_images(job: ArmJob, splits: DatasetSplits, device):
     import hashlib
 
     spec = job.sae
-    outside = outside_pool(job.data, splits.train, device) if spec.images == "outside_pool" else None
+    outside = outside_pool(job.data, splits.train) if spec.images == "outside_pool" else None  # on the CPU
     if outside is not None and len(outside) >= spec.max_images:
-        images, source = fixed_subset(outside, spec.max_images), "outside_pool"
+        images = fixed_subset(outside, spec.max_images)  # only the draw goes to the device
+        images, source = (images.to(device) if device is not None else images), "outside_pool"
         why = f"{len(outside)} training images lie outside the pool"
     else:
         images, source = fixed_subset(splits.train, spec.max_images), "pool"
-        why = ("asked for (sae.images=pool)" if spec.images == "pool" else "the pool is the whole training split"
-               if outside is None else f"only {len(outside)} training images lie outside the pool, "
-               f"fewer than sae.max_images={spec.max_images}")
+        if spec.images == "pool":
+            why = "asked for (sae.images=pool)"
+        elif outside is None:
+            why = "the pool is the whole training split"
+        else:
+            why = (f"only {len(outside)} training images lie outside the pool, fewer than "
+                   f"sae.max_images={spec.max_images}")
     ids = [str(i) for i in images.ids]
     record = {"source": source, "why": why, "images": len(ids),
               "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "ids": ids}
     return images, record
 
 
-def _shared_round0_psi(round0: JobPaths, spec, measure: Callable[[], dict[str, Any]],
-                       images_sha256: str | None = None) -> dict[str, Any]:
-    """The round-0 model's protocol result, measured by the first arm that needs it; a kept result
-    measured with other SAE settings or on other images is measured again."""
-    return _kept_protocol(round0.round_psi, spec, measure, images_sha256)
-
-
-def _kept_protocol(path: Path, spec, measure: Callable[[], dict[str, Any]],
-                   images_sha256: str | None = None) -> dict[str, Any]:
-    """A protocol result shared by the arms of a seed, kept in ``path`` with the settings and images it was
-    measured with; measured (and kept) when there is none for these."""
+def kept_protocol(path: Path, spec, measure: Callable[[], dict[str, Any]],
+                  images_sha256: str | None = None) -> dict[str, Any]:
+    """A protocol result shared by the arms of a seed (the round-0 model's psi, the floor), measured by the
+    first arm that needs it and kept in ``path`` with the settings and images it was measured with; a kept
+    result of other settings or other images is measured again."""
     key = json.loads(json.dumps({"layer": spec.layer, "max_images": spec.max_images, "pooled": spec.pooled,
                                  "superposition": asdict(spec.superposition), "images_sha256": images_sha256}))
     kept = read_json(path) if path.exists() else None
@@ -100,6 +98,7 @@ def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[st
     from dataclasses import replace
 
     from superlens.active.loop import derive_seed
+    from superlens.analysis.controls import floor_verdict
     from superlens.models import build_model
 
     def measure() -> dict[str, Any]:
@@ -107,9 +106,7 @@ def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[st
         model = build_model(spec, splits.train.num_classes, derive_seed(job.seed, "init"))
         return _superposition(model, train, job.sae, job.recipe, device, log, f"{job.label}: initialized-network psi")
 
-    from superlens.analysis.controls import floor_verdict
-
-    protocol = _kept_protocol(job.floor, job.sae, measure, images_sha256) if job.floor else measure()
+    protocol = kept_protocol(job.floor, job.sae, measure, images_sha256) if job.floor else measure()
     return {"psi": protocol["psi"], "psi_sd": protocol["psi_sd"], "converged": protocol["converged"],
             "steps": protocol["steps"], "weights": "initial (random, the seed's own draw)",
             **floor_verdict(final["psi"], final["psi_sd"], protocol["psi"], protocol["psi_sd"])}

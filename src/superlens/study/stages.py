@@ -26,7 +26,7 @@ from superlens.fileio import atomic_path, read_json, write_json
 from superlens.layout import JobPaths
 from superlens.models import trained_model
 from superlens.study.jobs import ArmJob, Job, JobResult, Round0Job, ToyJob
-from superlens.study.measure import _sae_vectors, _shared_round0_psi, _superposition, init_floor, measurement_images
+from superlens.study.measure import _sae_vectors, _superposition, init_floor, kept_protocol, measurement_images
 from superlens.training import resolve_device
 
 
@@ -143,6 +143,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     vs neurons), psi and the dictionary metrics by the superposition protocol, and with
     ``sae.per_round`` psi of every round's model."""
     from superlens.analysis.sae_measures import image_latents
+    from superlens.analysis.controls import floor_metrics
     from superlens.analysis.superposition import measure_sae, neurons_and_latents, superposition_metrics
 
     spec = job.sae
@@ -163,7 +164,7 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     floor = init_floor(job, splits, train, device, protocol, log, measured["ids_sha256"]) if spec.floor else None
     if floor is not None:
-        m.update(psi_init_floor=floor["psi"], psi_above_floor=floor["above"], psi_clears_floor=float(floor["clears"]))
+        m.update(floor_metrics(floor))
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
               "measurement_images": measured, "metrics": m, "superposition": protocol, "floor": floor}
@@ -240,7 +241,7 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
         if round_ == last:
             protocol = final
         elif round_ == 0 and job.round0 is not None:
-            protocol = _shared_round0_psi(job.round0, job.sae, measure, images_sha256)
+            protocol = kept_protocol(job.round0.round_psi, job.sae, measure, images_sha256)
         else:
             protocol = measure()
         out.append({"round": round_, "n_labeled": records.get(round_, {}).get("n_labeled"), "psi": protocol["psi"],
