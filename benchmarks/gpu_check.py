@@ -94,7 +94,8 @@ def steps(dry: bool, device: str, out: Path) -> list[tuple[str, int, list[str]]]
     py = sys.executable
     cli = [py, "-m", "superlens"]
     strategies = _strategies()
-    tiny = ["seeds=[0]", "model.width=8" if not dry else "model.width=4", "recipe.epochs=1", "recipe.batch_size=64",
+    tiny = ["workers=1", "seeds=[0]", "model.width=8" if not dry else "model.width=4", "recipe.epochs=1",
+            "recipe.batch_size=64",
             "data.train_subset=600" if not dry else "data.train_subset=300", "active.initial_size=40",
             "active.query_size=30", "active.rounds=2" if not dry else "active.rounds=1", "analysis.max_samples=200",
             "analysis.probe_samples=200", "sae.max_images=60", "sae.stability=true" if not dry else "sae.stability=false",
@@ -114,7 +115,8 @@ def steps(dry: bool, device: str, out: Path) -> list[tuple[str, int, list[str]]]
              "--widths", *(["16"] if dry else ["64", "16"]), "--images", str(256 if dry else 49_152),
              *(["--batch-size", "64"] if dry else [])]
     smoke = out / "smoke"
-    scale = [f"data.options.n_train={1_000 if dry else 50_000}", f"data.options.n_test={200 if dry else 1_000}",
+    scale = ["workers=1",
+             f"data.options.n_train={1_000 if dry else 50_000}", f"data.options.n_test={200 if dry else 1_000}",
              f"model.width={4 if dry else 64}", "seeds=[0]", "arms=[al-badge,al-coreset]",
              "active.reset=scratch_same_init", f"active.initial_size={100 if dry else 2_000}",
              f"active.query_size={50 if dry else 2_000}", "active.rounds=1", "recipe.epochs=1",

@@ -56,7 +56,7 @@ def study(tmp_path_factory):
     from superlens.study import run_study
 
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config("demo", ["seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=64",
+    cfg = load_config("demo", ["workers=1", "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=64",
                                "active.initial_size=60", "active.query_size=60", "active.rounds=1",
                                "arms=[al-margin,al-random]", "analysis.enabled=false", "featvis.enabled=false",
                                "toy.enabled=false", "sae.max_images=200", "analysis.max_samples=150", "sae.stability=false",

@@ -15,6 +15,7 @@ from superlens.rundir import RunDir
 from superlens.study import HEADLINE, REPRESENTATION_QUALITY, run_study
 
 TINY = [
+    "workers=1",  # one job at a time in the test process (the demo preset runs two side by side)
     "seeds=[0,1,2]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
     "active.initial_size=40", "active.query_size=40", "active.rounds=2",
     "analysis.max_samples=150", "analysis.probe_samples=200", "analysis.tsne=false",

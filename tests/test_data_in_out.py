@@ -111,7 +111,8 @@ def queried_run(tmp_path_factory):
                 Image.fromarray(rng.integers(0, 80, (8, 8, 3), dtype=np.uint8) + 60 * c).save(
                     data / split / cls / f"{i:03d}.png")
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config("demo", [f"data.name=imagefolder:{data}", "data.options.image_size=8", "seeds=[0]", "model.width=4",
+    cfg = load_config("demo", ["workers=1", f"data.name=imagefolder:{data}",
+                               "data.options.image_size=8", "seeds=[0]", "model.width=4",
                                "recipe.epochs=1", "recipe.batch_size=32", "active.initial_size=12",
                                "active.query_size=10", "active.rounds=2", "arms=[al-margin,al-random]",
                                "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false",
@@ -216,7 +217,7 @@ def test_a_long_tailed_pool_and_the_metrics_that_go_with_it(tmp_path):
     y = rng.integers(0, 4, 300)
     assert balanced_accuracy(p, y) == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
 
-    cfg = load_config("demo", ["data.imbalance=10", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+    cfg = load_config("demo", ["workers=1", "data.imbalance=10", "seeds=[0]", "model.width=4", "recipe.epochs=1",
                                "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
                                "active.rounds=2", "arms=[al-least_confidence,al-random]", "analysis.enabled=false",
                                "featvis.enabled=false", "toy.enabled=false", "sae.max_images=200",
@@ -263,7 +264,7 @@ def _tracked_study_with_a_stop(kind, tmp_path, monkeypatch):
     from superlens.config import load_config
     from superlens.study import run_study
 
-    cfg = load_config("demo", [f"tracking={kind}", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+    cfg = load_config("demo", ["workers=1", f"tracking={kind}", "seeds=[0]", "model.width=4", "recipe.epochs=1",
                                "recipe.batch_size=64", "active.initial_size=40", "active.query_size=40",
                                "active.rounds=2", "arms=[al-margin]", "analysis.enabled=false", "featvis.enabled=false",
                                "toy.enabled=false", "sae.max_images=40", "sae.stability=false", "sae.settings.steps=5",
@@ -403,7 +404,8 @@ def test_ids_of_a_parquet_dataset_reach_the_queries(tmp_path, capsys):
         labels = np.arange(n) % 3
         images = (rng.integers(0, 60, (n, 8, 8, 3)) + 80 * labels[:, None, None, None]).astype(np.uint8)
         write_hub_parquet(tmp_path / "snap" / "plain_text" / f"{split}-00000-of-00001.parquet", images, labels)
-    cfg = load_config("demo", ["data.name=hf:uoft-cs/cifar10", f"data.root={tmp_path / 'snap'}", "data.options={}",
+    cfg = load_config("demo", ["workers=1", "data.name=hf:uoft-cs/cifar10",
+                               f"data.root={tmp_path / 'snap'}", "data.options={}",
                                "seeds=[0]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=32",
                                "active.initial_size=12", "active.query_size=10", "active.rounds=1",
                                "arms=[al-margin]", "analysis.enabled=false", "featvis.enabled=false",

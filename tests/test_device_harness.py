@@ -67,6 +67,7 @@ def harness(monkeypatch):
 
 TINY = [
     "device=cpu",  # the harness stands in for the device on the CPU, also on a machine that has a GPU
+    "workers=1",  # one job at a time in the test process (the demo preset runs two side by side)
     "seeds=[0]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=64", "data.train_subset=400",
     "active.initial_size=40", "active.query_size=30", "active.rounds=1",
     "analysis.max_samples=120", "analysis.probe_samples=150", "analysis.tsne=false",

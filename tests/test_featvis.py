@@ -94,7 +94,7 @@ def test_featvis_command_on_a_finished_run(tmp_path, capsys):
     from conftest import run_cli
 
     out = tmp_path / "run"
-    args = ["run", "demo", "seeds=[0]", "arms=[baseline]", "model.width=4", "recipe.epochs=1",
+    args = ["run", "demo", "workers=1", "seeds=[0]", "arms=[baseline]", "model.width=4", "recipe.epochs=1",
             "analysis.enabled=false", "sae.enabled=false", "toy.enabled=false", "featvis.units=[1,2]", "featvis.settings.steps=2", "--out", out, "--quiet"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err

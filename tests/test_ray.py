@@ -26,6 +26,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.xdist_group("ray")  # one local Ray instance at a time, in one pytest-xdist worker
 
 TINY = [
+    "workers=1",  # one job at a time in the test process (the demo preset runs two side by side)
     "model.width=4", "recipe.epochs=1", "recipe.batch_size=128", "active.initial_size=40", "active.query_size=40",
     "active.rounds=2", "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false",
 ]

@@ -17,6 +17,7 @@ from superlens.rundir import RunDir
 from superlens.study import run_study
 
 TINY = [
+    "workers=1",  # one job at a time in the test process (the demo preset runs two side by side)
     "seeds=[0,1]", "model.width=4", "recipe.epochs=1", "recipe.batch_size=128",
     "active.initial_size=40", "active.query_size=40", "active.rounds=2", "analysis.enabled=false",
     "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false",
@@ -395,25 +396,40 @@ def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries(tmp_path):
         tiny_config("arms=[al-nope@2]")
 
 
-def test_a_driver_without_the_workers_gpu_computes_cka_on_its_cpu(tmp_path):
-    """Ray jobs told device=cuda and a driver without a GPU: the driver's CKA runs on its CPU instead of
-    raising before the summary (which left a run without summary or report, and every resume failing)."""
+def test_cka_comes_from_the_jobs_kept_features_and_a_driver_without_the_workers_gpu_needs_none(tmp_path):
+    """The AL arms' analyses keep their test features (features.npz), so the driver's CKA needs no data
+    and no device, and equals CKA of the two models' features captured afresh. For a run from before
+    them (features missing) and Ray jobs told device=cuda with a driver without a GPU, the driver
+    captures on its CPU instead of raising before the summary."""
     from dataclasses import replace
 
-    from superlens.rundir import RunDir
+    from superlens.analysis.features import capture
+    from superlens.analysis.similarity import linear_cka
+    from superlens.data import fixed_subset, load_spec
     from superlens.specs import stage_specs
     from superlens.study.jobs import plan
     from superlens.study.run import StageClock, _similarities
+    from superlens.study.stages import final_model
 
     cfg = tiny_config("seeds=[0]", "arms=[al-margin,al-random]", "analysis.enabled=true", "analysis.max_samples=100",
-                 "analysis.probe_samples=100", "analysis.tsne=false")
+                      "analysis.probe_samples=100", "analysis.tsne=false")
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
-    similarity = RunDir(tmp_path).job("al-margin", 0).similarity
-    kept = json.loads(similarity.read_text())
-    similarity.unlink()
     specs = replace(stage_specs(cfg), device="cuda")
     jobs, _ = plan(specs, cfg["arms"], RunDir(tmp_path))
-    said = []
-    _similarities(jobs, specs, None, None, StageClock(None), said.append)
-    assert json.loads(similarity.read_text())["layers"] == pytest.approx(kept["layers"])
-    assert any("on the driver's CPU" in line for line in said) == (not torch.cuda.is_available())
+    margin, random_ = (next(j for j in jobs if getattr(j, "arm", None) == arm) for arm in ("al-margin", "al-random"))
+    splits = load_spec(specs.data)
+    test = fixed_subset(splits.test, 100)
+    fresh = [capture(final_model(job, splits), test, "layer4", pool="avg", recipe=job.recipe)["layer4"]
+             for job in (margin, random_)]
+    kept = json.loads(margin.paths.similarity.read_text())
+    assert kept["layers"]["layer4"] == pytest.approx(linear_cka(*fresh), abs=1e-6) and kept["images"] == 100
+    assert not RunDir(tmp_path).job("baseline", 0).features.exists()
+    for missing in (None, random_.paths.features):
+        margin.paths.similarity.unlink()
+        if missing is not None:
+            missing.unlink()
+        said = []
+        _similarities(jobs, specs, None, None, StageClock(None), said.append)
+        assert json.loads(margin.paths.similarity.read_text())["layers"] == pytest.approx(kept["layers"], abs=1e-6)
+        driver_cpu = any("on the driver's CPU" in line for line in said)
+        assert driver_cpu == (missing is not None and not torch.cuda.is_available())

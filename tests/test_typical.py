@@ -164,7 +164,8 @@ def test_low_budget_arms_and_initial_set_in_a_study(tmp_path):
     from superlens.rundir import RunDir
     from superlens.study import run_study
 
-    cfg = load_config("demo", ["seeds=[0]", "model.width=4", "recipe.epochs=1", "arms=[al-random,al-typiclust,al-probcover]",
+    cfg = load_config("demo", ["workers=1", "seeds=[0]", "model.width=4", "recipe.epochs=1",
+                               "arms=[al-random,al-typiclust,al-probcover]",
                                "active.initial_size=40", "active.query_size=30", "active.rounds=2", "active.initial=typiclust",
                                "analysis.enabled=false", "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false"])
     run_study(cfg, tmp_path, progress=False, log=lambda *_: None)

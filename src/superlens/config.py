@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "device": "auto",  # "auto", "cpu", "cuda", "cuda:1", ...
     "tracking": "none",  # "tensorboard" or "wandb": each job's rounds, SAE curves and psi per round as a tracked run
-    "executor": "local",  # "local": jobs one after another in this process; "ray": Ray tasks, in parallel
+    "executor": "local",  # "local": jobs on this machine (see workers); "ray": Ray tasks, in parallel
+    "workers": 1,  # executor=local: jobs side by side in this many processes, the torch threads split among them
     "ray": {
         "address": None,  # null: start Ray on this machine (or join RAY_ADDRESS when set); "host:port": that cluster
         "gpus_per_job": None,  # null: 1 when the cluster has GPUs, else 0; fractions share a GPU
@@ -234,6 +235,11 @@ def _check_study(cfg: dict[str, Any]) -> None:
     from superlens.active.strategies import REGISTRY, parse_arm
 
     need(cfg["executor"] in ("local", "ray"), f"executor must be 'local' or 'ray', got {cfg['executor']!r}")
+    workers = cfg["workers"]
+    need(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
+         f"workers must be a whole number >= 1, got {workers!r}")
+    need(workers == 1 or cfg["executor"] == "local",
+         f"workers={workers} is for executor=local; with executor=ray, ray.cpus_per_job sets how jobs share the CPUs")
     need(cfg["tracking"] in ("none", "tensorboard", "wandb"),
          f"tracking must be 'none', 'tensorboard' or 'wandb', got {cfg['tracking']!r}")
     seeds = cfg["seeds"]

@@ -24,7 +24,8 @@ ROUND_COLUMNS = [
 ]
 
 
-PLACEMENT = ("executor", "ray", "tracking")  # config keys that say where jobs run or report, not what they compute
+# config keys that say where jobs run or report, not what they compute
+PLACEMENT = ("executor", "workers", "ray", "tracking")
 
 
 class RunDir(RunLayout):

@@ -53,6 +53,7 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, spec: AnalysisS
         _conv_weight(model, spec.filter_layer), spec, seed, device,
     )
     result["timings"]["features"] = seconds
+    result["features"] = x  # the analysed test images' features (a study keeps them for CKA)
     return result
 
 

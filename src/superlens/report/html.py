@@ -32,12 +32,22 @@ LONG_TAIL = ("labeled_minority_share", "test_tail_accuracy", "test_head_accuracy
 
 
 def _precision_note(manifest: dict) -> str:
-    """", training in bf16 autocast" (or fp32, fp16) as the run's manifest records it; empty for older runs."""
+    """", training and evaluation in bfloat16" (or float32, float16) as the run's manifest records it; empty for
+    older runs."""
     precision = manifest.get("precision")
     if not precision:
         return ""
     layout = ", channels_last" if precision.get("channels_last") else ""
     return f", training and evaluation in {precision.get('autocast')}{layout}"
+
+
+def _workers_note(manifest: dict) -> str:
+    """"; 2 jobs side by side, 1 torch thread each" for a local run with workers > 1; empty otherwise."""
+    workers = manifest.get("workers") or 1
+    if manifest.get("executor") != "local" or workers == 1:
+        return ""
+    threads = manifest.get("torch_threads")
+    return f"; {workers} jobs side by side, {threads} torch thread{'s' if threads != 1 else ''} each"
 
 
 def _b64(png: bytes) -> str:
@@ -379,7 +389,8 @@ def _setup_rows(cfg: dict[str, Any], manifest: dict[str, Any], classes: list[str
                                    f"({sae_images['why']})"))
     if manifest:
         rows += [
-            ("device", f"{manifest.get('device')} ({manifest.get('device_name')})" + _precision_note(manifest)),
+            ("device", f"{manifest.get('device')} ({manifest.get('device_name')})" + _precision_note(manifest)
+             + _workers_note(manifest)),
             ("software", f"superlens {manifest.get('superlens')}, torch {manifest.get('torch')}, "
                          f"numpy {manifest.get('numpy')}, scikit-learn {manifest.get('scikit_learn')}"),
             ("git revision", str(manifest.get("git_revision"))

@@ -19,7 +19,7 @@ from superlens.models import config_model
 from superlens.report.html import build_report
 from superlens.rundir import RunDir
 from superlens.specs import FeatVisSettings, StageSpecs, featvis_spec, stage_specs
-from superlens.study.executors import run_local, run_ray
+from superlens.study.executors import run_local, run_ray, run_workers
 from superlens.study.jobs import ArmJob, JobResult, plan
 from superlens.study.summary import summarize
 from superlens.tracking import check_available
@@ -104,7 +104,10 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
             device = resolve_device(specs.device)
             splits = type(splits)(splits.train.to(device), splits.test.to(device))
             clock.add("data", "study", time.perf_counter() - t0)
-            results = run_local(jobs, deps, splits, device, progress, log)
+            if cfg["workers"] > 1:
+                results = run_workers(jobs, deps, cfg["workers"], job_threads(cfg), log)
+            else:
+                results = run_local(jobs, deps, splits, device, progress, log)
         for result in results:
             for stage, seconds in result.seconds.items():
                 clock.add(stage, result.job, seconds)
@@ -126,8 +129,9 @@ def run_study(cfg: dict[str, Any], out: str | Path, progress: bool = True, log=p
 
 
 def _similarities(jobs, specs: StageSpecs, splits, device, clock: StageClock, log) -> None:
-    """CKA of every finished AL arm against al-random of its seed (``similarity.json``), on the driver."""
-    from superlens.study.stages import similarity_stage
+    """CKA of every finished AL arm against al-random of its seed (``similarity.json``), on the driver,
+    from the features the jobs' analyses kept (on a run from before them, captured again here)."""
+    from superlens.study.stages import kept_features, similarity_stage
 
     arms = {(j.arm, j.seed): j for j in jobs if isinstance(j, ArmJob)}
     pairs = [(job, arms[("al-random", job.seed)]) for (arm, seed), job in arms.items()
@@ -136,7 +140,9 @@ def _similarities(jobs, specs: StageSpecs, splits, device, clock: StageClock, lo
              and not a.paths.similarity.exists()]
     if not pairs:
         return
-    if device is None:  # Ray ran the jobs: the driver loads the data itself, on its own GPU or its CPU
+    if all(kept_features(job, job.analysis.layer) is not None for pair in pairs for job in pair):
+        splits = device = None  # CKA from the features the jobs kept: no data, no device
+    elif device is None:  # a run from before the kept features, by Ray: the driver loads the data itself
         try:
             device = resolve_device(specs.device)
         except UserError:  # device=cuda for the workers, and a driver without a GPU
@@ -196,6 +202,11 @@ def _precision(cfg: dict[str, Any], device: torch.device | None) -> dict[str, An
     return precision_record(stage_specs(cfg).recipe, device if device is not None else torch.device("cpu"))
 
 
+def job_threads(cfg: dict[str, Any]) -> int:
+    """The torch threads of each local job: this process's, divided among ``workers``."""
+    return max(1, torch.get_num_threads() // cfg["workers"])
+
+
 def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None, started: float, clock: StageClock,
                    revisions: list[str]) -> None:
     import sklearn
@@ -209,7 +220,7 @@ def write_manifest(run: RunDir, cfg: dict[str, Any], device: torch.device | None
         "device": str(device) if device is not None else "per Ray worker (see worker.json in each job folder)",
         "device_name": (torch.cuda.get_device_name(device) if device is not None and device.type == "cuda"
                         else platform.processor() or "cpu"),
-        "torch_threads": torch.get_num_threads(), "seeds": cfg["seeds"],
+        "workers": cfg["workers"], "torch_threads": job_threads(cfg), "seeds": cfg["seeds"],
         "precision": _precision(cfg, device),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "this_invocation_seconds": round(time.time() - started, 3), "job_seconds": jobs_,

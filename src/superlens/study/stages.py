@@ -131,10 +131,13 @@ def analysis_stage(job: ArmJob, splits: DatasetSplits, device) -> None:
 
     result = analyze_model(final_model(job, splits), splits, job.analysis, job.recipe, job.seed, device)
     result["capture_dtype"] = capture_dtype_name(job.recipe, device)  # the precision the features were captured in
-    coords, labels = result.pop("tsne"), result.pop("labels")
+    coords, labels, features = result.pop("tsne"), result.pop("labels"), result.pop("features")
     if coords is not None:
         with atomic_path(job.paths.tsne) as tmp, open(tmp, "wb") as f:
             np.savez(f, coords=coords.astype(np.float32), labels=labels)
+    if job.arm != "baseline":  # CKA against al-random reads them: the driver then needs no device and no capture
+        with atomic_path(job.paths.features) as tmp, open(tmp, "wb") as f:
+            np.savez(f, features=features.astype(np.float32), layer=job.analysis.layer)
     write_json(job.paths.analysis, result)
 
 
@@ -249,20 +252,37 @@ def _per_round_psi(job: ArmJob, splits: DatasetSplits, train, device, final: dic
     return out
 
 
-def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits, device) -> dict[str, Any]:
+def similarity_stage(arm: ArmJob, control: ArmJob, splits: DatasetSplits | None = None, device=None) -> dict[str, Any]:
     """Linear CKA between the features of ``arm``'s and ``control``'s final models on the analysed test
-    images, at the analysis layer (as analysed: same pooling, same images)."""
-    from superlens.analysis.features import capture
+    images, at the analysis layer (as analysed: same pooling, same images): from the features both
+    jobs' analysis kept (``features.npz``), on the CPU; for a run that predates them, captured again
+    here from ``splits`` on ``device``."""
     from superlens.analysis.similarity import linear_cka
 
     spec = arm.analysis
-    test = fixed_subset(splits.test, spec.max_samples)
-    kw = dict(pool=spec.pool, recipe=arm.recipe, device=device, repeat_block=spec.repeat_block)
-    x = capture(final_model(arm, splits), test, spec.layer, **kw)[spec.layer]
-    y = capture(final_model(control, splits), test, spec.layer, **kw)[spec.layer]
-    result = {"against": control.arm, "layers": {spec.layer: linear_cka(x, y)}, "images": len(test)}
+    kept = [kept_features(job, spec.layer) for job in (arm, control)]
+    if kept[0] is not None and kept[1] is not None:
+        x, y = kept
+    elif splits is None:
+        raise UserError(f"{arm.label}: CKA needs the data: {arm.paths.features} or {control.paths.features} is missing")
+    else:
+        from superlens.analysis.features import capture
+
+        test = fixed_subset(splits.test, spec.max_samples)
+        kw = dict(pool=spec.pool, recipe=arm.recipe, device=device, repeat_block=spec.repeat_block)
+        x = capture(final_model(arm, splits), test, spec.layer, **kw)[spec.layer]
+        y = capture(final_model(control, splits), test, spec.layer, **kw)[spec.layer]
+    result = {"against": control.arm, "layers": {spec.layer: linear_cka(x, y)}, "images": len(x)}
     write_json(arm.paths.similarity, result)
     return result
+
+
+def kept_features(job: ArmJob, layer: str) -> np.ndarray | None:
+    """The analysed test images' features at ``layer`` that the job's analysis kept, or None."""
+    if not job.paths.features.exists():
+        return None
+    with np.load(job.paths.features) as kept:
+        return kept["features"] if str(kept["layer"]) == layer else None
 
 
 def featvis_stage(job: ArmJob, splits: DatasetSplits, device, layer: str | None = None, units=None,
@@ -300,6 +320,7 @@ def _record_worker(paths: JobPaths) -> None:
         except (UserError, OSError):  # a half-written record from a killed worker
             attempts = 0
     write_json(paths.worker, {"pid": os.getpid(), "host": socket.gethostname(), "attempts": attempts + 1,
+                              "torch_threads": torch.get_num_threads(),
                               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                               "gpu_uuid": _gpu_uuid(), "started": time.time()})
 
