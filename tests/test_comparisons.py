@@ -165,6 +165,12 @@ def test_per_round_metrics_and_compute_in_rounds_csv(study):
     assert html.index("Verdict: each strategy against random sampling") < html.index("Setup")
     assert "Representation over the labelling budget" in html and "optimizer steps" in html
     assert "Representation quality (class separation)" in html
+    # the dose without an A/A arm and without SAEs: class mix, margin and typicality, no verdict
+    dose = summary["arms"]["al-margin"]["dose"]
+    assert dose["seeds"] == [0, 1, 2] and dose["reference_arm"] is None and dose["changed_the_data"] is None
+    assert dose["final"]["latent_js"]["mean"] is None and 0 <= dose["final"]["class_js"]["mean"] <= 1
+    assert "dose" not in summary["arms"]["al-random"] and "dose" not in summary["arms"]["baseline"]
+    assert "no A/A arm to compare with" in html
 
 
 def test_signflip_with_three_seeds_is_called_unreachable(tmp_path):

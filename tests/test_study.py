@@ -380,8 +380,12 @@ def test_checkpoints_hold_no_pickled_code_and_round_trip_strategy_state(tmp_path
         load_checkpoint(tmp_path / "checkpoint.pt")
 
 
-def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries(tmp_path):
-    cfg = tiny_config("arms=[al-random,al-random@2]", "seeds=[0]")
+def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries_and_sets_the_dose_yardstick(tmp_path):
+    cfg = tiny_config("arms=[al-least_confidence,al-random,al-random@2]", "seeds=[0]", "analysis.enabled=true",
+                      "analysis.max_samples=100", "analysis.probe_samples=100", "analysis.tsne=false",
+                      "sae.enabled=true", "sae.floor=false", "sae.stability=false", "sae.max_images=100",
+                      "sae.settings.steps=5", "sae.settings.batch_size=64", "sae.superposition.max_steps=100",
+                      "sae.superposition.window=50", "sae.superposition.batch_size=64")
     summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     run = RunDir(tmp_path)
     a = json.loads(run.job("al-random", 0).done.read_text())["records"]
@@ -390,6 +394,25 @@ def test_an_a_a_replicate_shares_round_0_and_draws_its_own_queries(tmp_path):
     pa, pb = np.load(run.job("al-random", 0).pool), np.load(run.job("al-random@2", 0).pool)
     assert np.array_equal(pa == 0, pb == 0) and not np.array_equal(pa, pb)  # later queries differ
     assert "vs_random" in summary["arms"]["al-random@2"]
+    # the dose: each arm's labelled set against al-random's, read from the seed's round-0 reference
+    from superlens.analysis.dose import arm_dose
+    from superlens.study.dose import load_reference
+
+    reference = load_reference(run.round0(0).dose)
+    latents = json.loads(run.job("al-random", 0).sae.read_text())["latents"]  # the decoding SAE's settings
+    assert reference.fires.shape == (len(pa), latents) and len(reference.margin) == len(pa)
+    assert "dose" not in summary["arms"]["al-random"]
+    for arm, yardstick in (("al-least_confidence", "al-random@2"), ("al-random@2", None)):
+        block = summary["arms"][arm]["dose"]
+        assert block["reference_arm"] == yardstick and block["seeds"] == [0]
+        by_hand = arm_dose(reference, np.load(run.job(arm, 0).pool), pa)
+        assert [r["round"] for r in block["per_round"]] == [0, 1, 2] and block["per_round"][0]["class_js"] == 0
+        for measure in ("class_js", "latent_js", "margin_shift", "typicality_shift"):
+            assert block["final"][measure]["per_seed"] == [pytest.approx(by_hand[-1][measure])]
+    lc = summary["arms"]["al-least_confidence"]["dose"]
+    assert lc["changed_the_data"] is not None and lc["final"]["latent_js"]["mean"] > 0
+    assert summary["arms"]["al-random@2"]["dose"]["changed_the_data"] is None
+    assert "Dose: how far each arm" in (tmp_path / "report.html").read_text()
     with pytest.raises(UserError, match="integer k >= 2"):
         tiny_config("arms=[al-random@1]")
     with pytest.raises(UserError, match="unknown strategy 'nope' in arm 'al-nope@2'"):

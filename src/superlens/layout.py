@@ -41,6 +41,7 @@ class JobPaths:
     sae = _file("sae.json")
     similarity = _file("similarity.json")  # CKA against al-random's model of the same seed
     features = _file("features.npz")  # AL arms: the analysed test images' features at the analysis layer, for CKA
+    dose = _file("dose.npz")  # round 0 only: margin, typicality and latents of every pool image, the dose's reference
     round_psi = _file("psi.json")  # round 0 only: psi of the shared round-0 model, measured once for every arm
     error = _file("error.txt")  # the traceback of a failed attempt
     worker = _file("worker.json")  # where and how often the job ran
@@ -63,7 +64,7 @@ class JobPaths:
     def trained_outputs(self) -> list[Path]:
         """Everything derived from the trained model: dropped together when the model must be trained again."""
         return [self.done, self.model, self.optimizer, self.analysis, self.sae, self.tsne, self.features,
-                self.similarity, self.round_psi, *self.featvis_files()]
+                self.similarity, self.round_psi, self.dose, *self.featvis_files()]
 
 
 class RunLayout:

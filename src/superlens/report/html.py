@@ -14,7 +14,10 @@ from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import t_interval
 from superlens.report import figures
 from superlens.report.browse import feature_sections
+from superlens.report.dose import dose_rows
 from superlens.report.metrics import TABLES
+from superlens.report.metrics import fmt as _fmt
+from superlens.report.metrics import signed as _signed
 from superlens.fileio import read_json
 from superlens.rundir import RunDir
 
@@ -52,16 +55,6 @@ def _workers_note(manifest: dict) -> str:
 
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
-
-
-def _fmt(v: float | None) -> str:
-    if v is None or not np.isfinite(v):
-        return "n/a"
-    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-
-
-def _signed(v: float) -> str:
-    return ("+" if v > 0 else "") + _fmt(v)
 
 
 # (metric, family) in the order the verdict lists them
@@ -211,7 +204,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
-        similarity_rows=_similarity_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
+        similarity_rows=_similarity_rows(summary), dose_rows=dose_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
         toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
         n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
         compute=_compute_rows(summary), per_round_metrics=per_round,

@@ -1,4 +1,18 @@
-"""What each metric of a study's report means: one line per key, grouped as the report's tables are."""
+"""What each metric of a study's report means: one line per key, grouped as the report's tables are; and
+how the report writes a number."""
+
+import math
+
+
+def fmt(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def signed(v: float) -> str:
+    return ("+" if v > 0 else "") + fmt(v)
+
 
 SUPERPOSITION_DOCS = {
     "psi": "effective features per neuron: exp(entropy of the activity shares of the SAE latents another SAE seed "

@@ -38,6 +38,8 @@ class Round0Job(TrainingJob):
     active: ActiveSpec
     snapshot: SnapshotSpec | None
     baseline: JobPaths | None  # the trained baseline round 0 continues (active.start_from_baseline)
+    dose: bool = False  # keep the reference of every AL arm's dose (with analysis on)
+    sae: SAESpec | None = None  # the SAE images and settings of the dose's latents (with sae on)
 
     needs_gpu = True
 
@@ -46,7 +48,7 @@ class Round0Job(TrainingJob):
         return f"round0/seed{self.seed}"
 
     def outputs(self) -> dict[str, Path]:
-        return {"training": self.paths.done}
+        return {"training": self.paths.done, **({"dose": self.paths.dose} if self.dose else {})}
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
     if al:
         for seed in specs.seeds:
             add(Round0Job(seed=seed, paths=run.round0(seed), active=specs.active,
-                          baseline=run.job("baseline", seed) if from_baseline else None, **common),
+                          baseline=run.job("baseline", seed) if from_baseline else None,
+                          dose=specs.analysis is not None, sae=specs.sae, **common),
                 [f"baseline/seed{seed}"] if from_baseline else [])
         for arm in al:
             for seed in specs.seeds:

@@ -13,7 +13,7 @@ import numpy as np
 
 from superlens.data import DatasetSplits, fixed_subset, outside_pool
 from superlens.fileio import read_json, write_json
-from superlens.study.jobs import ArmJob
+from superlens.study.jobs import ArmJob, Round0Job
 
 
 def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +43,7 @@ def _superposition(model, train, spec, recipe, device, log=None, label: str = ""
                                  layer_name=spec.layer, device=device, progress=progress, **asdict(spec.superposition))
 
 
-def measurement_images(job: ArmJob, splits: DatasetSplits, device):
+def measurement_images(job: ArmJob | Round0Job, splits: DatasetSplits, device):
     """The images whose layer vectors the job's SAEs are trained on, and what sae.json records of them.
 
     With ``sae.images=outside_pool`` (the default): ``sae.max_images`` training images outside the pool,

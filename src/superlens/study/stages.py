@@ -26,6 +26,7 @@ from superlens.fileio import atomic_path, read_json, write_json
 from superlens.layout import JobPaths
 from superlens.models import trained_model
 from superlens.study.jobs import ArmJob, Job, JobResult, Round0Job, ToyJob
+from superlens.study.dose import dose_reference_stage
 from superlens.study.measure import _sae_vectors, _superposition, init_floor, kept_protocol, measurement_images
 from superlens.training import resolve_device
 
@@ -81,6 +82,8 @@ def _round0(job: Round0Job, splits, device, progress, log, seconds) -> None:
     _timed(seconds, "training", lambda: run_round0(
         job.seed, job.paths, splits, device, model=job.model, recipe=job.recipe, active=job.active,
         snapshot=job.snapshot, baseline=job.baseline, progress=progress))
+    if job.dose and not job.paths.dose.exists():
+        _timed(seconds, "dose", lambda: dose_reference_stage(job, splits, device, log))
 
 
 def _arm(job: ArmJob, splits, device, progress, log, seconds) -> None:

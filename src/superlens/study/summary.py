@@ -20,6 +20,7 @@ from superlens.analysis.stats import (CI_METHOD, TESTS, accuracy_matched, adjust
 from superlens.errors import UserError
 from superlens.fileio import read_json, write_json
 from superlens.rundir import RunDir
+from superlens.study.dose import study_dose
 
 
 def jobs(cfg: dict[str, Any]) -> list[tuple[str, int]]:
@@ -227,6 +228,8 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "arms": arms,
     }
     summary["primary"] = _primary(cfg["stats"]["primary"], values, arms)
+    for arm, block in study_dose(run, list(arms), cfg["seeds"]).items():
+        arms[arm]["dose"] = block
     images = _sae_images(run, finished)
     if images is not None:
         summary["sae_images"] = images
