@@ -50,7 +50,7 @@ def test_intervals_cut_to_the_range_of_an_accuracy_keep_their_coverage():
     assert cut == whole
     assert stats.t_interval([0.99, 1.0, 0.98])[1] > 1.0 and stats.t_interval([0.99, 1.0, 0.98], bounds=(0, 1))[1] == 1.0
     assert stats.metric_bounds("aubc") == (0.0, 1.0) and stats.metric_bounds("sae_spliced_accuracy") == (0.0, 1.0)
-    assert stats.metric_bounds("silhouette") is None
+    assert stats.metric_bounds("silhouette") is None and stats.metric_bounds("psi_clears_floor") == (0.0, 1.0)
 
 
 def test_paired_tests_against_hand_enumeration_and_scipy():

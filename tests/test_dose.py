@@ -85,3 +85,16 @@ def test_labelled_sets_by_round_from_the_pool_file():
 def test_within_the_aa_arms_spread(values, expected):
     aa = {"class_js": [0.03, 0.01], "margin_shift": [0.05, -0.1]}
     assert within_reference(values, aa) is expected
+
+
+def test_the_smallest_detectable_psi_effect_in_planted_features_per_neuron():
+    from superlens.study.summary import _in_planted_features
+
+    primary = {"metric": "psi", "arms": {"al-margin": {"detectable_effect_80": 0.06}, "al-badge": {}}}
+    planted = {"response": [{"psi_rise_per_planted_per_neuron": 0.9}, {"psi_rise_per_planted_per_neuron": 0.3}]}
+    _in_planted_features(primary, planted)  # read at the largest K planted: 0.06 / 0.3
+    assert primary["arms"]["al-margin"]["detectable_in_planted_per_neuron"] == pytest.approx(0.2)
+    assert primary["arms"]["al-badge"]["detectable_in_planted_per_neuron"] is None
+    flat = {"response": [{"psi_rise_per_planted_per_neuron": 0.0}]}
+    _in_planted_features(primary, flat)  # a control that did not respond converts nothing
+    assert primary["arms"]["al-margin"]["detectable_in_planted_per_neuron"] is None

@@ -1,4 +1,5 @@
 import csv
+from dataclasses import asdict
 import json
 from pathlib import Path
 
@@ -317,6 +318,20 @@ def test_psi_per_active_learning_round(tmp_path):
     build_report(run, summarize(run))
     html = (tmp_path / "report.html").read_text()
     assert "at the level of an untrained network for\n1 of 2 models (al-random@2 seed 0)" in html
+    # the positive control: one job of the study (al-random, first seed) plants K = 0.5 N and N directions
+    from superlens.analysis.controls import planted_response
+    from superlens.analysis.sae import vector_labels
+    from superlens.study.measure import _sae_vectors
+
+    planted = sae["planted"]
+    assert twin["planted"] is None and planted["model"] == "al-random/seed0"
+    assert [r["planted"] for r in planted["response"]] == [16, 32]  # 32 channels at width 4
+    _, vectors = _sae_vectors(final_model(job, splits), train, job.sae, job.recipe, torch.device("cpu"))
+    again = planted_response(vectors, vector_labels(train.labels.numpy(), len(vectors)), [16, 32], plant_seed=0,
+                             **asdict(job.sae.superposition))
+    assert again["response"] == pytest.approx(planted["response"]) and again["psi"] == pytest.approx(final["psi"])
+    assert summarize(run)["planted_response"]["response"] == pytest.approx(planted["response"])
+    assert "Positive control (measured on al-random/seed0)" in html
 
 
 @pytest.mark.parametrize("extra, source, why", [

@@ -154,6 +154,9 @@ def test_the_protocol_settings_are_config_keys():
     assert stage_specs(cfg).sae.superposition.seeds == 2 and stage_specs(cfg).sae.superposition.k == 8
     with pytest.raises(UserError, match="unknown sae.superposition key 'kk'"):
         load_config("demo", ["sae.superposition.kk=8"])
+    assert stage_specs(load_config("demo", ["sae.planted=[]"])).sae.planted == ()
+    with pytest.raises(UserError, match="sae.planted must be"):
+        load_config("demo", ["sae.planted=[0.5,-1]"])
 
 
 def test_decoder_cosines_on_an_accelerator_path_equal_the_float64_ones():

@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         "max_images": 5000,  # training images whose activations train the SAE
         "images": "outside_pool",  # outside_pool (training images no arm can label, when there are max_images) | pool
         "floor": True,  # psi of the seed's network at its initial weights on the same images (sae.json "floor")
+        "planted": [0.5, 1.0],  # planted features per neuron of the positive control, once per study ([]: off)
         "stability": False,  # train a second decoding SAE (another seed) and match decoders (sae_stability)
         "per_round": False,  # also psi for the model of every active-learning round (keeps each round's weights)
         "settings": {},  # the decoding SAE: any SAESettings field: kind, expansion, k, l1, steps, batch_size, lr, ...

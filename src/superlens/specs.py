@@ -289,7 +289,8 @@ class SAESpec(Spec):
     SECTION = "sae"
     RULES = {"layer": text(), "pooled": boolean(), "max_images": integer(1), "stability": boolean(),
              "per_round": boolean(), "test_images": integer(1), "topk": integer(1),
-             "images": one_of("outside_pool", "pool"), "floor": boolean()}
+             "images": one_of("outside_pool", "pool"), "floor": boolean(),
+             "planted": sequence_of(number(0, lo_open=True), nonempty=False)}
 
     layer: str = "layer4"  # one vector per image and position of this layer (post-ReLU block output)
     pooled: bool = False  # one spatially averaged vector per image instead
@@ -300,6 +301,9 @@ class SAESpec(Spec):
     # psi of the seed's network at its initial weights (random, also for a pretrained model) on the same images,
     # measured once per seed for every arm: the floor a trained layer's psi is read against
     floor: bool = True
+    # the positive control: psi with K = ratio x neurons known sparse directions added to the layer's vectors, for
+    # each ratio, measured once per study (al-random's final model of the first seed, else the first arm's)
+    planted: tuple[float, ...] = (0.5, 1.0)
     stability: bool = False  # train a second decoding SAE (another seed) and match decoders
     per_round: bool = False  # also psi for the model of every active-learning round
     settings: SAESettings = SAESettings()  # the decoding SAE (reconstruction, splicing, latent selectivity)

@@ -103,12 +103,13 @@ def recall(directions: np.ndarray, reproduced: list[np.ndarray], match: float) -
     return float(np.mean(per_seed)) if per_seed else 0.0
 
 
-def planted_response(x, labels=None, ks=None, *, seed: int = 0, frequency: float | None = None,
+def planted_response(x, labels=None, ks=None, *, plant_seed: int = 0, frequency: float | None = None,
                      magnitude: float | None = None, device=None, **settings) -> dict:
     """psi of ``x`` and of ``x`` with K planted directions for each K in ``ks`` (default N/2 and N).
 
     ``frequency`` and ``magnitude`` default to the median firing frequency and active magnitude of the
-    latents the protocol finds in ``x`` itself. Returns the base measurement's psi and, per K: psi, its
+    latents the protocol finds in ``x`` itself; ``plant_seed`` draws the directions and where they are present
+    (``settings``, the protocol's, may carry its own ``seed`` for the SAEs). Returns the base measurement's psi and, per K: psi, its
     SAE-seed SD, the rise in psi per planted feature per neuron ((psi_K - psi_0) / (K / N)) and the recall
     of the planted directions."""
     from superlens.specs import SuperpositionSettings
@@ -126,8 +127,8 @@ def planted_response(x, labels=None, ks=None, *, seed: int = 0, frequency: float
                         "latent to copy them from, so pass frequency= and magnitude=")
     rows = []
     for i, k in enumerate(ks):
-        directions = planted_directions(neurons, k, seed=seed + 1 + i)
-        m = measure_superposition(plant(x, directions, frequency, magnitude, seed=seed + 101 + i), labels=labels,
+        directions = planted_directions(neurons, k, seed=plant_seed + 1 + i)
+        m = measure_superposition(plant(x, directions, frequency, magnitude, seed=plant_seed + 101 + i), labels=labels,
                                   device=device, details=True, **settings)
         rows.append({"planted": k, "planted_per_neuron": k / neurons, "psi": m["psi"], "psi_sd": m["psi_sd"],
                      "psi_rise_per_planted_per_neuron": (m["psi"] - base["psi"]) / (k / neurons),

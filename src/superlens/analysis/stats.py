@@ -52,9 +52,9 @@ def t_interval(values, confidence: float = 0.95, bounds: tuple[float, float] | N
 
 
 def metric_bounds(name: str) -> tuple[float, float] | None:
-    """The range of a study metric where it has one: accuracies and the area under the
-    accuracy curve (a mean accuracy) lie in [0, 1]."""
-    return (0.0, 1.0) if name.endswith("accuracy") or name == "aubc" else None
+    """The range of a study metric where it has one: accuracies, the area under the accuracy curve (a mean
+    accuracy) and the share of seeds whose psi clears its floor lie in [0, 1]."""
+    return (0.0, 1.0) if name.endswith("accuracy") or name in ("aubc", "psi_clears_floor") else None
 
 
 def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, float | list[float]]:

@@ -1,5 +1,6 @@
-"""The report's dose table: how far each AL arm's labelled set is from al-random's (``summary.json``'s
-``dose``), at the final round, with the A/A arm's values and the verdict in words."""
+"""The report's controls of what the study's data and instrument could show: the dose table (how far each
+AL arm's labelled set is from al-random's, ``summary.json``'s ``dose``, with the A/A arm's values and the
+verdict in words) and the planted-feature response (what change in features psi sees on this layer)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,16 @@ def dose_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"arm": arm, "cells": cells, "words": words, "changed": changed,
                      "seeds": len(block["seeds"])})
     return rows
+
+
+def planted_rows(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The planted-feature control: per K, psi, its rise per planted feature per neuron and the recall."""
+    planted = summary.get("planted_response")
+    if not planted:
+        return None
+    rows = [{"planted": r["planted"], "per_neuron": fmt(r["planted_per_neuron"]),
+             "psi": f"{fmt(r['psi'])} (SD {fmt(r['psi_sd'])})", "rise": fmt(r["psi_rise_per_planted_per_neuron"]),
+             "recall": fmt(r["recall"]), "weak": r["psi_rise_per_planted_per_neuron"] < 0.5}
+            for r in planted["response"]]
+    return {"model": planted["model"], "psi": fmt(planted["psi"]), "frequency": fmt(planted["frequency"]),
+            "magnitude": fmt(planted["magnitude"]), "rows": rows, "weak": any(r["weak"] for r in rows)}

@@ -14,7 +14,7 @@ from superlens.analysis.snapshot import ROUND_METRICS
 from superlens.analysis.stats import t_interval
 from superlens.report import figures
 from superlens.report.browse import feature_sections
-from superlens.report.dose import dose_rows
+from superlens.report.dose import dose_rows, planted_rows
 from superlens.report.metrics import TABLES
 from superlens.report.metrics import fmt as _fmt
 from superlens.report.metrics import signed as _signed
@@ -123,7 +123,8 @@ def _primary_rows(summary: dict[str, Any]) -> dict[str, Any] | None:
         rows.append({"arm": arm, "difference": f"{_signed(p['difference'])} [{_fmt(lo)}, {_fmt(hi)}]",
                      "p": _fmt(p["p_value"]), "sig": p["significant"], "matched": at_acc,
                      "detectable": _fmt(p["detectable_effect_80"]),
-                     "needed": str(p["seeds_for_observed_effect"]) if p["seeds_for_observed_effect"] else "more than 1,000"})
+                     "needed": str(p["seeds_for_observed_effect"]) if p["seeds_for_observed_effect"] else "more than 1,000",
+                     "in_planted": _fmt(p.get("detectable_in_planted_per_neuron"))})
     return {"metric": primary["metric"], "rows": rows, "n": len(summary.get("seeds", []))}
 
 
@@ -204,7 +205,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         metric_rows=_metric_rows(summary, "main"),
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
-        similarity_rows=_similarity_rows(summary), dose_rows=dose_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
+        similarity_rows=_similarity_rows(summary), dose_rows=dose_rows(summary), planted=planted_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
         toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
         n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
         compute=_compute_rows(summary), per_round_metrics=per_round,

@@ -65,6 +65,7 @@ class ArmJob(TrainingJob):
     baseline: JobPaths | None  # the trained baseline round 0 continued, if it did
     tracking: Tracking | None = None  # where its rounds and SAE curves are mirrored (tracking: tensorboard|wandb)
     floor: Path | None = None  # the seed's initialized-network psi, measured once for every arm of the seed
+    planted: bool = False  # this job measures the study's planted-feature response (one job per study)
 
     needs_gpu = True
 
@@ -140,8 +141,10 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
         jobs.append(job)
         deps[job.label] = needs
 
+    planter = "al-random" if "al-random" in arms else arms[0]  # its first seed's job measures the planted response
+
     def arm_job(arm: str, seed: int, active: ActiveSpec | None) -> ArmJob:
-        return ArmJob(arm=arm, seed=seed, paths=run.job(arm, seed), active=active, analysis=specs.analysis,
+        return ArmJob(arm=arm, seed=seed, planted=arm == planter and seed == first, paths=run.job(arm, seed), active=active, analysis=specs.analysis,
                       sae=specs.sae, featvis=specs.featvis if seed == first else None,
                       round0=run.round0(seed) if active is not None else None,
                       baseline=run.job("baseline", seed) if active is not None and from_baseline else None,

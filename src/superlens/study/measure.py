@@ -110,3 +110,21 @@ def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[st
     return {"psi": protocol["psi"], "psi_sd": protocol["psi_sd"], "converged": protocol["converged"],
             "steps": protocol["steps"], "weights": "initial (random, the seed's own draw)",
             **floor_verdict(final["psi"], final["psi_sd"], protocol["psi"], protocol["psi_sd"])}
+
+
+def planted_control(job: ArmJob, vectors: np.ndarray, train, device, log=None) -> dict[str, Any]:
+    """The positive control on this layer at the study's settings: psi of the layer's own vectors with
+    K = ratio x neurons known sparse directions added, for each ratio of ``sae.planted``, at the median
+    firing frequency and magnitude of the latents the protocol finds in them; per K the rise of psi per
+    planted feature per neuron and the recall of the planted directions (``controls.planted_response``)."""
+    from superlens.analysis.controls import planted_response
+    from superlens.analysis.sae import vector_labels
+
+    spec = job.sae
+    neurons = vectors.shape[1]
+    ks = sorted({max(1, round(ratio * neurons)) for ratio in spec.planted})
+    if log is not None:
+        log(f"{job.label}: the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
+    labels = vector_labels(train.labels.cpu().numpy(), len(vectors))
+    result = planted_response(vectors, labels, ks, plant_seed=job.seed, device=device, **asdict(spec.superposition))
+    return {**result, "model": job.label}

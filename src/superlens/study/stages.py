@@ -27,7 +27,8 @@ from superlens.layout import JobPaths
 from superlens.models import trained_model
 from superlens.study.jobs import ArmJob, Job, JobResult, Round0Job, ToyJob
 from superlens.study.dose import dose_reference_stage
-from superlens.study.measure import _sae_vectors, _superposition, init_floor, kept_protocol, measurement_images
+from superlens.study.measure import (_sae_vectors, _superposition, init_floor, kept_protocol, measurement_images,
+                                     planted_control)
 from superlens.training import resolve_device
 
 
@@ -171,9 +172,11 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     floor = init_floor(job, splits, train, device, protocol, log, measured["ids_sha256"]) if spec.floor else None
     if floor is not None:
         m.update(floor_metrics(floor))
+    planted = planted_control(job, train_vectors, train, device, log) if job.planted and spec.planted else None
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
-              "measurement_images": measured, "metrics": m, "superposition": protocol, "floor": floor}
+              "measurement_images": measured, "metrics": m, "superposition": protocol, "floor": floor,
+              "planted": planted}
     if spec.per_round:
         result["per_round"] = _per_round_psi(job, splits, train, device, protocol, log, measured["ids_sha256"])
     write_json(job.paths.sae, result)

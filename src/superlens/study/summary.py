@@ -228,6 +228,10 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "arms": arms,
     }
     summary["primary"] = _primary(cfg["stats"]["primary"], values, arms)
+    planted = _planted(run, finished)
+    if planted is not None:
+        summary["planted_response"] = planted
+        _in_planted_features(summary["primary"], planted)
     for arm, block in study_dose(run, list(arms), cfg["seeds"]).items():
         arms[arm]["dose"] = block
     images = _sae_images(run, finished)
@@ -237,6 +241,29 @@ def summarize(run: RunDir) -> dict[str, Any]:
         summary["paper_comparison"] = paper_comparison(cfg, arms)
     write_json(run.summary, summary)
     return summary
+
+
+def _planted(run: RunDir, finished) -> dict[str, Any] | None:
+    """The study's planted-feature control (measured by one job, sae.json ``planted``), or None."""
+    for arm, seed in finished:
+        path = run.job(arm, seed).sae
+        if path.exists():
+            planted = read_json(path).get("planted")
+            if planted:
+                return planted
+    return None
+
+
+def _in_planted_features(primary: dict[str, Any], planted: dict[str, Any]) -> None:
+    """Each primary psi comparison's smallest detectable effect in planted features per neuron: divided by
+    the rise of psi per planted feature per neuron at the largest K the control planted."""
+    if primary.get("metric") != "psi" or not planted.get("response"):
+        return
+    rise = planted["response"][-1]["psi_rise_per_planted_per_neuron"]
+    for entry in primary["arms"].values():
+        effect = entry.get("detectable_effect_80")
+        entry["detectable_in_planted_per_neuron"] = (none_if_nan(effect / rise) if effect is not None and rise > 0
+                                                     else None)
 
 
 def _sae_images(run: RunDir, finished) -> dict[str, Any] | None:
