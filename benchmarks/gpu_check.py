@@ -102,7 +102,9 @@ def steps(dry: bool, device: str, out: Path) -> list[tuple[str, int, list[str]]]
             "sae.settings.steps=20", "sae.settings.batch_size=128", "sae.per_round=true",
             "sae.superposition.max_steps=100", "sae.superposition.window=50", "featvis.units=[1,2]",
             "featvis.settings.steps=4", "toy.enabled=false", "active.mc_samples=3",
-            "active.strategy_options.cluster_margin.n_clusters=5", f"device={device}"]
+            "active.strategy_options.cluster_margin.n_clusters=5", f"device={device}",
+            *[f"active.strategy_options.{name}.{key}={value}" for name in ("latent_coverage", "interference")
+              for key, value in (("fit_images", 100), ("steps", 50), ("batch_size", 128))]]
     if dry:
         tiny.append("analysis.tsne=false")
     # the dry run checks the check's own steps; every strategy's engine run on the CPU is a test of the suite

@@ -75,6 +75,8 @@ TINY = [
     "sae.superposition.max_steps=100", "sae.superposition.window=50",  # the paths, not a converged psi
     "featvis.units=[1,2]", "featvis.settings.steps=3", "toy.enabled=false",
     "active.strategy_options.cluster_margin.n_clusters=5", "active.mc_samples=3",
+    *[f"active.strategy_options.{name}.{key}={value}" for name in ("latent_coverage", "interference")
+      for key, value in (("fit_images", 60), ("steps", 20), ("batch_size", 64))],
 ]
 
 

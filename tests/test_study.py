@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli
 from superlens.active.curves import aubc, label_efficiency, labels_to_reach
 from superlens.active.loop import load_checkpoint
+from superlens.fileio import read_json
 from superlens.active.pool import Pool, initial_set
 from superlens.config import load_config
 from superlens.specs import ActiveSpec
@@ -24,6 +25,9 @@ TINY = [
     "featvis.enabled=false", "sae.enabled=false", "toy.enabled=false",
 ]
 TIMING = ("query_seconds", "train_seconds")
+# the strategies that fit a latent lens each query, at sizes that test the path, not the lens
+LENS_OPTIONS = [f"active.strategy_options.{name}.{key}={value}" for name in ("latent_coverage", "interference")
+                for key, value in (("fit_images", 60), ("steps", 20), ("batch_size", 64))]
 
 
 def tiny_config(*extra):
@@ -236,12 +240,16 @@ def test_every_strategy_runs_in_the_engine(tmp_path):
 
     arms = ",".join(f"al-{name}" for name in REGISTRY)
     cfg = tiny_config(f"arms=[{arms}]", "seeds=[0]", "active.rounds=1", "recipe.epochs=1",
-                      "active.strategy_options.cluster_margin.n_clusters=5")
+                      "active.strategy_options.cluster_margin.n_clusters=5", *LENS_OPTIONS)
     summary = run_study(cfg, tmp_path, progress=False, log=lambda *_: None)
     assert set(summary["arms"]) == {f"al-{name}" for name in REGISTRY}
     for name in REGISTRY:
         pool = np.load(RunDir(tmp_path).job(f"al-{name}", 0).pool)
         assert (pool == 0).sum() == 40 and (pool == 1).sum() == 40
+    for name in ("latent_coverage", "interference"):  # the lens says what it looked through
+        row = read_json(RunDir(tmp_path).job(f"al-{name}", 0).done)["records"][1]
+        used, found = row["lens_latents"], row["lens_reproduced"]  # width 4: 32 channels, 128 latents
+        assert (used == found >= 16) or (used == 128 and found < 16), row
 
 
 def test_unknown_analysis_layer_fails_before_training(tmp_path, capsys):

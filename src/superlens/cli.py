@@ -97,12 +97,14 @@ _out_option = click.option("--out", type=click.Path(file_okay=False), default=No
 _quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1)
 @_out_option
 @_quiet_option
-def demo(out: str | None, quiet: bool) -> None:
-    """Run the built-in demo study (digits, narrow ResNet-18, baseline vs active learning)."""
-    _run("demo", (), out or "runs/demo", quiet)
+def demo(overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    """Run the built-in demo study (digits, narrow ResNet-18, baseline vs active learning), with key=value
+    overrides as `run demo` takes them (e.g. arms=[al-random,al-random@2,al-latent_coverage])."""
+    _run("demo", overrides, out or "runs/demo", quiet)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

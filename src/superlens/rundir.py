@@ -19,7 +19,7 @@ ROUND_COLUMNS = [
     "images_seen", "optimizer_steps", "images_seen_total", "optimizer_steps_total",
     "query_seconds", "train_seconds", "query_class_entropy", "query_class_hist",
     "test_balanced_accuracy", "test_ece", "query_minority_share", "labeled_minority_share", "test_head_accuracy",
-    "test_tail_accuracy",
+    "test_tail_accuracy", "lens_latents", "lens_reproduced",
     *ROUND_METRICS,  # the per-round superposition metrics (analysis.per_round), named as in summary.json
 ]
 

@@ -55,7 +55,9 @@ def query_inputs(
     """Everything ``needs`` asks for, from one evaluation pass (no augmentation) over the pool."""
     unlabeled = pool.unlabeled
     inputs = strategies.QueryInputs(pool_ids=unlabeled, labeled_ids=pool.labeled, state=state, device=device)
-    if not needs:
+    if "network" in needs:  # the strategy runs the model's layers itself
+        inputs.model, inputs.images, inputs.recipe = model, train, recipe
+    if not needs - {"network"}:
         return inputs
     scored = np.concatenate([unlabeled, pool.labeled]) if "labeled_embeddings" in needs else unlabeled
     result = evaluate(model, train, recipe, device=device, indices=scored)  # gathered per batch, no pool copy
@@ -368,6 +370,7 @@ def run_arm(arm: str, seed: int, paths: JobPaths, splits: DatasetSplits, device:
         result = evaluate(net, splits.test, recipe, device=device)
         row = _record(arm, seed, round_, len(pool.labeled), result, query_s, train_s, trained, labels[queried],
                       train.num_classes, records[-1], tail_classes(labels, train.num_classes), labels[pool.labeled])
+        row.update(inputs.record)  # what the strategy says of its query (the lens strategies: their latents)
         row.update(_snapshot(snapshot, net, splits, recipe, device))
         records.append(row)
         save_checkpoint(paths.checkpoint, {

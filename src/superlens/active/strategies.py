@@ -3,6 +3,8 @@
 Each strategy declares what it needs from the model (``probs``, ``embeddings``,
 ``labeled_embeddings``, ``mc_probs``); the loop computes exactly that in one pass
 over the pool with evaluation transforms and hands it over as :class:`QueryInputs`.
+A strategy that needs the ``network`` gets the model, the training split and the recipe
+instead, and reads the layers it wants itself.
 ``select`` returns positions into the unlabelled pool, best first; a strategy that ranks
 the pool by one score per image leaves it in ``inputs.scores`` (saved with the query).
 """
@@ -32,6 +34,10 @@ class QueryInputs:
     state: dict[str, Any] = field(default_factory=dict)  # kept between rounds by the loop
     scores: np.ndarray | None = None  # (n,) set by a strategy that ranks the pool by a score (higher: picked first)
     device: Any = None  # where the heavy parts may run: on an accelerator, k-center and k-means++ run there
+    model: Any = None  # the current model, for a strategy that needs the ``network`` (its layers)
+    images: Any = None  # the training split (an ImageDataset): pool_ids and labeled_ids index it
+    recipe: Any = None  # how the model reads images (normalisation, precision)
+    record: dict[str, Any] = field(default_factory=dict)  # what the strategy adds to the round's record
 
 
 def _accelerator(inputs: QueryInputs):
@@ -292,3 +298,64 @@ def _probcover(inputs, k, rng, delta: float | None = None, purity: float = 0.95,
                             device=_accelerator(inputs))
     inputs.state.setdefault("probcover_delta", []).append(used)
     return picks
+
+
+# --- strategies that look through the lens: SAE latents of the current model's layer -----
+
+def _lens(inputs: QueryInputs, rng, layer, fit_images, expansion, sae_k, steps, batch_size, match, min_latents,
+          labeled: bool = True):
+    """The round's latent lens (``superlens.active.latents``) and its (fires, pair) summaries of the
+    unlabelled pool and (``labeled``) of the labelled set, else None; the round's record says how many
+    latents the lens used (``lens_latents``) and how many the second seed reproduced (``lens_reproduced``):
+    the two are equal when the reproduced ones were used."""
+    from superlens.active.latents import fit_lens, summaries
+
+    net, data, recipe, device = inputs.model, inputs.images, inputs.recipe, inputs.device
+    lens = fit_lens(net, data, layer, recipe, device, rng, fit_images=fit_images, expansion=expansion, k=sae_k,
+                    steps=steps, batch_size=batch_size, match=match, min_latents=min_latents)
+    inputs.record.update({"lens_latents": int(lens.keep.sum()), "lens_reproduced": lens.reproduced})
+    ids = inputs.labeled_ids if inputs.labeled_ids is not None else np.zeros(0, np.int64)
+    return summaries(lens, net, data, inputs.pool_ids, layer, recipe, device), \
+        summaries(lens, net, data, ids, layer, recipe, device) if labeled else None
+
+
+# even out how often each reproduced latent appears in the labelled set (greedy, rare latents first)
+@register("latent_coverage", {"network"})
+def _latent_coverage(inputs, k, rng, layer: str = "layer4", fit_images: int = 1000, expansion: int = 4,
+                     sae_k: int = 4, steps: int = 600, batch_size: int = 512, match: float = 0.9,
+                     min_latents: int = 16):
+    """Fit the round's latent lens on ``layer`` (two TopK SAEs of ``expansion`` x channels latents and
+    ``sae_k`` active per vector, on ``fit_images`` pool images, at most ``steps`` steps of ``batch_size``;
+    the latents reproduced at decoder cosine ``match`` are used, or all of the first SAE's when fewer than
+    ``min_latents`` are), then pick greedily to maximise sum_j log(1 + c_j) over the used latents j, c_j
+    the labelled images on which j fires (``latents.coverage_picks``). The query's score of a picked image
+    is its gain when picked; of the others, their gain before the first pick."""
+    from superlens.active.latents import coverage_picks
+
+    (pool_fires, _), (labeled_fires, _) = _lens(inputs, rng, layer, fit_images, expansion, sae_k, steps,
+                                                batch_size, match, min_latents)
+    picks, gains, first = coverage_picks(pool_fires, labeled_fires, k, rng)
+    inputs.scores = first
+    inputs.scores[picks] = gains
+    return picks
+
+
+# images on which latents with overlapping decoder directions fire together; half the batch at random
+@register("interference", {"network"})
+def _interference(inputs, k, rng, layer: str = "layer4", fit_images: int = 1000, expansion: int = 4,
+                  sae_k: int = 4, steps: int = 600, batch_size: int = 512, match: float = 0.9,
+                  min_latents: int = 16, random_share: float = 0.5):
+    """Fit the round's latent lens as ``latent_coverage`` does, score every unlabelled image by its pair
+    interference (the share of its code energy on pairs of used latents, weighted by the pairs' decoder
+    |cosine|: ``superlens.active.latents``), and take the ``1 - random_share`` of the batch with the
+    largest scores, the rest uniformly at random. The random half keeps the labelled set spread over the
+    pool: the highest-scoring images alone are a narrow kind (few latents, strongly overlapping), and a
+    batch made only of them would teach the model about little else."""
+    from superlens.active.latents import interference_picks
+
+    if not 0.0 <= random_share <= 1.0:
+        raise UserError(f"interference: random_share must lie in [0, 1], got {random_share!r}")
+    (_, pair), _ = _lens(inputs, rng, layer, fit_images, expansion, sae_k, steps, batch_size, match, min_latents,
+                         labeled=False)
+    inputs.scores = pair
+    return interference_picks(pair, k, random_share, rng)
