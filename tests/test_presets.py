@@ -61,7 +61,7 @@ def test_devkar2024_tinyimagenet_replays_the_notebook():
 def test_corrected_presets(name):
     cfg = load_config(name)
     assert cfg["arms"] == ["baseline", "al-random", "al-random@2", "al-least_confidence", "al-margin", "al-entropy",
-                           "al-badge"]  # with the A/A control
+                           "al-badge", "al-latent_coverage", "al-interference"]  # with the A/A control and the lens arms
     assert len(cfg["seeds"]) == 10 and not any(cfg["quirks"].values())
     assert cfg["sae"]["per_round"] and cfg["stats"]["primary"] == "psi"  # psi at equal accuracy: the primary endpoint
     assert make_recipe(cfg["recipe"]).optimizer == "sgd"
