@@ -213,3 +213,8 @@ def test_capture_by_name_pooling_and_errors():
     assert not np.allclose(twice, out["layer4.1.conv2"].mean(axis=(2, 3)))
     with pytest.raises(UserError, match="unknown layer 'layer5'; available: conv1, bn1, relu, maxpool, layer1"):
         capture(model, train, "layer5")
+    both = capture(model, train, ["layer4", "layer4.1"], pool={"layer4": "flatten", "layer4.1": "avg"})  # one pass
+    assert np.allclose(both["layer4"], flat, atol=1e-6) and np.allclose(both["layer4.1"], avg, atol=1e-6)
+    assert list(capture(model, train, ["layer4", "layer4"], pool="avg")) == ["layer4"]
+    with pytest.raises(UserError, match="pool must be one of avg, max, flatten, none, got None for 'layer4.1'"):
+        capture(model, train, ["layer4", "layer4.1"], pool={"layer4": "avg"})

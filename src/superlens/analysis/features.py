@@ -59,7 +59,7 @@ def capture(
     data: ImageDataset,
     layers: str | Iterable[str],
     *,
-    pool: str = "avg",
+    pool: str | dict[str, str] = "avg",
     recipe: Recipe | None = None,
     batch_size: int = 512,
     device: torch.device | str | None = None,
@@ -69,16 +69,19 @@ def capture(
     """Outputs of each named module for every image of ``data``, as float32 arrays.
 
     ``pool``: ``avg`` or ``max`` over the spatial positions of 4-D outputs (one value
-    per channel), ``flatten`` (C*H*W values), or ``none`` (keep (C, H, W)).
+    per channel), ``flatten`` (C*H*W values), or ``none`` (keep (C, H, W)); a dict gives each
+    layer its own (one pass over the images for layers reduced differently).
     Inputs are normalized as ``recipe`` says (default: the standard recipe, i.e. the
     dataset's statistics at native size). ``repeat_block`` (e.g. ``"layer4.1"``) runs
     that block a second time on its own output and keeps what its inner modules
     produce the second time; it replays a known slip in the study's notebook and is
     for the paper preset only. ``progress(done, total)`` is called after each batch.
     """
-    if pool not in POOLINGS:
-        raise UserError(f"pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
-    names = [layers] if isinstance(layers, str) else list(layers)
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    pools = dict(pool) if isinstance(pool, dict) else {name: pool for name in names}
+    for name in names:
+        if pools.get(name) not in POOLINGS:
+            raise UserError(f"pool must be one of {', '.join(POOLINGS)}, got {pools.get(name)!r} for {name!r}")
     modules = {name: resolve_module(model, name) for name in names}
     recipe = recipe or RECIPES["standard"]
     device = torch.device(device) if device is not None else default_device()
@@ -101,7 +104,7 @@ def capture(
                 model(prepare_batch(pad_batch(images, batch_size, device), data, recipe, train=False))
             for name in names:
                 # reduced in float32 on the device; copied to the host without waiting for it
-                out = reduce_outputs(latest.pop(name)[: len(images)].float(), pool)
+                out = reduce_outputs(latest.pop(name)[: len(images)].float(), pools[name])
                 if name not in store:
                     store[name] = torch.empty((len(data),) + tuple(out.shape[1:]), dtype=torch.float32)
                 store[name][start : start + len(out)].copy_(out)

@@ -39,8 +39,12 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, spec: AnalysisS
     train = fixed_subset(splits.train, spec.probe_samples)
     t0 = time.perf_counter()
     kw = dict(recipe=recipe, device=device, repeat_block=spec.repeat_block)
-    x = capture(model, test, spec.layer, pool=spec.pool, **kw)[spec.layer]
-    units = capture(model, test, spec.neuron_layer, pool="avg", **kw)[spec.neuron_layer]
+    if spec.neuron_layer == spec.layer and spec.pool != "avg":  # one layer reduced two ways: two passes
+        x = capture(model, test, spec.layer, pool=spec.pool, **kw)[spec.layer]
+        units = capture(model, test, spec.neuron_layer, pool="avg", **kw)[spec.neuron_layer]
+    else:  # one pass for both layers
+        both = capture(model, test, [spec.layer, spec.neuron_layer], pool={spec.layer: spec.pool, spec.neuron_layer: "avg"}, **kw)
+        x, units = both[spec.layer], both[spec.neuron_layer]
     x_train = capture(model, train, spec.layer, pool=spec.pool, **kw)[spec.layer]
     seconds = time.perf_counter() - t0
     if (units < 0).any():
