@@ -8,7 +8,9 @@
 - host syncs: how many times one training step, one SAE step of the psi protocol and
   one device k-center query wait for the host (``torch.cuda.set_sync_debug_mode``;
   CUDA only, "n/a" on the CPU);
-- peak device memory of those steps.
+- peak device memory of those steps;
+- TF32: psi of the bench's G/N = 2 case with the SAEs' products in TF32 (the default on CUDA) and in
+  FP32, on the same vectors; TF32 passes when the two lie within the larger SAE-seed SD (CUDA only).
 
 On the CPU (``--device cpu``, the dry run) the "device" versions run on the CPU, so
 parity checks the code paths, not the hardware.
@@ -90,6 +92,16 @@ def main() -> None:
     sae_syncs = count_syncs(device, lambda: train_saes(vectors, settings, [0, 1, 2], device=device, classes=classes))
     kc_syncs = count_syncs(device, lambda: greedy_kcenter_dense(x, x[:5], 20, np.random.default_rng(1), device))
     peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.type == "cuda" else "n/a"
+    if device.type == "cuda":  # TF32 does nothing elsewhere
+        from superlens import measure_superposition
+        from superlens.analysis.groundtruth import synthetic_activations
+
+        bench = synthetic_activations(8000, 32, 64, active=2, magnitude="exponential", class_weight=2.0, seed=5)
+        psi = {tf32: measure_superposition(bench.x, labels=bench.labels, device=device, tf32=tf32) for tf32 in (False, True)}
+        sd = max(psi[False]["psi_sd"], psi[True]["psi_sd"])
+        rows.append(("psi with TF32 within the SAE-seed SD of FP32", abs(psi[True]["psi"] - psi[False]["psi"]) <= sd,
+                     f"fp32 {psi[False]['psi']:.3f} ({psi[False]['psi_sd']:.3f}), tf32 {psi[True]['psi']:.3f} "
+                     f"({psi[True]['psi_sd']:.3f}); steps {psi[False]['steps']} / {psi[True]['steps']}"))
     print(f"device {device}; torch {torch.__version__}")
     print("| probe | result | detail |")
     print("|---|---|---|")

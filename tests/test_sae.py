@@ -198,3 +198,22 @@ def test_picked_pre_activations_and_their_gradients_equal_the_dense_product_at_t
     dense = torch.gather(torch.baddbmm(b, x, W), 2, idx)
     assert torch.allclose(picked_pre(x, W, b, idx), dense, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x, W, b: picked_pre(x, W, b, idx), (x, W, b))
+
+
+def test_tf32_is_switched_on_for_cuda_products_only_and_restored():
+    from superlens.analysis.sae import matmul_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with matmul_precision(torch.device("cuda"), True):  # only the flag is set: no CUDA device is needed
+            assert torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+        for device, tf32 in ((torch.device("cuda"), False), (torch.device("cpu"), True)):
+            with matmul_precision(device, tf32):
+                assert not torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(RuntimeError), matmul_precision(torch.device("cuda"), True):
+            raise RuntimeError("a failure inside still restores the caller's setting")
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

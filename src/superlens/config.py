@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "filter_layer": "layer4.1.conv2",  # conv weights for the filter cosines
         "max_samples": 10000,  # test images analysed (a fixed stratified subset beyond this)
         "probe_samples": 10000,  # training images for the k-NN and linear probes
-        "tsne": True,
+        "tsne": True,  # false, or first_seed: the report's panels only (t-SNE leaves a GPU idle 6-25 s per job)
         "perplexity": 30.0,
         "topk": 100,  # top activating images per unit for the class entropy
         "knn_k": 10,
@@ -102,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
         "steps": 3000,
         "phase_grid": 6,  # sparsity x relative-importance grid of the n=2, m=1 phase diagram
         "selection": {"sparsity": 0.9, "pool": 20000, "budget": 2000, "initial": 500},
+        "questions": True,  # composition mediation, the memorisation curve, the lens strategies (docs/superposition.md)
     },
 }
 # Switches that replay what the study's notebooks did (Devkar 2024, arXiv 2412.16168).
@@ -217,6 +218,8 @@ def validate(cfg: dict[str, Any]) -> None:
 
     _check_study(cfg)
     need(cfg["analysis"]["headline_space"] in ("features", "tsne"), "analysis.headline_space must be features or tsne")
+    need(not (cfg["analysis"]["headline_space"] == "tsne" and cfg["analysis"]["tsne"] == "first_seed"),
+         "analysis.headline_space=tsne compares t-SNE metrics over every seed; use analysis.tsne=true with it")
     need(cfg["stats"]["test"] in TESTS, f"stats.test must be one of {', '.join(TESTS)}, got {cfg['stats']['test']!r}")
     need(isinstance(cfg["stats"]["primary"], str) and cfg["stats"]["primary"],
          f"stats.primary must name one metric (e.g. psi or test_accuracy), got {cfg['stats']['primary']!r}")

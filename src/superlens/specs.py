@@ -215,7 +215,7 @@ class AnalysisSpec(Spec):
     """The analyses of a job's final model."""
 
     SECTION = "analysis"
-    RULES = {**SnapshotSpec.RULES, "filter_layer": text(), "probe_samples": integer(1), "tsne": boolean(),
+    RULES = {**SnapshotSpec.RULES, "filter_layer": text(), "probe_samples": integer(1), "tsne": either(boolean(), one_of("first_seed")),
              "perplexity": number(0, lo_open=True), "topk": integer(1), "knn_k": integer(1)}
 
     layer: str = "layer4"  # features for geometry, t-SNE and sample cosines
@@ -224,7 +224,7 @@ class AnalysisSpec(Spec):
     pool: str = "avg"  # "avg", "max" or "flatten" over the layer's spatial positions
     max_samples: int = 10000  # test images analysed (a fixed stratified subset beyond this)
     probe_samples: int = 10000  # training images for the k-NN and linear probes
-    tsne: bool = True
+    tsne: bool | str = True  # "first_seed": only the study's first seed (the report's panels), not a per-seed metric
     perplexity: float = 30.0
     topk: int = 100  # top activating images per unit for the class entropy
     knn_k: int = 10
@@ -262,7 +262,7 @@ class SuperpositionSettings(Spec):
     RULES = {"seeds": integer(2), "k": integer(1), "expansion": integer(1), "max_steps": integer(1),
              "batch_size": integer(1), "lr": number(0, lo_open=True), "tolerance": number(0, lo_open=True),
              "window": integer(1), "match": number(0, 1, lo_open=True), "max_vectors": integer(2), "seed": integer(),
-             "class_gains": boolean()}
+             "class_gains": boolean(), "tf32": boolean()}
 
     seeds: int = 3  # SAEs per model; psi is their mean, psi_sd their SD
     k: int = 4  # active latents per vector
@@ -276,6 +276,7 @@ class SuperpositionSettings(Spec):
     max_vectors: int = 100_000  # a seeded sample of the rows beyond this
     seed: int = 0  # the first SAE seed; the others follow it
     class_gains: bool = True  # with labels, each SAE learns a gain per class and neuron (train_saes)
+    tf32: bool = True  # on CUDA, the SAEs' float32 products in TF32 (gpu_probe.py measures what it moves psi by)
 
     def sae_settings(self) -> "SAESettings":
         return SAESettings(kind="topk", expansion=self.expansion, k=self.k, steps=self.max_steps,
@@ -382,7 +383,7 @@ class ToySelection(Spec):
 class ToySpec(Spec):
     SECTION = "toy"
     RULES = {"n": integer(2), "m": integer(1), "sparsities": sequence_of(number(0, 1, hi_open=True)),
-             "steps": integer(1), "phase_grid": integer(2)}
+             "steps": integer(1), "phase_grid": integer(2), "questions": boolean()}
 
     n: int = 20  # features
     m: int = 5  # hidden dimensions
@@ -391,6 +392,7 @@ class ToySpec(Spec):
     phase_grid: int = 6  # sparsity x relative-importance grid of the n=2, m=1 phase diagram
     selection: ToySelection = ToySelection()
     seeds: tuple[int, ...] = (0,)  # the study's seeds: one selection experiment each
+    questions: bool = True  # composition mediation, the memorisation curve and the lens strategies (superlens.toy.questions)
 
     def __post_init__(self) -> None:
         super().__post_init__()

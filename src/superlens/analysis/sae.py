@@ -27,6 +27,8 @@ What is measured with a trained SAE (L0, FVU, splicing, ...) is ``sae_measures``
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -363,8 +365,24 @@ class SAEBatch:
     gains: np.ndarray | None = None  # (seeds, classes, d) class gains per neuron, when trained with classes
 
 
+@contextmanager
+def matmul_precision(device: torch.device, tf32: bool):
+    """TF32 tensor cores for the float32 products inside the block on CUDA (several times the FP32 rate on
+    the GPUs that have them; a 10-bit mantissa in the product, float32 accumulation); the caller's setting
+    is restored after. Nothing changes on other devices or with ``tf32=False``."""
+    if device.type != "cuda" or not tf32:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: float = 0.01, window: int = 250,
-               device=None, progress=None, classes=None) -> SAEBatch:
+               device=None, progress=None, classes=None, tf32: bool = True) -> SAEBatch:
     """Train one TopK (or L1) SAE per seed in one batched model until the loss settles.
 
     Every ``window`` steps the mean loss of the window is compared with the previous
@@ -378,10 +396,18 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     the decoder's output, x_hat = (z W_dec) * g_y + b_dec: a class that silences or
     amplifies a neuron (a class-dependent shift before a ReLU) then rescales one
     feature's direction instead of making a variant of it per class.
+
+    ``tf32``: on CUDA, the float32 products in TF32 (``matmul_precision``).
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    with matmul_precision(device, tf32):
+        return _train_saes(vectors, settings, seeds, tolerance, window, device, progress, classes)
+
+
+def _train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: float, window: int, device: torch.device,
+                progress, classes) -> SAEBatch:
     import time
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
     x = _training_vectors(vectors, device)
     n, d = x.shape
     y = None if classes is None else torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)

@@ -9,7 +9,7 @@ file, listed by ``outputs()``: a job run again continues where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -143,14 +143,21 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
 
     planter = "al-random" if "al-random" in arms else arms[0]  # its first seed's job measures the planted response
 
+    def analysis(seed: int) -> AnalysisSpec | None:
+        if specs.analysis is None or specs.analysis.tsne != "first_seed":
+            return specs.analysis
+        return replace(specs.analysis, tsne=seed == first)  # t-SNE for the report's panels only
+
     def arm_job(arm: str, seed: int, active: ActiveSpec | None) -> ArmJob:
-        return ArmJob(arm=arm, seed=seed, planted=arm == planter and seed == first, paths=run.job(arm, seed), active=active, analysis=specs.analysis,
+        return ArmJob(arm=arm, seed=seed, planted=arm == planter and seed == first, paths=run.job(arm, seed), active=active, analysis=analysis(seed),
                       sae=specs.sae, featvis=specs.featvis if seed == first else None,
                       round0=run.round0(seed) if active is not None else None,
                       baseline=run.job("baseline", seed) if active is not None and from_baseline else None,
                       tracking=_tracking(specs.tracking, run, arm, seed), floor=run.round0(seed).root / "floor.json",
                       **common)
 
+    if specs.toy is not None:  # first: it needs no other job, and side by side with them it adds no wall time
+        add(ToyJob(specs.toy, run.toy, run.path / "toy"), [])
     if "baseline" in arms:
         for seed in specs.seeds:
             add(arm_job("baseline", seed, None), [])
@@ -164,6 +171,4 @@ def plan(specs: StageSpecs, arms: list[str], run: RunLayout) -> tuple[list[Job],
         for arm in al:
             for seed in specs.seeds:
                 add(arm_job(arm, seed, specs.active), [f"round0/seed{seed}"])
-    if specs.toy is not None:
-        add(ToyJob(specs.toy, run.toy, run.path / "toy"), [])
     return jobs, deps
