@@ -5,6 +5,8 @@ Arrays and models in, numbers out; shared by studies and ``superlens analyze``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -206,6 +208,49 @@ def _mean_finite(values) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
+@dataclass
+class ProtocolFit:
+    """The protocol's SAEs on one set of vectors, before anything is counted."""
+    x: np.ndarray  # the vectors they saw (subsampled, class-centred)
+    batch: object  # train_saes' result
+    decoders: list[np.ndarray]  # unit decoder rows per seed
+    summaries: list[tuple]  # (activity, firing frequency, FVU) per seed
+    neurons: int
+    live_neurons: int
+    classes: np.ndarray | None  # each row's class index when class gains were trained
+
+
+def fit_protocol(activations, labels, opts, device=None, progress=None, seed_offset: int = 0) -> ProtocolFit:
+    """Train the protocol's ``opts.seeds`` SAEs (seeds ``opts.seed + seed_offset + s``) on ``activations``
+    as ``measure_superposition`` does: at most ``opts.max_vectors`` rows, each class's mean removed when
+    ``labels`` are given, class gains when ``opts.class_gains``."""
+    x = activations.detach().float().cpu().numpy() if isinstance(activations, torch.Tensor) else np.asarray(
+        activations, dtype=np.float32)
+    if x.ndim != 2:
+        from superlens.errors import UserError
+
+        raise UserError(f"activations must be (rows, neurons), got shape {x.shape}; "
+                        "flatten positions first (superlens.analysis.sae.conv_vectors)")
+    rng = np.random.default_rng(opts.seed)
+    if len(x) > opts.max_vectors:
+        keep = np.sort(rng.choice(len(x), opts.max_vectors, replace=False))
+        x = x[keep]
+        labels = None if labels is None else np.asarray(labels)[keep]
+    live_neurons = int((x != 0).any(0).sum())  # neurons that ever respond (a dead ReLU unit is 0 everywhere)
+    classes = None
+    if labels is not None:
+        x = class_centered(x, labels)
+        if opts.class_gains:
+            classes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
+    first = opts.seed + seed_offset
+    batch = train_saes(x, opts.sae_settings(), [first + s for s in range(opts.seeds)], opts.tolerance,
+                       opts.window, device=device, progress=progress, classes=classes, tf32=opts.tf32)
+    decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
+    summaries = [_codes_summary(s, x, None if batch.gains is None else batch.gains[i], classes)
+                 for i, s in enumerate(batch.saes)]
+    return ProtocolFit(x, batch, decoders, summaries, x.shape[1], live_neurons, classes)
+
+
 def measure_superposition(activations, *, seeds: int | None = None, labels=None, layer_name: str | None = None,
                           device=None, progress=None, details: bool = False, **settings) -> dict:
     """Superposition of a layer's activations by the validated protocol.
@@ -226,30 +271,8 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
     from superlens.specs import SuperpositionSettings
 
     opts = SuperpositionSettings.from_settings({**settings, **({"seeds": seeds} if seeds is not None else {})})
-    x = activations.detach().float().cpu().numpy() if isinstance(activations, torch.Tensor) else np.asarray(
-        activations, dtype=np.float32)
-    if x.ndim != 2:
-        from superlens.errors import UserError
-
-        raise UserError(f"activations must be (rows, neurons), got shape {x.shape}; "
-                        "flatten positions first (superlens.analysis.sae.conv_vectors)")
-    rng = np.random.default_rng(opts.seed)
-    if len(x) > opts.max_vectors:
-        keep = np.sort(rng.choice(len(x), opts.max_vectors, replace=False))
-        x = x[keep]
-        labels = None if labels is None else np.asarray(labels)[keep]
-    live_neurons = int((x != 0).any(0).sum())  # neurons that ever respond (a dead ReLU unit is 0 everywhere)
-    classes = None
-    if labels is not None:
-        x = class_centered(x, labels)
-        if opts.class_gains:
-            classes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
-    neurons = x.shape[1]
-    batch = train_saes(x, opts.sae_settings(), [opts.seed + s for s in range(opts.seeds)], opts.tolerance,
-                       opts.window, device=device, progress=progress, classes=classes)
-    decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
-    summaries = [_codes_summary(s, x, None if batch.gains is None else batch.gains[i], classes)
-                 for i, s in enumerate(batch.saes)]
+    fit = fit_protocol(activations, labels, opts, device=device, progress=progress)
+    batch, decoders, summaries, neurons, live_neurons = fit.batch, fit.decoders, fit.summaries, fit.neurons, fit.live_neurons
     per_seed = _per_seed_metrics(decoders, summaries, opts.match, neurons, batch.saes[0].W_dec.device)
     psi = np.array(per_seed["psi"])
     extra = {"details": _details(batch.saes, decoders, summaries, opts.match)} if details else {}
@@ -262,7 +285,7 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
         "dead_fraction": float(np.mean([(f == 0).mean() for _, f, _ in summaries])),
         "fvu": float(np.mean([fvu for _, _, fvu in summaries])),
         "converged": batch.converged, "steps": batch.steps, "expansion": opts.expansion, "k": opts.k,
-        "seeds": opts.seeds, "neurons": neurons, "vectors": len(x), "class_centered": labels is not None,
-        "class_gains": classes is not None,
+        "seeds": opts.seeds, "neurons": neurons, "vectors": len(fit.x), "class_centered": labels is not None,
+        "class_gains": fit.classes is not None,
         "layer": layer_name,
     }
