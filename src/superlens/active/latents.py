@@ -1,5 +1,5 @@
 """The lens inside the loop: sparse-autoencoder latents of the current model's layer for the two
-strategies that select by them (``latent_coverage`` and ``interference``, docs/active_learning.md).
+strategies that select by them (``latent_coverage`` and ``interference``, docs/config.md).
 
 At each query a small SAE pair is fitted afresh on the layer's vectors of a sample of the
 training pool (labelled and unlabelled images alike, raw vectors: a class's own features

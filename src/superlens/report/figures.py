@@ -196,6 +196,25 @@ def toy_phase(lab: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def toy_memorisation(curve: dict[str, Any]) -> bytes:
+    """Dimensions given to training points and to features against the number of training points."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")
+    rows = curve["rows"]
+    for arm, style in (("random", "-"), ("uncertainty", "--")):
+        mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["size"])
+        sizes = sorted({r["size"] for r in mine})
+        for key, color, label in (("point_dims_top", "#dd8452", "data points"), ("feature_dims_top", "#4c72b0", "features")):
+            values = [np.mean([r[key] for r in mine if r["size"] == t]) for t in sizes]
+            ax.plot(sizes, values, style, marker="o", ms=3, color=color, label=f"{label}, {arm} data")
+    ax.set_xscale("log")
+    ax.set_xlabel("training points")
+    ax.set_ylabel(f"dimensions held by the top {curve['settings']['m']}")
+    ax.set_title(f"n={curve['settings']['n']} features in m={curve['settings']['m']} dimensions", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def psi_per_round(per_arm: dict[str, list[list[dict[str, Any]]]]) -> bytes:
     """psi of each round's model against labelled images; mean over seeds with a 95% band."""
     fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")

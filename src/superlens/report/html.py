@@ -349,7 +349,28 @@ def _toy_section(run: RunDir) -> dict[str, Any] | None:
             row[key] = f"{_fmt(float(np.mean(values)))} [{_fmt(lo)}, {_fmt(hi)}]"
         selection.append(row)
     return {"lab": lab, "selection": selection, "n_seeds": len(lab["selection"]),
-            "sweep_png": _b64(figures.toy_sweep(lab)), "phase_png": _b64(figures.toy_phase(lab))}
+            "sweep_png": _b64(figures.toy_sweep(lab)), "phase_png": _b64(figures.toy_phase(lab)),
+            **(_toy_questions(lab) if "mediation" in lab else {})}
+
+
+def _toy_questions(lab: dict[str, Any]) -> dict[str, Any]:
+    """The three questions' tables and the memorisation figure."""
+    mediation = [{"rule": rule, "metric": key, **{k: _fmt(v) for k, v in row.items() if k != "verdict"},
+                  "verdict": row["verdict"]}
+                 for rule, metrics in lab["mediation"]["answers"].items() for key, row in metrics.items()]
+    lens = lab["lens_strategies"]
+    coverage = []
+    for arm in ("random", "coverage"):
+        mine = [r for r in lens["coverage"] if r["arm"] == arm]
+        coverage.append({"arm": arm, **{k: _fmt(float(np.mean([r[k] for r in mine])))
+                                        for k in ("evenness", "represented", "rare_represented")}})
+    pairs = lens["interference"]
+    interference = {**lens["interference_summary"],
+                    **{k: _fmt(float(np.mean([r[k] for r in pairs]))) if pairs else "-"
+                       for k in ("random_cofire", "interference_cofire", "random_overlap", "interference_overlap")}}
+    return {"mediation": mediation, "mediation_settings": lab["mediation"]["settings"], "coverage": coverage,
+            "interference": interference, "memorisation_png": _b64(figures.toy_memorisation(lab["memorisation"])),
+            "memorisation_settings": lab["memorisation"]["settings"]}
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -22,9 +22,6 @@ import torch
 from superlens.analysis.superposition import feature_dimensionality, interference
 from superlens.errors import UserError
 
-__all__ = ["feature_dimensionality", "interference", "dimensions_per_feature", "train_toy", "phase_diagram",
-           "selection_experiment", "run_lab"]
-
 
 def dimensions_per_feature(w) -> float:
     """D* = m / ||W||_F^2."""
@@ -62,10 +59,12 @@ def reconstruction(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.T
 
 def train_toy(
     n: int = 20, m: int = 5, sparsity: float = 0.0, importance=None, steps: int = 5000, batch: int = 1024,
-    lr: float = 1e-3, seed: int = 0, data: torch.Tensor | None = None,
+    lr: float = 1e-3, seed: int = 0, data: torch.Tensor | None = None, weight_decay: float = 0.0,
 ) -> ToyModel:
     """Train the ReLU-output toy model. ``importance`` defaults to 0.7^i; ``data`` (N x n) replaces
-    fresh sparse batches with batches drawn from a fixed set of inputs."""
+    fresh sparse batches with batches drawn from a fixed set of inputs (with replacement); AdamW's
+    ``weight_decay`` is what lets a model trained on few points store the points rather than the
+    features (Henighan et al. 2023 train with it)."""
     if not 0 <= sparsity < 1:
         raise UserError(f"sparsity must lie in [0, 1), got {sparsity}")
     if m < 1 or n < 1:
@@ -74,7 +73,7 @@ def train_toy(
     generator = torch.Generator().manual_seed(seed)
     w = torch.nn.init.xavier_normal_(torch.empty(m, n), generator=generator).requires_grad_()
     b = torch.zeros(n, requires_grad=True)
-    optimizer = torch.optim.AdamW([w, b], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
     recent = []
     for _ in range(steps):
         if data is None:
@@ -128,22 +127,3 @@ def selection_experiment(
         out[name] = train_toy(n, m, sparsity, steps=steps, seed=seed, data=x[idx]).summary()
         out[name]["input_density"] = float((x[idx] > 0).float().mean())
     return out
-
-
-def run_lab(spec) -> dict:
-    """The lab a study reports (``spec``: a ``ToySpec``): a sparsity sweep at (n, m), the n=2/m=1 phase
-    diagram, and the random-vs-uncertain selection experiment over the spec's seeds."""
-    n, m, steps, seeds = spec.n, spec.m, spec.steps, list(spec.seeds)
-    sweep = []
-    for s in spec.sparsities:
-        model = train_toy(n, m, s, steps=steps, seed=seeds[0])
-        sweep.append({"sparsity": s, "norms": model.norms.tolist(), "dimensionality": feature_dimensionality(model.w).tolist(),
-                      **model.summary()})
-    grid = np.linspace(0.0, 0.99, spec.phase_grid).tolist()
-    importances = np.geomspace(0.1, 10.0, spec.phase_grid).tolist()
-    phase = phase_diagram(grid, importances, steps=max(500, steps // 3), seed=seeds[0])
-    sel = spec.selection
-    selection = [selection_experiment(n, m, sel.sparsity, sel.pool, sel.budget, sel.initial, steps, seed)
-                 for seed in seeds]
-    return {"n": n, "m": m, "sweep": sweep, "phase": {"sparsity": grid, "importance": importances, "outcome": phase.tolist()},
-            "selection": selection, "selection_settings": spec.selection_settings()}
