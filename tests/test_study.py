@@ -187,9 +187,10 @@ def test_run_command_writes_the_contract_files(tmp_path, capsys):
                     "Representation similarity to al-random", "Representation quality (class separation)",
                     "Other metrics per arm", "t-SNE", "Cosine similarity", "Neuron polysemanticity",
                     "What each strategy queried", "Decoding superposition", "Toy models of superposition",
-                    "at equal test accuracy"):
+                    "at equal test accuracy", "Does a selection act only through the composition of its data?",
+                    "Data points or features?", "The lens strategies where features are known"):
         assert section in html, section
-    assert html.count("data:image/png;base64,") == 8
+    assert html.count("data:image/png;base64,") == 9  # with the toy questions' memorisation curve
     assert "Verdict: each strategy against random sampling" in html
     assert "src=\"http" not in html and "href=\"http" not in html  # self-contained
     assert set(summary["arms"]) == {"baseline", "al-least_confidence", "al-random"}
@@ -326,6 +327,7 @@ def test_psi_per_active_learning_round(tmp_path):
     build_report(run, summarize(run))
     html = (tmp_path / "report.html").read_text()
     assert "at the level of an untrained network for\n1 of 2 models (al-random@2 seed 0)" in html
+    assert html.index('id="instrument"') < html.index('id="primary"')  # said on the report's first line as well
     # the positive control: one job of the study (al-random, first seed) plants K = 0.5 N and N directions
     from superlens.analysis.controls import planted_response
     from superlens.analysis.sae import vector_labels
@@ -340,6 +342,14 @@ def test_psi_per_active_learning_round(tmp_path):
     assert again["response"] == pytest.approx(planted["response"]) and again["psi"] == pytest.approx(final["psi"])
     assert summarize(run)["planted_response"]["response"] == pytest.approx(planted["response"])
     assert "Positive control (measured on al-random/seed0)" in html
+    # the Gaussian floor of the same vectors: the protocol on gaussian_null of them, with the images' labels
+    from superlens.analysis.controls import gaussian_null
+    from superlens.analysis.superposition import measure_superposition
+
+    null = measure_superposition(gaussian_null(vectors, seed=0), labels=vector_labels(train.labels.numpy(), len(vectors)),
+                                 **asdict(job.sae.superposition))
+    assert planted["gaussian_floor"]["psi"] == pytest.approx(null["psi"])
+    assert "The Gaussian floor of the same vectors" in html
 
 
 @pytest.mark.parametrize("extra, source, why", [
@@ -479,3 +489,17 @@ def test_cka_comes_from_the_jobs_kept_features_and_a_driver_without_the_workers_
         assert json.loads(margin.paths.similarity.read_text())["layers"] == pytest.approx(kept["layers"], abs=1e-6)
         driver_cpu = any("on the driver's CPU" in line for line in said)
         assert driver_cpu == (missing is not None and not torch.cuda.is_available())
+
+
+def test_tsne_for_the_first_seed_only(tmp_path):
+    from superlens.specs import stage_specs
+    from superlens.study.jobs import plan
+
+    cfg = tiny_config("arms=[al-random]", "seeds=[3,5]", "analysis.enabled=true", "analysis.tsne=first_seed")
+    jobs, _ = plan(stage_specs(cfg), list(cfg["arms"]), RunDir(tmp_path))
+    tsne = {j.seed: j.analysis.tsne for j in jobs if getattr(j, "arm", None) == "al-random"}
+    assert tsne == {3: True, 5: False}
+    with pytest.raises(UserError, match="analysis.headline_space=tsne compares t-SNE metrics over every seed"):
+        load_config("demo", ["analysis.tsne=first_seed", "analysis.headline_space=tsne"])
+    with pytest.raises(UserError, match="analysis.tsne"):
+        load_config("demo", ["analysis.tsne=last_seed"])

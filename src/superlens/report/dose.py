@@ -56,5 +56,7 @@ def planted_rows(summary: dict[str, Any]) -> dict[str, Any] | None:
              "psi": f"{fmt(r['psi'])} (SD {fmt(r['psi_sd'])})", "rise": fmt(r["psi_rise_per_planted_per_neuron"]),
              "recall": fmt(r["recall"]), "weak": r["psi_rise_per_planted_per_neuron"] < 0.5}
             for r in planted["response"]]
+    gaussian = planted.get("gaussian_floor")
     return {"model": planted["model"], "psi": fmt(planted["psi"]), "frequency": fmt(planted["frequency"]),
+            "gaussian": None if gaussian is None else f"{fmt(gaussian['psi'])} (SD {fmt(gaussian['psi_sd'])})",
             "magnitude": fmt(planted["magnitude"]), "rows": rows, "weak": any(r["weak"] for r in rows)}

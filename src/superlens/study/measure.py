@@ -116,8 +116,10 @@ def planted_control(job: ArmJob, vectors: np.ndarray, train, device, log=None) -
     """The positive control on this layer at the study's settings: psi of the layer's own vectors with
     K = ratio x neurons known sparse directions added, for each ratio of ``sae.planted``, at the median
     firing frequency and magnitude of the latents the protocol finds in them; per K the rise of psi per
-    planted feature per neuron and the recall of the planted directions (``controls.planted_response``)."""
-    from superlens.analysis.controls import planted_response
+    planted feature per neuron and the recall of the planted directions (``controls.planted_response``);
+    and the Gaussian floor: psi of as many ReLU'd Gaussian vectors with the layer's mean and covariance
+    (``controls.gaussian_null``), what the second-order statistics alone give."""
+    from superlens.analysis.controls import gaussian_null, planted_response
     from superlens.analysis.sae import vector_labels
 
     spec = job.sae
@@ -127,4 +129,8 @@ def planted_control(job: ArmJob, vectors: np.ndarray, train, device, log=None) -
         log(f"{job.label}: the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
     labels = vector_labels(train.labels.cpu().numpy(), len(vectors))
     result = planted_response(vectors, labels, ks, plant_seed=job.seed, device=device, **asdict(spec.superposition))
-    return {**result, "model": job.label}
+    if log is not None:
+        log(f"{job.label}: the Gaussian floor (the layer's mean and covariance, ReLU'd)")
+    null = _superposition(None, train, spec, job.recipe, device, vectors=gaussian_null(vectors, seed=job.seed))
+    return {**result, "model": job.label, "gaussian_floor": {"psi": null["psi"], "psi_sd": null["psi_sd"],
+                                                            "converged": null["converged"], "steps": null["steps"]}}
