@@ -133,7 +133,7 @@ def test_composition_mediation_small():
 
 
 def test_few_points_are_stored_as_points_many_as_features():
-    out = memorisation_curve(sizes=(10, 2560), steps=1000)  # n = 200 features in m = 2 dimensions
+    out = memorisation_curve(sizes=(10, 2560), steps=500)  # n = 200 features in m = 2 dimensions
     by = {(r["size"], r["arm"]): r for r in out["rows"]}
     small, large = by[(10, "random")], by[(2560, "random")]
     assert small["point_dims_top"] > small["feature_dims_top"]  # 10 points: the points hold the dimensions
