@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", choices=("study", "library"), default="study")
     parser.add_argument("--planted", type=float, nargs="*", default=[1.0], help="K / N ratios to plant")
+    parser.add_argument("--planted-only", action="store_true", help="skip the trained, initial and Gaussian rows")
     args = parser.parse_args()
     x, labels, _, cfg, images = real_layer(args.run, args.root, args.arm, args.seed, keep_images=True)
     settings = dict(cfg["sae"]["superposition"]) if args.settings == "study" else {}
@@ -54,12 +55,13 @@ def main() -> None:
               f"{m['converged']} | {time.perf_counter() - started:.0f} |", flush=True)
         return m
 
-    row(f"trained ({args.arm} seed {args.seed})", x)
-    model = build_model(ModelSpec.from_section(cfg["model"]), len(images.classes), derive_seed(args.seed, "init"))
-    init = conv_vectors(capture(model, images, "layer4", pool="none", recipe=make_recipe(cfg["recipe"]),
-                                device="cpu")["layer4"])
-    row("the same network at its initial weights", init)
-    row("Gaussian null of the trained layer", gaussian_null(x, seed=args.seed))
+    if not args.planted_only:
+        row(f"trained ({args.arm} seed {args.seed})", x)
+        model = build_model(ModelSpec.from_section(cfg["model"]), len(images.classes), derive_seed(args.seed, "init"))
+        init = conv_vectors(capture(model, images, "layer4", pool="none", recipe=make_recipe(cfg["recipe"]),
+                                    device="cpu")["layer4"])
+        row("the same network at its initial weights", init)
+        row("Gaussian null of the trained layer", gaussian_null(x, seed=args.seed))
     if args.planted:
         started = time.perf_counter()
         ks = [max(1, round(r * x.shape[1])) for r in args.planted]

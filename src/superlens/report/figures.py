@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -23,6 +24,11 @@ def class_colors(n: int) -> list:
     if n <= 20:
         return list(plt.get_cmap("tab20").colors[:n])
     return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def b64(png: bytes) -> str:
+    """PNG bytes as the base64 text an HTML data URL embeds."""
+    return base64.b64encode(png).decode("ascii")
 
 
 def _png(fig) -> bytes:

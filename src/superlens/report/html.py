@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from superlens.analysis.snapshot import ROUND_METRICS
-from superlens.analysis.stats import t_interval
 from superlens.report import figures
+from superlens.report.figures import b64 as _b64
 from superlens.report.browse import feature_sections
 from superlens.report.dose import dose_rows, planted_rows
+from superlens.report.toy import toy_section
 from superlens.report.metrics import TABLES
 from superlens.report.metrics import fmt as _fmt
 from superlens.report.metrics import signed as _signed
@@ -51,10 +51,6 @@ def _workers_note(manifest: dict) -> str:
         return ""
     threads = manifest.get("torch_threads")
     return f"; {workers} jobs side by side, {threads} torch thread{'s' if threads != 1 else ''} each"
-
-
-def _b64(png: bytes) -> str:
-    return base64.b64encode(png).decode("ascii")
 
 
 # (metric, family) in the order the verdict lists them
@@ -206,7 +202,7 @@ def build_report(run: RunDir, summary: dict[str, Any], extra_sections: list[dict
         more_rows=_metric_rows(summary, "other"), sae_rows=_metric_rows(summary, "sae"), sae=cfg["sae"],
         superposition_rows=_metric_rows(summary, "superposition"), quality_rows=_metric_rows(summary, "quality"),
         similarity_rows=_similarity_rows(summary), dose_rows=dose_rows(summary), planted=planted_rows(summary), protocol=_protocol(run, cfg, arms), primary=_primary_rows(summary),
-        toy=_toy_section(run), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
+        toy=toy_section(run.toy), paper=_paper_section(summary), headline_space=cfg["analysis"]["headline_space"],
         n_seeds=n_seeds, statistics=summary.get("statistics", {}), verdict=_verdict(summary),
         compute=_compute_rows(summary), per_round_metrics=per_round,
         layer=cfg["analysis"]["layer"], neuron_layer=cfg["analysis"]["neuron_layer"],
@@ -334,43 +330,6 @@ def _paper_section(summary: dict[str, Any]) -> dict[str, Any] | None:
         rows.append({**row, "ours": _fmt(row["ours"]) if row["ours"] is not None else "not computed",
                      "ci": [_fmt(ci[0]), _fmt(ci[1])] if ci else None})
     return {**comparison, "rows": rows}
-
-
-def _toy_section(run: RunDir) -> dict[str, Any] | None:
-    lab = _read(run.toy)
-    if lab is None:
-        return None
-    selection = []
-    for arm in ("random", "uncertain"):
-        row = {"arm": arm}
-        for key in ("represented", "dims_per_feature", "mean_interference", "input_density", "loss"):
-            values = [s[arm][key] for s in lab["selection"]]
-            lo, hi = t_interval(values)
-            row[key] = f"{_fmt(float(np.mean(values)))} [{_fmt(lo)}, {_fmt(hi)}]"
-        selection.append(row)
-    return {"lab": lab, "selection": selection, "n_seeds": len(lab["selection"]),
-            "sweep_png": _b64(figures.toy_sweep(lab)), "phase_png": _b64(figures.toy_phase(lab)),
-            **(_toy_questions(lab) if "mediation" in lab else {})}
-
-
-def _toy_questions(lab: dict[str, Any]) -> dict[str, Any]:
-    """The three questions' tables and the memorisation figure."""
-    mediation = [{"rule": rule, "metric": key, **{k: _fmt(v) for k, v in row.items() if k != "verdict"},
-                  "verdict": row["verdict"]}
-                 for rule, metrics in lab["mediation"]["answers"].items() for key, row in metrics.items()]
-    lens = lab["lens_strategies"]
-    coverage = []
-    for arm in ("random", "coverage"):
-        mine = [r for r in lens["coverage"] if r["arm"] == arm]
-        coverage.append({"arm": arm, **{k: _fmt(float(np.mean([r[k] for r in mine])))
-                                        for k in ("evenness", "represented", "rare_represented")}})
-    pairs = lens["interference"]
-    interference = {**lens["interference_summary"],
-                    **{k: _fmt(float(np.mean([r[k] for r in pairs]))) if pairs else "-"
-                       for k in ("random_cofire", "interference_cofire", "random_overlap", "interference_overlap")}}
-    return {"mediation": mediation, "mediation_settings": lab["mediation"]["settings"], "coverage": coverage,
-            "interference": interference, "memorisation_png": _b64(figures.toy_memorisation(lab["memorisation"])),
-            "memorisation_settings": lab["memorisation"]["settings"]}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
