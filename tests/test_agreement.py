@@ -29,11 +29,11 @@ def test_reproduced_fraction_known_answers():
 def test_split_halves_agree_when_the_features_are_the_layers():
     # 16 neurons, 24 sparse features shared by every image, 2 on per vector: TopK SAEs of 32 latents with k = 2
     # on disjoint halves find the same directions (at most 24 of 32 latents can match a true feature)
-    d = synthetic_activations(4000, 16, 24, active=2, magnitude="exponential", seed=3)
-    groups = np.repeat(np.arange(1000), 4)  # 4 vectors per "image"
-    out = split_half_agreement(d.x, groups=groups, expansion=2, k=2, max_steps=2000, batch_size=256, window=200)
+    d = synthetic_activations(3000, 16, 24, active=2, magnitude="exponential", seed=3)
+    groups = np.repeat(np.arange(750), 4)  # 4 vectors per "image"
+    out = split_half_agreement(d.x, groups=groups, expansion=2, k=2, max_steps=1500, batch_size=256, window=150)
     at = dict(zip(out["thresholds"], range(len(out["thresholds"]))))
-    assert out["images_per_half"] == [500, 500] and out["vectors_per_half"] == [2000, 2000]
+    assert out["images_per_half"] == [375, 375] and out["vectors_per_half"] == [1500, 1500]
     assert out["across_halves"][at[0.9]] > 0.5
     assert out["across_halves"][at[0.9]] == pytest.approx(out["within_half"][at[0.9]], abs=0.15)
     assert np.all(np.diff(out["across_halves"]) <= 1e-12)  # a stricter threshold never counts more
