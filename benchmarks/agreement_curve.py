@@ -51,6 +51,16 @@ def real_layer(run_dir: Path, root: str, arm: str, seed: int, keep_images: bool 
     return out + (images,) if keep_images else out
 
 
+def layer_arguments(description: str) -> argparse.ArgumentParser:
+    """The options naming a study's layer: the run, the data root, the arm and seed of the final model."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--arm", default="al-random")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
 def table(name: str, out: dict, seconds: float) -> None:
     print(f"\n{name}: {out['vectors_per_half']} vectors per half, steps {out['steps']}, converged {out['converged']}, "
           f"{seconds:.0f} s")
@@ -61,11 +71,7 @@ def table(name: str, out: dict, seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--arm", default="al-random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = layer_arguments(__doc__.splitlines()[0])
     parser.add_argument("--skip-bench", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -29,7 +29,7 @@ from torch import nn
 
 from superlens.analysis.features import capture
 from superlens.analysis.sae import conv_vectors, vector_labels
-from superlens.analysis.superposition import _per_seed_metrics, fit_protocol, reproduced
+from superlens.analysis.superposition import _per_seed_metrics, fit_protocol
 from superlens.config import load_config
 from superlens.data import fixed_subset, load
 from superlens.models.build import build_model
@@ -124,10 +124,7 @@ def measure(model: nn.Module, images, present: np.ndarray, recipe, opts: Superpo
     fit = fit_protocol(x, labels, opts)
     per_seed = _per_seed_metrics(fit.decoders, fit.summaries, opts.match, fit.neurons)
     psi = np.array(per_seed["psi"])
-    live = fit.summaries[0][1] > 0
-    kept = np.zeros(len(fit.decoders[0]), bool)
-    for other in fit.decoders[1:]:
-        kept |= reproduced(fit.decoders[0], other, opts.match) & live
+    kept = fit.kept(0, opts.match)
     out = {"psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)), "reproduced": float(np.mean(per_seed["stable_fraction"])),
            "latents_reproduced": int(kept.sum()), "steps": fit.batch.steps, "converged": fit.batch.converged,
            "recall": float("nan")}

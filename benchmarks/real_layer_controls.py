@@ -14,9 +14,7 @@ Prints one table with seconds per row.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,20 +22,16 @@ import torch
 from superlens.active.loop import derive_seed
 from superlens.analysis.controls import gaussian_null, planted_response
 from superlens.analysis.features import capture
-from superlens.analysis.sae import conv_vectors, vector_labels
+from superlens.analysis.sae import conv_vectors
 from superlens.analysis.superposition import measure_superposition
 from superlens.models.build import build_model
 from superlens.specs import ModelSpec, make_recipe
 
-from agreement_curve import real_layer
+from agreement_curve import layer_arguments, real_layer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--arm", default="al-random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = layer_arguments(__doc__.splitlines()[0])
     parser.add_argument("--settings", choices=("study", "library"), default="study")
     parser.add_argument("--planted", type=float, nargs="*", default=[1.0], help="K / N ratios to plant")
     parser.add_argument("--planted-only", action="store_true", help="skip the trained, initial and Gaussian rows")

@@ -50,13 +50,14 @@ def split_half_agreement(activations, *, groups, labels=None, thresholds=THRESHO
     for half, rows in enumerate((in_first, ~in_first)):
         fits.append(fit_protocol(x[rows], None if labels is None else np.asarray(labels)[rows], opts, device=device,
                                  seed_offset=10 * half))
-    decoders = [(f.decoders[s], f.summaries[s][1] > 0) for f in fits for s in range(2)]
-    within = [reproduced_fraction(decoders[i][0], decoders[j][0], thresholds, decoders[i][1])
-              for i, j in ((0, 1), (1, 0), (2, 3), (3, 2))]
-    across = [reproduced_fraction(decoders[i][0], decoders[j][0], thresholds, decoders[i][1])
-              for i in (0, 1) for j in (2, 3)] + [reproduced_fraction(decoders[i][0], decoders[j][0], thresholds,
-                                                                        decoders[i][1]) for i in (2, 3) for j in (0, 1)]
-    return {"thresholds": list(thresholds), "within_half": np.mean(within, 0).tolist(),
-            "across_halves": np.mean(across, 0).tolist(), "images_per_half": [int(len(first)), int(len(images) - len(first))],
+    decoders = [f.decoders[s] for f in fits for s in range(2)]  # half 0: SAEs 0 and 1; half 1: SAEs 2 and 3
+    live = [f.summaries[s][1] > 0 for f in fits for s in range(2)]
+
+    def curve(pairs) -> list[float]:
+        return np.mean([reproduced_fraction(decoders[i], decoders[j], thresholds, live[i]) for i, j in pairs], 0).tolist()
+
+    within = curve([(0, 1), (1, 0), (2, 3), (3, 2)])
+    across = curve([(i, j) for i in range(4) for j in range(4) if (i < 2) != (j < 2)])
+    return {"thresholds": list(thresholds), "within_half": within, "across_halves": across, "images_per_half": [int(len(first)), int(len(images) - len(first))],
             "vectors_per_half": [int(in_first.sum()), int((~in_first).sum())],
             "steps": [f.batch.steps for f in fits], "converged": [f.batch.converged for f in fits]}

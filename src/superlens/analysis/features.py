@@ -118,6 +118,17 @@ def capture(
     return {name: store[name].numpy() if name in store else np.zeros((0,), np.float32) for name in names}
 
 
+def features_and_units(model: nn.Module, data: ImageDataset, layer: str, pool: str, neuron_layer: str,
+                       **kw) -> tuple[np.ndarray, np.ndarray]:
+    """``layer`` reduced as ``pool`` says and ``neuron_layer`` averaged over positions (one value per unit), in one
+    pass over the images; one layer asked both ways is captured whole once and reduced twice."""
+    if layer != neuron_layer or pool == "avg":
+        out = capture(model, data, [layer, neuron_layer], pool={layer: pool, neuron_layer: "avg"}, **kw)
+        return out[layer], out[neuron_layer]
+    whole = torch.from_numpy(capture(model, data, layer, pool="none", **kw)[layer])
+    return reduce_outputs(whole, pool).numpy(), reduce_outputs(whole, "avg").numpy()
+
+
 def _keeper(name: str, latest: dict[str, torch.Tensor]):
     def hook(module, inputs, output):
         if isinstance(output, (tuple, list)):  # e.g. attention blocks: their first output

@@ -15,7 +15,7 @@ import torch
 
 from superlens.analysis import cosine, geometry, neurons
 from superlens.analysis.embedding import tsne
-from superlens.analysis.features import capture, resolve_module
+from superlens.analysis.features import capture, features_and_units, resolve_module
 from superlens.data.dataset import DatasetSplits, fixed_subset
 from superlens.errors import UserError
 from superlens.specs import AnalysisSpec, Recipe
@@ -39,12 +39,7 @@ def analyze_model(model: torch.nn.Module, splits: DatasetSplits, spec: AnalysisS
     train = fixed_subset(splits.train, spec.probe_samples)
     t0 = time.perf_counter()
     kw = dict(recipe=recipe, device=device, repeat_block=spec.repeat_block)
-    if spec.neuron_layer == spec.layer and spec.pool != "avg":  # one layer reduced two ways: two passes
-        x = capture(model, test, spec.layer, pool=spec.pool, **kw)[spec.layer]
-        units = capture(model, test, spec.neuron_layer, pool="avg", **kw)[spec.neuron_layer]
-    else:  # one pass for both layers
-        both = capture(model, test, [spec.layer, spec.neuron_layer], pool={spec.layer: spec.pool, spec.neuron_layer: "avg"}, **kw)
-        x, units = both[spec.layer], both[spec.neuron_layer]
+    x, units = features_and_units(model, test, spec.layer, spec.pool, spec.neuron_layer, **kw)
     x_train = capture(model, train, spec.layer, pool=spec.pool, **kw)[spec.layer]
     seconds = time.perf_counter() - t0
     if (units < 0).any():

@@ -28,7 +28,6 @@ What is measured with a trained SAE (L0, FVU, splicing, ...) is ``sae_measures``
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from dataclasses import dataclass, field, replace
 
 import numpy as np

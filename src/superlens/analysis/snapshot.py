@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from superlens.analysis import cosine, geometry, neurons
-from superlens.analysis.features import capture
+from superlens.analysis.features import features_and_units
 from superlens.data.dataset import ImageDataset
 from superlens.specs import SnapshotSpec
 
@@ -21,12 +21,7 @@ def snapshot_metrics(model: torch.nn.Module, test: ImageDataset, spec: SnapshotS
     """``ROUND_METRICS`` of ``model`` on ``test`` (already the analysis subset)."""
     layer, neuron_layer = spec.layer, spec.neuron_layer
     kw = dict(recipe=recipe, device=device, repeat_block=spec.repeat_block)
-    if neuron_layer == layer and spec.pool != "avg":  # one layer reduced two ways: two passes
-        x = capture(model, test, layer, pool=spec.pool, **kw)[layer]
-        units = capture(model, test, neuron_layer, pool="avg", **kw)[neuron_layer]
-    else:
-        out = capture(model, test, [layer, neuron_layer], pool={layer: spec.pool, neuron_layer: "avg"}, **kw)
-        x, units = out[layer], out[neuron_layer]
+    x, units = features_and_units(model, test, layer, spec.pool, neuron_layer, **kw)
     y = test.labels.cpu().numpy()
     geo_device = device if torch.device(device).type == "cuda" else None
     out = {

@@ -182,19 +182,15 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
     return per_seed
 
 
-def _details(saes, decoders: list[np.ndarray], summaries: list[tuple], match: float) -> dict:
+def _details(fit: ProtocolFit, match: float) -> dict:
     """Each seed's reproduced unit decoder rows (by any other seed), and the median firing frequency and
     active magnitude (raw input units) of the live latents over every seed."""
     reproduced_rows, freqs, magnitudes = [], [], []
-    for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
+    for i, (dec, (activity, freq, _)) in enumerate(zip(fit.decoders, fit.summaries)):
         live = freq > 0
-        kept = np.zeros(len(dec), dtype=bool)
-        for j, other in enumerate(decoders):
-            if j != i:
-                kept |= reproduced(dec, other, match) & live
-        reproduced_rows.append(dec[kept])
+        reproduced_rows.append(dec[fit.kept(i, match)])
         freqs.append(freq[live])
-        magnitudes.append(activity[live] / freq[live] / float(saes[i].scale))
+        magnitudes.append(activity[live] / freq[live] / float(fit.batch.saes[i].scale))
     freqs, magnitudes = np.concatenate(freqs), np.concatenate(magnitudes)
     return {"reproduced_decoders": reproduced_rows,
             "latent_frequency_median": float(np.median(freqs)) if len(freqs) else float("nan"),
@@ -215,9 +211,20 @@ class ProtocolFit:
     batch: object  # train_saes' result
     decoders: list[np.ndarray]  # unit decoder rows per seed
     summaries: list[tuple]  # (activity, firing frequency, FVU) per seed
-    neurons: int
     live_neurons: int
     classes: np.ndarray | None  # each row's class index when class gains were trained
+
+    @property
+    def neurons(self) -> int:
+        return self.x.shape[1]
+
+    def kept(self, i: int, match: float) -> np.ndarray:
+        """Seed ``i``'s live latents that another seed reproduces (mutual nearest decoders at ``match``)."""
+        kept = np.zeros(len(self.decoders[i]), dtype=bool)
+        for j, other in enumerate(self.decoders):
+            if j != i:
+                kept |= reproduced(self.decoders[i], other, match)
+        return kept & (self.summaries[i][1] > 0)
 
 
 def fit_protocol(activations, labels, opts, device=None, progress=None, seed_offset: int = 0) -> ProtocolFit:
@@ -248,7 +255,7 @@ def fit_protocol(activations, labels, opts, device=None, progress=None, seed_off
     decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
     summaries = [_codes_summary(s, x, None if batch.gains is None else batch.gains[i], classes)
                  for i, s in enumerate(batch.saes)]
-    return ProtocolFit(x, batch, decoders, summaries, x.shape[1], live_neurons, classes)
+    return ProtocolFit(x, batch, decoders, summaries, live_neurons, classes)
 
 
 def measure_superposition(activations, *, seeds: int | None = None, labels=None, layer_name: str | None = None,
@@ -272,10 +279,10 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
 
     opts = SuperpositionSettings.from_settings({**settings, **({"seeds": seeds} if seeds is not None else {})})
     fit = fit_protocol(activations, labels, opts, device=device, progress=progress)
-    batch, decoders, summaries, neurons, live_neurons = fit.batch, fit.decoders, fit.summaries, fit.neurons, fit.live_neurons
-    per_seed = _per_seed_metrics(decoders, summaries, opts.match, neurons, batch.saes[0].W_dec.device)
+    batch, summaries, neurons, live_neurons = fit.batch, fit.summaries, fit.neurons, fit.live_neurons
+    per_seed = _per_seed_metrics(fit.decoders, summaries, opts.match, neurons, batch.saes[0].W_dec.device)
     psi = np.array(per_seed["psi"])
-    extra = {"details": _details(batch.saes, decoders, summaries, opts.match)} if details else {}
+    extra = {"details": _details(fit, opts.match)} if details else {}
     return {**extra,
         "psi": float(psi.mean()), "psi_sd": float(psi.std(ddof=1)) if len(psi) > 1 else 0.0,
         "psi_per_seed": psi.tolist(),

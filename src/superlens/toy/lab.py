@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from superlens.toy.model import feature_dimensionality, phase_diagram, selection_experiment, train_toy
+from superlens.analysis.superposition import feature_dimensionality
+from superlens.toy.model import phase_diagram, selection_experiment, train_toy
 from superlens.toy.questions import composition_mediation, lens_strategies, memorisation_curve
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from superlens.analysis.superposition import feature_dimensionality, interference
+from superlens.analysis.superposition import interference
 from superlens.errors import UserError
 
 
@@ -57,6 +57,14 @@ def reconstruction(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.T
     return torch.relu(x @ w.T @ w + b)
 
 
+def importance_error(model: ToyModel, x: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted squared reconstruction error of each input under ``model``: what the toy
+    counterpart of uncertainty sampling ranks inputs by."""
+    with torch.no_grad():
+        w, b = (torch.as_tensor(a, dtype=x.dtype) for a in (model.w, model.b))
+        return (importance * (x - reconstruction(w, b, x)) ** 2).sum(1)
+
+
 def train_toy(
     n: int = 20, m: int = 5, sparsity: float = 0.0, importance=None, steps: int = 5000, batch: int = 1024,
     lr: float = 1e-3, seed: int = 0, data: torch.Tensor | None = None, weight_decay: float = 0.0,
@@ -74,8 +82,8 @@ def train_toy(
     w = torch.nn.init.xavier_normal_(torch.empty(m, n), generator=generator).requires_grad_()
     b = torch.zeros(n, requires_grad=True)
     optimizer = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
-    recent = []
-    for _ in range(steps):
+    recent = []  # the losses of the last 100 steps
+    for step in range(steps):
         if data is None:
             x = sparse_batch(batch, n, sparsity, generator)
         else:
@@ -84,7 +92,8 @@ def train_toy(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        recent = (recent + [float(loss.detach())])[-100:]
+        if step >= steps - 100:
+            recent.append(float(loss.detach()))
     return ToyModel(w.detach().numpy().copy(), b.detach().numpy().copy(), float(np.mean(recent)))
 
 
@@ -118,8 +127,7 @@ def selection_experiment(
     perm = torch.randperm(pool, generator=generator)
     first, rest = perm[:initial], perm[initial:]
     scout = train_toy(n, m, sparsity, steps=steps, seed=seed, data=x[first])
-    with torch.no_grad():
-        err = (imp * (x[rest] - reconstruction(torch.from_numpy(scout.w), torch.from_numpy(scout.b), x[rest])) ** 2).sum(1)
+    err = importance_error(scout, x[rest], imp)
     chosen = torch.cat([first, rest[err.argsort(descending=True)[: budget - initial]]])
     random = perm[:budget]
     out = {}

@@ -23,18 +23,10 @@ import torch
 
 from superlens.active.latents import coverage_picks, interference_picks, pair_interference
 from superlens.analysis.superposition import feature_dimensionality
-from superlens.toy.model import ToyModel, reconstruction, sparse_batch, train_toy
+from superlens.toy.model import ToyModel, importance_error, sparse_batch, train_toy
 
 RULES = ("uncertainty", "coverage", "interference")
 GEOMETRY = ("dims_per_feature", "represented", "mean_interference")
-
-
-def importance_error(model: ToyModel, x: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
-    """Importance-weighted squared reconstruction error of each input under ``model``."""
-    with torch.no_grad():
-        w, b = (torch.as_tensor(a, dtype=x.dtype) for a in (model.w, model.b))
-        out = reconstruction(w, b, x)
-        return (importance * (x - out) ** 2).sum(1)
 
 
 def overlap_matrix(w: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -258,7 +250,7 @@ def lens_strategies(n: int = 20, m: int = 5, pool: int = 8000, budget: int = 800
             row = {"seed": seed, "pair": [i, j], "scout_overlap": float(overlap[i, j])}
             for arm, (model, data) in trained.items():
                 row[f"{arm}_cofire"] = float(((data[:, i] > 0) & (data[:, j] > 0)).float().mean())
-                row[f"{arm}_overlap"] = float(np.abs(_cosine(model.w[:, i], model.w[:, j])))
+                row[f"{arm}_overlap"] = float(overlap_matrix(model.w, threshold=0.0)[i, j])
             pair_rows.append(row)
 
     diffs = np.array([r["interference_overlap"] - r["random_overlap"] for r in pair_rows])
@@ -268,11 +260,6 @@ def lens_strategies(n: int = 20, m: int = 5, pool: int = 8000, budget: int = 800
             "interference_summary": {"pairs": len(diffs), "mean_difference": float(diffs.mean()) if len(diffs) else 0.0,
                                      "lower": int((diffs < 0).sum()),
                                      "sign_test_p": sign_test(int((diffs < 0).sum()), int((diffs != 0).sum()))}}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
 def sign_test(successes: int, trials: int) -> float:
