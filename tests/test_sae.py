@@ -198,6 +198,45 @@ def test_picked_pre_activations_and_their_gradients_equal_the_dense_product_at_t
     dense = torch.gather(torch.baddbmm(b, x, W), 2, idx)
     assert torch.allclose(picked_pre(x, W, b, idx), dense, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x, W, b: picked_pre(x, W, b, idx), (x, W, b))
+    # read from the picking product (as training does): the same values and the dense product's gradients
+    weights = torch.randn(idx.shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((out * weights).sum(), (x, W, b))
+             for out in (picked_pre(x, W, b, idx, torch.baddbmm(b, x, W).detach()), dense)]
+    for a, c in zip(*grads):
+        assert torch.allclose(a, c, atol=1e-12)
+
+
+def test_a_bf16_pick_reads_float32_values_and_picks_the_float32_latents_but_for_near_ties(monkeypatch):
+    """``pick_dtype``: the k latents are chosen by a bf16 product, their values and gradients are float32's at
+    those latents; the chosen latents are float32's except where two pre-activations lie within bf16's
+    rounding. ``pick_precision`` asks for it only on a CPU with bf16 units."""
+    import superlens.hardware
+    from superlens.analysis.sae import pick_precision, topk_forward
+
+    g = torch.Generator().manual_seed(0)
+    S, B, d, L = 2, 300, 16, 64
+    x = torch.randn(S, B, d, generator=g)
+    W_enc = torch.randn(S, d, L, generator=g, requires_grad=True)
+    b_enc = torch.randn(S, 1, L, generator=g, requires_grad=True)
+    W_dec = torch.nn.functional.normalize(torch.randn(S, L, d, generator=g), dim=2).requires_grad_()
+    settings = SAESettings(kind="topk", k=4)
+    pre = torch.baddbmm(b_enc, x, W_enc).detach()
+    exact = pre.topk(4, dim=2).indices
+    _, _, decoded, activity = topk_forward(x, W_enc, b_enc, W_dec, settings, False, torch.bfloat16)
+    picked = torch.baddbmm(b_enc.bfloat16(), x.bfloat16(), W_enc.bfloat16()).topk(4, dim=2).indices
+    same = (picked.sort(2).values == exact.sort(2).values).all(2)
+    assert same.float().mean() > 0.9
+    vals = torch.relu(pre.gather(2, picked))  # float32 values at the bf16 picks
+    expected = torch.einsum("sbk,sbkd->sbd", vals, W_dec.detach()[torch.arange(S)[:, None, None], picked])
+    assert torch.allclose(decoded, expected, atol=1e-4)
+    decoded.sum().backward()
+    assert W_enc.grad is not None and torch.isfinite(W_enc.grad).all()
+    monkeypatch.setattr(superlens.hardware, "cpu_bf16_units", lambda: True)
+    assert pick_precision(torch.device("cpu"), True, True) == "bf16 pick"
+    assert pick_precision(torch.device("cpu"), True, False) == "float32"
+    assert pick_precision(torch.device("cuda"), True, True) == "tf32"
+    monkeypatch.setattr(superlens.hardware, "cpu_bf16_units", lambda: False)
+    assert pick_precision(torch.device("cpu"), True, True) == "float32"
 
 
 def test_tf32_is_switched_on_for_cuda_products_only_and_restored():

@@ -85,6 +85,37 @@ def test_batched_seeds_start_where_single_saes_start_and_stop_when_settled():
     assert torch.allclose(single.W_dec, zero.W_dec, atol=1e-5)
 
 
+def test_the_settle_rule_holds_training_until_psi_and_the_reproduced_fraction_stop_moving():
+    """The rule: settled once neither psi nor the reproduced fraction moved since the last window by more than
+    the SAE seeds' SD. Construction: three seeds with the same 8 orthonormal decoder rows (all reproduced);
+    the same activity twice settles; an activity that spreads over more latents moves psi by more than
+    the seeds disagree and does not; a rule that never settles keeps training to the cap."""
+    from dataclasses import replace
+
+    from superlens.analysis.superposition import SettleRule
+
+    W = torch.eye(8).repeat(3, 1, 1)  # (3 seeds, 8 latents, 8 neurons)
+    peaked = torch.tensor([[8.0, 1, 1, 1, 0, 0, 0, 0]] * 3) + torch.tensor([[0.0], [0.1], [0.2]])
+    spread = torch.ones(3, 8) + torch.tensor([[0.0], [0.1], [0.2]])
+    rule = SettleRule(match=0.9, neurons=8)
+    first, record = rule(W, peaked)
+    assert not first and record["reproduced_fraction"] == pytest.approx(4 / 4)  # 4 live latents, all reproduced
+    settled, record = rule(W, peaked)
+    assert settled and record["settled"]
+    moved, record = rule(W, spread)
+    assert not moved and record["psi"] == pytest.approx(1.0, abs=0.01)  # 8 equal shares over 8 neurons
+    x = synthetic_activations(2000, 8, 16, seed=0).x
+    settings = SAESettings(expansion=2, k=2, steps=600, batch_size=256)
+    loss_only = train_saes(x, replace(settings, steps=4000), [5, 6], tolerance=0.05, window=100)
+    assert loss_only.converged and loss_only.trace == []
+    never = train_saes(x, settings, [5, 6], tolerance=0.05, window=100, rule=lambda W, a: (False, {"n": int(a.sum() > 0)}))
+    assert not never.converged and never.steps == 600
+    assert [t["step"] for t in never.trace] == list(range(100, 601, 100)) and all(t["n"] == 1 for t in never.trace)
+    m = superlens.measure_superposition(x, seeds=2, expansion=2, k=2, max_steps=600, batch_size=256, window=100)
+    assert m["settle_trace"] and {"psi", "psi_sd", "reproduced_fraction", "settled"} <= set(m["settle_trace"][0])
+    assert not m["converged"] or m["settle_trace"][-1]["settled"]  # converged only where the rule settled
+
+
 def test_class_gains_learn_which_neurons_a_class_silences():
     """Construction: 24 non-negative features in 12 neurons; in class 1 the first 6 neurons are silenced
     (as a ReLU after a class-dependent shift would). Each SAE's gains for class 1 fall on those neurons

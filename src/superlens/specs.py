@@ -262,7 +262,8 @@ class SuperpositionSettings(Spec):
     RULES = {"seeds": integer(2), "k": integer(1), "expansion": integer(1), "max_steps": integer(1),
              "batch_size": integer(1), "lr": number(0, lo_open=True), "tolerance": number(0, lo_open=True),
              "window": integer(1), "match": number(0, 1, lo_open=True), "max_vectors": integer(2), "seed": integer(),
-             "class_gains": boolean(), "tf32": boolean()}
+             "class_gains": boolean(), "tf32": boolean(), "bf16": boolean(),
+             "settle_rule": boolean()}
 
     seeds: int = 3  # SAEs per model; psi is their mean, psi_sd their SD
     k: int = 4  # active latents per vector
@@ -277,6 +278,8 @@ class SuperpositionSettings(Spec):
     seed: int = 0  # the first SAE seed; the others follow it
     class_gains: bool = True  # with labels, each SAE learns a gain per class and neuron (train_saes)
     tf32: bool = True  # on CUDA, the SAEs' float32 products in TF32 (gpu_probe.py measures what it moves psi by)
+    bf16: bool = True  # on a CPU with bf16 units, the product that picks each vector's k latents in bf16
+    settle_rule: bool = True  # stop only when psi and the reproduced fraction settle too (SettleRule), not the loss alone
 
     def sae_settings(self) -> "SAESettings":
         return SAESettings(kind="topk", expansion=self.expansion, k=self.k, steps=self.max_steps,

@@ -150,6 +150,44 @@ def decoder_cosines(decoders: list[np.ndarray], device=None, in_torch: bool | No
     return {(i, j): (rows[i] @ rows[j].T).cpu().double().numpy() for i, j in pairs}
 
 
+def _reproduced_pairs(decoders: list[np.ndarray], live: list[np.ndarray], match: float, sims: dict):
+    """(i, j, kept) for each SAE i and each other SAE j: i's live latents (``live[i]``) that j reproduces,
+    from the pairs' cosine matrices ``sims`` (``decoder_cosines``)."""
+    for i, dec in enumerate(decoders):
+        for j, other in enumerate(decoders):
+            if j != i:
+                sim = sims[(i, j)] if i < j else sims[(j, i)].T
+                yield i, j, reproduced(dec, other, match, sim) & live[i]
+
+
+class SettleRule:
+    """The protocol's stop rule beyond the loss (``train_saes``' ``rule``): at each window, psi and the
+    reproduced fraction are estimated from the decoders and the window's codes (each latent's summed code
+    stands for its activity), as the final count computes them; training may stop only once neither mean
+    over the SAE seeds moved since the previous window by more than the seeds' SD at this window (the
+    measurement's own spread): more steps would then move what is counted less than the seeds disagree."""
+
+    def __init__(self, match: float, neurons: int) -> None:
+        self.match, self.neurons, self.previous = match, neurons, None
+
+    def __call__(self, W_dec: torch.Tensor, activity: torch.Tensor) -> tuple[bool, dict]:
+        decoders = [unit_rows(w) for w in W_dec.float().cpu().numpy()]
+        act = activity.double().cpu().numpy()
+        live = [a > 0 for a in act]
+        sims = decoder_cosines(decoders, W_dec.device, in_torch=True)  # float32 products: cheap, and enough to threshold
+        psi = [[] for _ in decoders]
+        fraction = [[] for _ in decoders]
+        for i, _, kept in _reproduced_pairs(decoders, live, self.match, sims):
+            psi[i].append(effective_features(activity=act[i][kept]) / self.neurons)
+            fraction[i].append(kept.sum() / max(1, live[i].sum()))
+        now = {name: (float(np.mean(v)), float(np.std(np.mean(v, axis=1), ddof=1)))
+               for name, v in (("psi", psi), ("reproduced", fraction))}
+        settled = self.previous is not None and all(abs(now[k][0] - self.previous[k][0]) <= now[k][1] for k in now)
+        self.previous = now
+        return settled, {"psi": now["psi"][0], "psi_sd": now["psi"][1], "reproduced_fraction": now["reproduced"][0],
+                         "reproduced_fraction_sd": now["reproduced"][1], "settled": settled}
+
+
 def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match: float, neurons: int,
                       device=None) -> dict:
     """For each SAE: psi and the dictionary metrics over its latents that each other SAE reproduces,
@@ -159,15 +197,12 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
                                 "stable_fraction", "psi_all_seeds")}
     # decoders are unit rows: one cosine matrix per pair of SAEs, read both ways
     sims = decoder_cosines(decoders, device)
+    live = [freq > 0 for _, freq, _ in summaries]
+    pairs = list(_reproduced_pairs(decoders, live, match, sims))
     for i, (dec, (activity, freq, _)) in enumerate(zip(decoders, summaries)):
         values = {k: [] for k in per_seed if k != "psi_all_seeds"}
-        live = freq > 0
-        everywhere = live.copy()  # reproduced by every other SAE
-        for j, other in enumerate(decoders):
-            if j == i:
-                continue
-            sim = sims[(i, j)] if i < j else sims[(j, i)].T
-            kept = reproduced(dec, other, match, sim) & live
+        everywhere = live[i].copy()  # reproduced by every other SAE
+        for _, _, kept in (pair for pair in pairs if pair[0] == i):
             everywhere &= kept
             values["psi"].append(effective_features(activity=activity[kept]) / neurons)
             values["features_per_neuron"].append(kept.sum() / neurons)
@@ -175,7 +210,7 @@ def _per_seed_metrics(decoders: list[np.ndarray], summaries: list[tuple], match:
                                                          if kept.any() else float("nan"))
             values["interference"].append(weighted_interference(dec[kept].T, freq[kept]) if kept.any()
                                           else float("nan"))
-            values["stable_fraction"].append(kept.sum() / max(1, live.sum()))
+            values["stable_fraction"].append(kept.sum() / max(1, live[i].sum()))
         for k, v in values.items():
             per_seed[k].append(float(np.mean(v)))
         per_seed["psi_all_seeds"].append(effective_features(activity=activity[everywhere]) / neurons)
@@ -250,8 +285,10 @@ def fit_protocol(activations, labels, opts, device=None, progress=None, seed_off
         if opts.class_gains:
             classes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
     first = opts.seed + seed_offset
+    rule = SettleRule(opts.match, x.shape[1]) if opts.settle_rule and opts.seeds >= 2 else None
     batch = train_saes(x, opts.sae_settings(), [first + s for s in range(opts.seeds)], opts.tolerance,
-                       opts.window, device=device, progress=progress, classes=classes, tf32=opts.tf32)
+                       opts.window, device=device, progress=progress, classes=classes, tf32=opts.tf32,
+                       bf16=opts.bf16, rule=rule)
     decoders = [unit_rows(s.W_dec.detach().cpu().numpy()) for s in batch.saes]
     summaries = [_codes_summary(s, x, None if batch.gains is None else batch.gains[i], classes)
                  for i, s in enumerate(batch.saes)]
@@ -293,6 +330,6 @@ def measure_superposition(activations, *, seeds: int | None = None, labels=None,
         "fvu": float(np.mean([fvu for _, _, fvu in summaries])),
         "converged": batch.converged, "steps": batch.steps, "expansion": opts.expansion, "k": opts.k,
         "seeds": opts.seeds, "neurons": neurons, "vectors": len(fit.x), "class_centered": labels is not None,
-        "class_gains": fit.classes is not None,
+        "class_gains": fit.classes is not None, "precision": batch.precision, "settle_trace": batch.trace,
         "layer": layer_name,
     }
