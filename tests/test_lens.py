@@ -12,7 +12,8 @@ from conftest import run_cli
 FACTORIES = Path(__file__).parent / "lens_models.py"
 QUICK = ["analysis.max_samples=150", "analysis.probe_samples=200", "sae.max_images=60", "sae.settings.steps=20",
          "sae.settings.batch_size=128", "sae.superposition.max_steps=100", "sae.superposition.window=50",
-         "featvis.settings.steps=4", "featvis.top=3", "sae.floor=false"]  # the floor: tested on two layers below
+         "featvis.settings.steps=4", "featvis.top=3", "sae.floor=false", "sae.gaussian_floor=false",
+         "sae.planted=[]"]  # the floors and the planted control: tested on two layers below
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def saved(tmp_path_factory):
 def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
     out = tmp_path / "cnn"
     code, stdout, err = run_cli(["analyze", f"{FACTORIES}:small_cnn", "--weights", saved["small_cnn"], "--data", "digits",
-                                 "--layers", "3,8", "--units", "0,5", "--out", out, *QUICK, "sae.floor=true"], capsys)
+                                 "--layers", "3,8", "--units", "0,5", "--out", out, *QUICK, "sae.floor=true",
+                                 "sae.gaussian_floor=true", "sae.planted=[1.0]"], capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     entry = summary["arms"]["small_cnn"]
@@ -48,6 +50,8 @@ def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
     for layer in ("3", "8"):  # the initialized-network floor of each layer, and where psi stands against it
         m = entry["layers"][layer]
         assert m["psi_above_floor"] == pytest.approx(m["psi"] - m["psi_init_floor"]) and m["psi_clears_floor"] in (0, 1)
+        assert m["psi_gaussian_floor"] >= 0 and 0 <= m["planted_recall_1"] <= 1 and "planted_rise_1" in m
+        assert "planted_rise_0.5" not in m  # only the ratios asked for
     assert "class_selectivity_mean" in entry["layers"]["8"]  # a ReLU output
     assert "class_selectivity_mean" not in entry["layers"]["3"]  # a convolution, before its ReLU
     assert "filter_cosine_mean" in entry["layers"]["3"] and "filter_cosine_mean" not in entry["layers"]["8"]
@@ -61,7 +65,8 @@ def test_cnn_and_attention_model_two_layers_each(saved, tmp_path, capsys):
     x = capture(saved["small_cnn_model"], test, "3", device="cpu")["3"]
     assert entry["layers"]["3"]["silhouette_features"] == pytest.approx(geometry.silhouette_score(x, test.labels.numpy()))
     html = (out / "report.html").read_text()
-    for text in ("Layer 3", "Layer 8", "Sparse autoencoder", "t-SNE", "Activation maximization", "Neuron polysemanticity"):
+    for text in ("Layer 3", "Layer 8", "Sparse autoencoder", "t-SNE", "Activation maximization", "Neuron polysemanticity",
+                 "planted_rise_1", "psi_gaussian_floor"):
         assert text in html, text
     assert "src=\"http" not in html
 
@@ -226,8 +231,8 @@ def test_a_stopped_analysis_continues_where_it_stopped(saved, tmp_path):
 
     import superlens
 
-    options = {"analysis": {"max_samples": 120, "probe_samples": 150}, "sae": {"max_images": 40,
-               "settings": {"steps": 10, "batch_size": 64}, "superposition": {"max_steps": 60, "window": 30}}}
+    options = {"analysis": {"max_samples": 120, "probe_samples": 150}, "sae": {"max_images": 40, "gaussian_floor": False,
+               "planted": [], "settings": {"steps": 10, "batch_size": 64}, "superposition": {"max_steps": 60, "window": 30}}}
     lines: list[str] = []
 
     def stop_after_first_layer(line: str) -> None:

@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "model": {"stem": "cifar", "width": 64, "dropout": 0.0},  # for MODEL=resnet18
     "analysis": {"pool": "avg", "max_samples": 10000, "probe_samples": 10000, "tsne": True, "perplexity": 30.0,
                  "topk": 100, "knn_k": 10, "eval_batch_size": 256},
-    "sae": {"enabled": True, "max_images": 5000, "stability": False, "floor": True, "settings": {}, "superposition": {}},
+    "sae": {"enabled": True, "max_images": 5000, "stability": False, "floor": True, "gaussian_floor": True,
+            "planted": [0.5, 1.0], "settings": {}, "superposition": {}},
     "featvis": {"top": 9, "settings": {}},
     "data": {"options": {}},  # keyword arguments of the dataset's loader, e.g. data.options.image_size=16
 }
@@ -154,6 +155,7 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
             result.notes.append(f"{name}: psi {m['psi']:.3g} is at the level of an untrained network: the same network "
                                 f"at fresh initial weights reads {m['psi_init_floor']:.3g} on the same images, and psi "
                                 "does not exceed that by more than the SAE-seed spread")
+        result.notes.extend(control_notes(name, m))
     if units_to_show:
         if not conv:
             result.notes.append(f"{name}: activation maximization is for conv layers (C, H, W); skipped")
@@ -201,8 +203,9 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
     labels = vector_labels(sae_train.labels.cpu().numpy(), len(train_vectors))
     protocol = measure_superposition(train_vectors, labels=labels, layer_name=name, device=device,
                                      progress=progress_log(progress, "superposition SAEs"),
-                                     **section["superposition"])
+                                     details=bool(section["planted"]), **section["superposition"])
     metrics.update(superposition_metrics(protocol))
+    metrics.update(_controls(train_vectors, labels, protocol, section, seed, device, progress))
     if section["floor"]:  # the same protocol on the same images through the network at fresh initial weights
         from superlens.analysis.controls import floor_metrics, floor_verdict, reinitialized
 
@@ -214,6 +217,52 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
         metrics.update(floor_metrics({"psi": floor["psi"], **floor_verdict(protocol["psi"], protocol["psi_sd"],
                                                                             floor["psi"], floor["psi_sd"])}))
     return metrics
+
+
+def control_notes(name: str, metrics: dict[str, float]) -> list[str]:
+    """Sentences for a layer whose controls say psi is not counting there: psi not above its Gaussian floor,
+    or a planted-feature rise under half a feature per planted feature per neuron (a counted feature adds 1)."""
+    notes = []
+    if "psi_gaussian_floor" in metrics and not metrics["psi"] > metrics["psi_gaussian_floor"]:
+        notes.append(f"{name}: psi {metrics['psi']:.3g} is not above its Gaussian floor "
+                     f"({metrics['psi_gaussian_floor']:.3g}): vectors with this layer's mean and covariance and no "
+                     "sparse feature read as high")
+    weak = {key[len("planted_rise_"):]: v for key, v in metrics.items() if key.startswith("planted_rise_") and v < 0.5}
+    if weak:
+        shown = ", ".join(f"{v:.2f} at {r} per neuron" for r, v in weak.items())
+        notes.append(f"{name}: psi rises by {shown} per planted feature per neuron (a counted feature adds 1, the "
+                     "bar is 0.5): at these settings the protocol undercounts features on this layer; more vectors "
+                     "(sae.max_images) or the library's SAE settings (sae.superposition) are what lifts it")
+    return notes
+
+
+def _controls(vectors, labels, protocol, section, seed, device, progress) -> dict[str, float]:
+    """The protocol's controls on the layer's own vectors (``analysis.controls``), as a study runs them: the
+    Gaussian floor (``sae.gaussian_floor``) and the planted-feature response (``sae.planted``: K = ratio x
+    neurons directions for each ratio), as flat metrics."""
+    from superlens.analysis.controls import gaussian_null, planted_response
+    from superlens.analysis.sae import progress_log
+    from superlens.analysis.superposition import measure_superposition
+
+    out: dict[str, float] = {}
+    settings = section["superposition"]
+    if section["gaussian_floor"]:
+        if progress is not None:
+            progress("the Gaussian floor (the layer's mean and covariance, ReLU'd)")
+        null = measure_superposition(gaussian_null(vectors, seed=seed), labels=labels, device=device,
+                                     progress=progress_log(progress, "Gaussian-floor psi"), **settings)
+        out["psi_gaussian_floor"] = null["psi"]
+    ratios = sorted({float(r) for r in section["planted"]})
+    if ratios:
+        neurons = vectors.shape[1]
+        ks = [max(1, round(r * neurons)) for r in ratios]
+        if progress is not None:
+            progress(f"the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
+        response = planted_response(vectors, labels, ks, plant_seed=seed, device=device, base=protocol, **settings)
+        for ratio, row in zip(ratios, response["response"]):
+            out[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
+            out[f"planted_recall_{ratio:g}"] = row["recall"]
+    return out
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:

@@ -104,21 +104,23 @@ def recall(directions: np.ndarray, reproduced: list[np.ndarray], match: float) -
 
 
 def planted_response(x, labels=None, ks=None, *, plant_seed: int = 0, frequency: float | None = None,
-                     magnitude: float | None = None, device=None, **settings) -> dict:
+                     magnitude: float | None = None, device=None, base: dict | None = None, **settings) -> dict:
     """psi of ``x`` and of ``x`` with K planted directions for each K in ``ks`` (default N/2 and N).
 
     ``frequency`` and ``magnitude`` default to the median firing frequency and active magnitude of the
     latents the protocol finds in ``x`` itself; ``plant_seed`` draws the directions and where they are present
     (``settings``, the protocol's, may carry its own ``seed`` for the SAEs). Returns the base measurement's psi and, per K: psi, its
     SAE-seed SD, the rise in psi per planted feature per neuron ((psi_K - psi_0) / (K / N)) and the recall
-    of the planted directions."""
+    of the planted directions. ``base``: the protocol's measurement of ``x`` itself at the same settings,
+    with ``details`` (``measure_superposition(..., details=True)``), when the caller has it already."""
     from superlens.specs import SuperpositionSettings
 
     match = SuperpositionSettings.from_settings(settings).match
     x = np.asarray(x, dtype=np.float32)
     neurons = x.shape[1]
     ks = list(ks) if ks is not None else [max(1, neurons // 2), neurons]
-    base = measure_superposition(x, labels=labels, device=device, details=True, **settings)
+    if base is None or "details" not in base:
+        base = measure_superposition(x, labels=labels, device=device, details=True, **settings)
     info = base["details"]
     frequency = info["latent_frequency_median"] if frequency is None else frequency
     magnitude = info["latent_magnitude_median"] if magnitude is None else magnitude

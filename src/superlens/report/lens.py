@@ -9,7 +9,7 @@ from typing import Any
 
 from superlens.report import figures
 from superlens.report.html import HIST_TITLES, UNIT_TITLES, _b64, _fmt
-from superlens.report.metrics import METRIC_DOCS, QUALITY_DOCS, SAE_DOCS, SUPERPOSITION_DOCS
+from superlens.report.metrics import METRIC_DOCS, QUALITY_DOCS, SAE_DOCS, SUPERPOSITION_DOCS, planted_docs
 
 
 def _rows(results, layer: str, docs: dict[str, str]) -> list[dict[str, Any]]:
@@ -27,7 +27,8 @@ def build_lens_report(out: Path, results, summary: dict[str, Any], layers: list[
     sections = []
     main_docs = {k: v for k, v in {**QUALITY_DOCS, **METRIC_DOCS}.items()
                  if k not in ("test_accuracy", "aubc", "label_efficiency") and not k.endswith("_area")}
-    sae_docs = {**SUPERPOSITION_DOCS, **SAE_DOCS}
+    planted = planted_docs({k for r in results for lr in r.layers.values() for k in lr.metrics})
+    sae_docs = {**SUPERPOSITION_DOCS, **planted, **SAE_DOCS}
     for layer in layers:
         shown = [r for r in results if r.layers[layer].metrics]
         section: dict[str, Any] = {"layer": layer, "shape": "x".join(str(d) for d in results[0].layers[layer].shape),

@@ -23,6 +23,8 @@ SUPERPOSITION_DOCS = {
                       "what the instrument reads where nothing was learned",
     "psi_above_floor": "psi minus its initialized-network floor, per seed",
     "psi_clears_floor": "share of seeds whose psi exceeds its floor by more than the SAE-seed spread (the larger SD)",
+    "psi_gaussian_floor": "psi of as many ReLU'd Gaussian vectors with the layer's mean and covariance, same "
+                          "protocol: what the second-order statistics alone give (no sparse feature)",
     "psi_per_live_neuron": "psi counted per neuron that ever responds (dead units left out of the denominator)",
     "psi_tail": "long-tailed pool: psi on the SAE images of the minority classes only (same protocol)",
     "psi_head": "long-tailed pool: psi on the SAE images of the other classes only (same protocol)",
@@ -75,3 +77,18 @@ SAE_DOCS = {
     "sae_latent_topk_class_entropy_mean": "top-k class entropy of the SAE latents",
 }
 TABLES = {"superposition": SUPERPOSITION_DOCS, "quality": QUALITY_DOCS, "main": METRIC_DOCS, "sae": SAE_DOCS}
+
+
+def planted_docs(keys) -> dict[str, str]:
+    """The meaning of ``analyze``'s planted-feature keys among ``keys`` (planted_rise_<ratio>,
+    planted_recall_<ratio>, one pair per ratio of ``sae.planted``)."""
+    docs = {}
+    for key in keys:
+        if key.startswith("planted_rise_"):
+            docs[key] = (f"psi's rise per planted feature per neuron with {key[13:]} x neurons known sparse "
+                         "directions added to the layer's vectors (1 when each is counted; under 0.5 the protocol "
+                         "undercounts here)")
+        elif key.startswith("planted_recall_"):
+            docs[key] = (f"share of those {key[15:]} x neurons planted directions a reproduced latent matches at "
+                         "the protocol's cosine threshold")
+    return dict(sorted(docs.items(), key=lambda kv: (float(kv[0].split("_")[-1]), "recall" in kv[0])))
