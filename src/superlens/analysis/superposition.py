@@ -78,10 +78,11 @@ def unit_rows(w: np.ndarray) -> np.ndarray:
 
 def reproduced(a: np.ndarray, b: np.ndarray, match: float, sim: np.ndarray | None = None) -> np.ndarray:
     """Which rows of ``a`` (decoder directions of one SAE) another SAE ``b`` reproduces: mutual nearest
-    neighbours by cosine, at cosine >= ``match``. ``sim``: their cosine matrix, when already computed."""
+    neighbours by cosine, at cosine >= ``match``. ``sim``: their cosine matrix, when already computed (a
+    torch tensor stays where it is, and so does the answer)."""
     sim = unit_rows(a) @ unit_rows(b).T if sim is None else sim
     best_b, best_a = sim.argmax(1), sim.argmax(0)
-    rows = np.arange(len(a))
+    rows = torch.arange(len(sim), device=sim.device) if isinstance(sim, torch.Tensor) else np.arange(len(sim))
     return (best_a[best_b] == rows) & (sim[rows, best_b] >= match)
 
 
@@ -157,7 +158,8 @@ def _reproduced_pairs(decoders: list[np.ndarray], live: list[np.ndarray], match:
         for j, other in enumerate(decoders):
             if j != i:
                 sim = sims[(i, j)] if i < j else sims[(j, i)].T
-                yield i, j, reproduced(dec, other, match, sim) & live[i]
+                kept = reproduced(dec, other, match, sim)
+                yield i, j, (kept.cpu().numpy() if isinstance(kept, torch.Tensor) else kept) & live[i]
 
 
 class SettleRule:
@@ -171,10 +173,11 @@ class SettleRule:
         self.match, self.neurons, self.previous = match, neurons, None
 
     def __call__(self, W_dec: torch.Tensor, activity: torch.Tensor) -> tuple[bool, dict]:
-        decoders = [unit_rows(w) for w in W_dec.float().cpu().numpy()]
+        decoders = list(torch.nn.functional.normalize(W_dec.float(), dim=2))
         act = activity.double().cpu().numpy()
         live = [a > 0 for a in act]
-        sims = decoder_cosines(decoders, W_dec.device, in_torch=True)  # float32 products: cheap, and enough to threshold
+        # float32 products where the decoders are; only the kept masks come back to the host
+        sims = {(i, j): decoders[i] @ decoders[j].T for i in range(len(decoders)) for j in range(i + 1, len(decoders))}
         psi = [[] for _ in decoders]
         fraction = [[] for _ in decoders]
         for i, _, kept in _reproduced_pairs(decoders, live, self.match, sims):
