@@ -121,8 +121,9 @@ def topk_forward(x_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, W
     are read from it with gradients by ``picked_pre``. With ``aux`` (the auxiliary term reads up to
     ``aux_k`` dead latents per vector) one dense product with gradients serves both. Either way the
     code is decoded as a bag of its k decoder rows. ``pick_dtype`` (bf16): the picking product (TopK
-    without ``aux`` only) in that dtype; the picked values are read from it at that precision, and every
-    gradient is computed from the float32 weights and inputs."""
+    without ``aux`` only) in that dtype; the k picked values are then recomputed in the inputs' dtype, so
+    only the choice of latents can differ (where two pre-activations lie within the lower precision's
+    rounding), and every gradient is the float32 one."""
     latents = W_enc.shape[2]
     if settings.kind != "topk" or settings.k >= latents:
         pre = torch.baddbmm(b_enc, x_in, W_enc)
@@ -426,8 +427,8 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
 
     ``tf32``: on CUDA, the float32 products in TF32 (``matmul_precision``). ``bf16``: on a CPU with
     bf16 units (AVX512-BF16, AMX; ``superlens.hardware.cpu_bf16_units``), the product that picks each
-    vector's k latents in bf16 (``topk_forward``'s ``pick_dtype``; about 2.5 times the float32 rate
-    there); the gradients stay float32. ``SAEBatch.precision`` says which ran.
+    vector's k latents in bf16 (``topk_forward``'s ``pick_dtype``; that product at over twice the float32 rate
+    there); the picked values and the gradients stay float32. ``SAEBatch.precision`` says which ran.
 
     ``rule(W_dec, activity)``: a further stop condition, asked once per window with the decoders (S, L, d)
     and each latent's summed code over the window (S, L); it returns (settled, a record for
