@@ -229,10 +229,11 @@ def control_notes(name: str, metrics: dict[str, float]) -> list[str]:
                      "sparse feature read as high")
     weak = {key[len("planted_rise_"):]: v for key, v in metrics.items() if key.startswith("planted_rise_") and v < 0.5}
     if weak:
-        shown = ", ".join(f"{v:.2f} at {r} per neuron" for r, v in weak.items())
-        notes.append(f"{name}: psi rises by {shown} per planted feature per neuron (a counted feature adds 1, the "
-                     "bar is 0.5): at these settings the protocol undercounts features on this layer; more vectors "
-                     "(sae.max_images) or the library's SAE settings (sae.superposition) are what lifts it")
+        shown = " and ".join(f"{v:.2f} at K/N = {r}" for r, v in weak.items())
+        notes.append(f"{name}: known features planted in this layer's vectors raise psi by {shown} per planted "
+                     "feature per neuron (a counted feature adds 1; the bar is 0.5): at these settings the protocol "
+                     "undercounts features on this layer; more vectors (sae.max_images) or the library's SAE "
+                     "settings (sae.superposition) are what lifts it")
     return notes
 
 
