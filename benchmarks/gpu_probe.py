@@ -83,7 +83,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     train_syncs = count_syncs(device, lambda: fit(model, train, recipe, device=device, progress=False))
 
-    from superlens.analysis.sae import train_saes
+    from superlens.analysis.sae_batched import train_saes
     from superlens.specs import SuperpositionSettings
 
     vectors = np.maximum(rng.normal(size=(int(20000 * args.scale), 128)), 0).astype(np.float32)

@@ -77,7 +77,7 @@ def dense_protocol_step(x: torch.Tensor, y: torch.Tensor, latents: int, k: int, 
 
 
 def protocol(args, device: torch.device) -> None:
-    from superlens.analysis.sae import train_saes
+    from superlens.analysis.sae_batched import train_saes
     from superlens.specs import SuperpositionSettings
 
     rng = np.random.default_rng(0)

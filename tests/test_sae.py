@@ -143,7 +143,7 @@ def test_the_sparse_training_loss_and_its_gradients_equal_the_dense_formulation(
     equals the dense formulas (every latent's pre-activation, a scattered code, dense products)."""
     import torch.nn.functional as F
 
-    from superlens.analysis.sae import _Batched
+    from superlens.analysis.sae_batched import _Batched
 
     torch.manual_seed(0)
     x = torch.randn(400, 12).abs().double()
@@ -211,7 +211,8 @@ def test_a_bf16_pick_reads_float32_values_and_picks_the_float32_latents_but_for_
     those latents; the chosen latents are float32's except where two pre-activations lie within bf16's
     rounding. ``pick_precision`` asks for it only on a CPU with bf16 units."""
     import superlens.hardware
-    from superlens.analysis.sae import pick_precision, topk_forward
+    from superlens.analysis.sae import topk_forward
+    from superlens.analysis.sae_batched import pick_precision
 
     g = torch.Generator().manual_seed(0)
     S, B, d, L = 2, 300, 16, 64
@@ -240,7 +241,7 @@ def test_a_bf16_pick_reads_float32_values_and_picks_the_float32_latents_but_for_
 
 
 def test_tf32_is_switched_on_for_cuda_products_only_and_restored():
-    from superlens.analysis.sae import matmul_precision
+    from superlens.analysis.sae_batched import matmul_precision
 
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -6,7 +6,8 @@ import torch
 
 import superlens
 from superlens.analysis.groundtruth import synthetic_activations
-from superlens.analysis.sae import train_sae, train_saes
+from superlens.analysis.sae import train_sae
+from superlens.analysis.sae_batched import train_saes
 from superlens.analysis.similarity import linear_cka
 from superlens.analysis.superposition import (class_centered, feature_dimensionality, reproduced,
                                               weighted_interference)

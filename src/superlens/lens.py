@@ -146,6 +146,8 @@ def _layer(model, name, test, train, recipe, options, device, accuracy_known, un
         result.per_unit = {k: np.asarray(v)[alive] for k, v in out["per_unit"].items()}
     conv = raw.ndim == 4
     if options["sae"]["enabled"]:
+        from superlens.analysis.controls import control_notes
+
         test_vectors = _sae_vectors(raw)  # the SAE's copy of the activations: the capture itself is let go
         del raw
         result.metrics.update(_sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known,
@@ -175,6 +177,7 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 
 def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None,
          keep: tuple[Path, str] | None = None) -> dict[str, float]:
+    from superlens.analysis.controls import layer_controls
     from superlens.analysis.features import capture
     from superlens.analysis.sae import progress_log, train_sae, vector_labels
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
@@ -205,7 +208,7 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
                                      progress=progress_log(progress, "superposition SAEs"),
                                      details=bool(section["planted"]), **section["superposition"])
     metrics.update(superposition_metrics(protocol))
-    metrics.update(_controls(train_vectors, labels, protocol, section, seed, device, progress))
+    metrics.update(layer_controls(train_vectors, labels, protocol, section, seed, device, progress))
     if section["floor"]:  # the same protocol on the same images through the network at fresh initial weights
         from superlens.analysis.controls import floor_metrics, floor_verdict, reinitialized
 
@@ -217,53 +220,6 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
         metrics.update(floor_metrics({"psi": floor["psi"], **floor_verdict(protocol["psi"], protocol["psi_sd"],
                                                                             floor["psi"], floor["psi_sd"])}))
     return metrics
-
-
-def control_notes(name: str, metrics: dict[str, float]) -> list[str]:
-    """Sentences for a layer whose controls say psi is not counting there: psi not above its Gaussian floor,
-    or a planted-feature rise under half a feature per planted feature per neuron (a counted feature adds 1)."""
-    notes = []
-    if "psi_gaussian_floor" in metrics and not metrics["psi"] > metrics["psi_gaussian_floor"]:
-        notes.append(f"{name}: psi {metrics['psi']:.3g} is not above its Gaussian floor "
-                     f"({metrics['psi_gaussian_floor']:.3g}): vectors with this layer's mean and covariance and no "
-                     "sparse feature read as high")
-    weak = {key[len("planted_rise_"):]: v for key, v in metrics.items() if key.startswith("planted_rise_") and v < 0.5}
-    if weak:
-        shown = " and ".join(f"{v:.2f} at K/N = {r}" for r, v in weak.items())
-        notes.append(f"{name}: known features planted in this layer's vectors raise psi by {shown} per planted "
-                     "feature per neuron (a counted feature adds 1; the bar is 0.5): at these settings the protocol "
-                     "undercounts features on this layer; more vectors (sae.max_images) or the library's SAE "
-                     "settings (sae.superposition) are what lifts it")
-    return notes
-
-
-def _controls(vectors, labels, protocol, section, seed, device, progress) -> dict[str, float]:
-    """The protocol's controls on the layer's own vectors (``analysis.controls``), as a study runs them: the
-    Gaussian floor (``sae.gaussian_floor``) and the planted-feature response (``sae.planted``: K = ratio x
-    neurons directions for each ratio), as flat metrics."""
-    from superlens.analysis.controls import gaussian_null, planted_response
-    from superlens.analysis.sae import progress_log
-    from superlens.analysis.superposition import measure_superposition
-
-    out: dict[str, float] = {}
-    settings = section["superposition"]
-    if section["gaussian_floor"]:
-        if progress is not None:
-            progress("the Gaussian floor (the layer's mean and covariance, ReLU'd)")
-        null = measure_superposition(gaussian_null(vectors, seed=seed), labels=labels, device=device,
-                                     progress=progress_log(progress, "Gaussian-floor psi"), **settings)
-        out["psi_gaussian_floor"] = null["psi"]
-    ratios = sorted({float(r) for r in section["planted"]})
-    if ratios:
-        neurons = vectors.shape[1]
-        ks = [max(1, round(r * neurons)) for r in ratios]
-        if progress is not None:
-            progress(f"the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
-        response = planted_response(vectors, labels, ks, plant_seed=seed, device=device, base=protocol, **settings)
-        for ratio, row in zip(ratios, response["response"]):
-            out[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
-            out[f"planted_recall_{ratio:g}"] = row["recall"]
-    return out
 
 
 def _featvis(model, name, units, train, recipe, options, device) -> dict[str, np.ndarray]:

@@ -49,7 +49,8 @@ def fit_lens(model, data, layer: str, recipe, device, rng: np.random.Generator, 
              k: int, steps: int, batch_size: int, match: float, min_latents: int, window: int = 100,
              tolerance: float = 0.01) -> LatentLens:
     """Two TopK SAEs on the layer's vectors of ``fit_images`` pool images drawn with ``rng``."""
-    from superlens.analysis.sae import conv_vectors, train_saes
+    from superlens.analysis.sae import conv_vectors
+    from superlens.analysis.sae_batched import train_saes
     from superlens.analysis.superposition import reproduced, unit_rows
     from superlens.specs import SAESettings
 

@@ -137,3 +137,49 @@ def planted_response(x, labels=None, ks=None, *, plant_seed: int = 0, frequency:
                      "recall": recall(directions, m["details"]["reproduced_decoders"], match)})
     return {"psi": base["psi"], "psi_sd": base["psi_sd"], "frequency": float(frequency),
             "magnitude": float(magnitude), "response": rows}
+
+
+def control_notes(name: str, metrics: dict[str, float]) -> list[str]:
+    """Sentences for a layer whose controls say psi is not counting there: psi not above its Gaussian floor,
+    or a planted-feature rise under half a feature per planted feature per neuron (a counted feature adds 1)."""
+    notes = []
+    if "psi_gaussian_floor" in metrics and not metrics["psi"] > metrics["psi_gaussian_floor"]:
+        notes.append(f"{name}: psi {metrics['psi']:.3g} is not above its Gaussian floor "
+                     f"({metrics['psi_gaussian_floor']:.3g}): vectors with this layer's mean and covariance and no "
+                     "sparse feature read as high")
+    weak = {key[len("planted_rise_"):]: v for key, v in metrics.items() if key.startswith("planted_rise_") and v < 0.5}
+    if weak:
+        shown = " and ".join(f"{v:.2f} at K/N = {r}" for r, v in weak.items())
+        notes.append(f"{name}: known features planted in this layer's vectors raise psi by {shown} per planted "
+                     "feature per neuron (a counted feature adds 1; the bar is 0.5): at these settings the protocol "
+                     "undercounts features on this layer; more vectors (sae.max_images) or the library's SAE "
+                     "settings (sae.superposition) are what lifts it")
+    return notes
+
+
+def layer_controls(vectors, labels, protocol, section, seed, device, progress=None) -> dict[str, float]:
+    """``superlens analyze``'s controls of one layer's vectors, as a study runs them: the Gaussian floor
+    (``section["gaussian_floor"]``) and the planted-feature response (``section["planted"]``: K = ratio x
+    neurons directions for each ratio) at the protocol settings ``section["superposition"]``, with
+    ``protocol`` (its measurement of ``vectors``, with details) as the planted control's base; flat metrics."""
+    from superlens.analysis.sae import progress_log
+
+    out: dict[str, float] = {}
+    settings = section["superposition"]
+    if section["gaussian_floor"]:
+        if progress is not None:
+            progress("the Gaussian floor (the layer's mean and covariance, ReLU'd)")
+        null = measure_superposition(gaussian_null(vectors, seed=seed), labels=labels, device=device,
+                                     progress=progress_log(progress, "Gaussian-floor psi"), **settings)
+        out["psi_gaussian_floor"] = null["psi"]
+    ratios = sorted({float(r) for r in section["planted"]})
+    if ratios:
+        neurons = vectors.shape[1]
+        ks = [max(1, round(r * neurons)) for r in ratios]
+        if progress is not None:
+            progress(f"the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
+        response = planted_response(vectors, labels, ks, plant_seed=seed, device=device, base=protocol, **settings)
+        for ratio, row in zip(ratios, response["response"]):
+            out[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
+            out[f"planted_recall_{ratio:g}"] = row["recall"]
+    return out

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from superlens.analysis import neurons
-from superlens.analysis.sae import train_sae, train_saes
+from superlens.analysis.sae import train_sae
+from superlens.analysis.sae_batched import train_saes
 from superlens.analysis.sae_measures import effective_features, matched_decoder_cosine, sae_metrics, spliced_accuracies
 
 
