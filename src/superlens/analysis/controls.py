@@ -157,29 +157,30 @@ def control_notes(name: str, metrics: dict[str, float]) -> list[str]:
     return notes
 
 
-def layer_controls(vectors, labels, protocol, section, seed, device, progress=None) -> dict[str, float]:
-    """``superlens analyze``'s controls of one layer's vectors, as a study runs them: the Gaussian floor
-    (``section["gaussian_floor"]``) and the planted-feature response (``section["planted"]``: K = ratio x
-    neurons directions for each ratio) at the protocol settings ``section["superposition"]``, with
-    ``protocol`` (its measurement of ``vectors``, with details) as the planted control's base; flat metrics."""
-    from superlens.analysis.sae import progress_log
+def planted_counts(ratios, neurons: int) -> list[int]:
+    """K = ratio x ``neurons`` (at least 1) for each ratio, each K once, smallest first."""
+    return sorted({max(1, round(float(r) * neurons)) for r in ratios})
 
-    out: dict[str, float] = {}
-    settings = section["superposition"]
-    if section["gaussian_floor"]:
-        if progress is not None:
-            progress("the Gaussian floor (the layer's mean and covariance, ReLU'd)")
-        null = measure_superposition(gaussian_null(vectors, seed=seed), labels=labels, device=device,
-                                     progress=progress_log(progress, "Gaussian-floor psi"), **settings)
-        out["psi_gaussian_floor"] = null["psi"]
-    ratios = sorted({float(r) for r in section["planted"]})
-    if ratios:
-        neurons = vectors.shape[1]
-        ks = [max(1, round(r * neurons)) for r in ratios]
-        if progress is not None:
-            progress(f"the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
-        response = planted_response(vectors, labels, ks, plant_seed=seed, device=device, base=protocol, **settings)
-        for ratio, row in zip(ratios, response["response"]):
-            out[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
-            out[f"planted_recall_{ratio:g}"] = row["recall"]
+
+def layer_controls(vectors, labels, ratios, *, gaussian: bool = True, plant_seed: int = 0, device=None,
+                   base: dict | None = None, log=None, **settings) -> dict:
+    """The protocol's controls on one layer's vectors, as a study and ``superlens analyze`` run them, at the
+    protocol settings ``settings``: the planted-feature response for K = ratio x neurons of each ratio
+    (``planted_response``, its directions and presence drawn from ``plant_seed``; ``base``: the protocol's
+    own measurement of ``vectors`` with details, when the caller has it) and, with ``gaussian``, the
+    Gaussian floor (psi of ``gaussian_null(vectors, plant_seed)``). Returns {"planted": planted_response's dict or None
+    without ratios, "gaussian_floor": its psi, psi_sd, converged and steps, or None}; ``log`` gets a line
+    before each."""
+    out: dict = {"planted": None, "gaussian_floor": None}
+    ks = planted_counts(ratios, vectors.shape[1])
+    if ks:
+        if log is not None:
+            log(f"the planted-feature control ({', '.join(map(str, ks))} directions on {vectors.shape[1]} neurons)")
+        out["planted"] = planted_response(vectors, labels, ks, plant_seed=plant_seed, device=device, base=base,
+                                          **settings)
+    if gaussian:
+        if log is not None:
+            log("the Gaussian floor (the layer's mean and covariance, ReLU'd)")
+        null = measure_superposition(gaussian_null(vectors, seed=plant_seed), labels=labels, device=device, **settings)
+        out["gaussian_floor"] = {k: null[k] for k in ("psi", "psi_sd", "converged", "steps")}
     return out

@@ -153,15 +153,14 @@ def train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: floa
     device = torch.device(device) if device is not None else torch.device("cpu")
     precision = pick_precision(device, tf32, bf16)
     with matmul_precision(device, tf32):
-        batch = _train_saes(vectors, settings, seeds, tolerance, window, device, progress, classes,
-                            torch.bfloat16 if precision == "bf16 pick" else None, rule)
-    return replace(batch, precision=precision)
+        return _train_saes(vectors, settings, seeds, tolerance, window, device, progress, classes, precision, rule)
 
 
 def _train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: float, window: int, device: torch.device,
-                progress, classes, pick_dtype, rule) -> SAEBatch:
+                progress, classes, precision: str, rule) -> SAEBatch:
     import time
 
+    pick_dtype = torch.bfloat16 if precision == "bf16 pick" else None
     x = _training_vectors(vectors, device)
     n, d = x.shape
     y = None if classes is None else torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)
@@ -206,5 +205,5 @@ def _train_saes(vectors, settings: SAESettings, seeds: list[int], tolerance: flo
             if progress is not None:
                 progress(step, float(current.mean()), (time.perf_counter() - started) / step * (settings.steps - step))
     gains = None if model.log_gain is None else torch.exp(model.log_gain).detach().cpu().numpy()
-    return SAEBatch(model.split(settings, seeds, scale), losses[:, :step].cpu().numpy(), step, settled, gains,
+    return SAEBatch(model.split(settings, seeds, scale), losses[:, :step].cpu().numpy(), step, settled, gains, precision,
                     trace=trace)

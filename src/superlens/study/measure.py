@@ -26,10 +26,11 @@ def _sae_vectors(model, data, spec, recipe, device) -> tuple[np.ndarray, np.ndar
 
 
 def _superposition(model, train, spec, recipe, device, log=None, label: str = "", curve=None,
-                   vectors: np.ndarray | None = None) -> dict[str, Any]:
+                   vectors: np.ndarray | None = None, details: bool = False) -> dict[str, Any]:
     """The psi protocol on the layer's vectors of the SAE training images (class means removed); with
     ``curve`` (a list), its (step, loss) points are appended there. ``vectors``: those vectors, when the
-    caller has captured them already (``model`` is then not run again)."""
+    caller has captured them already (``model`` is then not run again); ``details``: as
+    ``measure_superposition``'s."""
     from superlens.analysis.sae import progress_log, vector_labels
     from superlens.analysis.superposition import measure_superposition
     from superlens.tracking import curve_recorder
@@ -40,7 +41,8 @@ def _superposition(model, train, spec, recipe, device, log=None, label: str = ""
     if curve is not None:
         progress = curve_recorder(curve, progress)
     return measure_superposition(vectors, labels=vector_labels(train.labels.cpu().numpy(), len(vectors)),
-                                 layer_name=spec.layer, device=device, progress=progress, **asdict(spec.superposition))
+                                 layer_name=spec.layer, device=device, progress=progress, details=details,
+                                 **asdict(spec.superposition))
 
 
 def measurement_images(job: ArmJob | Round0Job, splits: DatasetSplits, device):
@@ -112,25 +114,20 @@ def init_floor(job: ArmJob, splits: DatasetSplits, train, device, final: dict[st
             **floor_verdict(final["psi"], final["psi_sd"], protocol["psi"], protocol["psi_sd"])}
 
 
-def planted_control(job: ArmJob, vectors: np.ndarray, train, device, log=None) -> dict[str, Any]:
+def planted_control(job: ArmJob, vectors: np.ndarray, train, device, log=None, base: dict | None = None
+                    ) -> dict[str, Any]:
     """The positive control on this layer at the study's settings: psi of the layer's own vectors with
     K = ratio x neurons known sparse directions added, for each ratio of ``sae.planted``, at the median
     firing frequency and magnitude of the latents the protocol finds in them; per K the rise of psi per
-    planted feature per neuron and the recall of the planted directions (``controls.planted_response``);
-    and the Gaussian floor: psi of as many ReLU'd Gaussian vectors with the layer's mean and covariance
-    (``controls.gaussian_null``), what the second-order statistics alone give."""
-    from superlens.analysis.controls import gaussian_null, planted_response
+    planted feature per neuron and the recall of the planted directions; and the Gaussian floor: psi of
+    as many ReLU'd Gaussian vectors with the layer's mean and covariance, what the second-order statistics
+    alone give (``controls.layer_controls``). ``base``: the job's own protocol measurement of ``vectors``
+    with details, which the planted control starts from."""
+    from superlens.analysis.controls import layer_controls
     from superlens.analysis.sae import vector_labels
 
-    spec = job.sae
-    neurons = vectors.shape[1]
-    ks = sorted({max(1, round(ratio * neurons)) for ratio in spec.planted})
-    if log is not None:
-        log(f"{job.label}: the planted-feature control ({', '.join(map(str, ks))} directions on {neurons} neurons)")
     labels = vector_labels(train.labels.cpu().numpy(), len(vectors))
-    result = planted_response(vectors, labels, ks, plant_seed=job.seed, device=device, **asdict(spec.superposition))
-    if log is not None:
-        log(f"{job.label}: the Gaussian floor (the layer's mean and covariance, ReLU'd)")
-    null = _superposition(None, train, spec, job.recipe, device, vectors=gaussian_null(vectors, seed=job.seed))
-    return {**result, "model": job.label, "gaussian_floor": {"psi": null["psi"], "psi_sd": null["psi_sd"],
-                                                            "converged": null["converged"], "steps": null["steps"]}}
+    controls = layer_controls(vectors, labels, job.sae.planted, plant_seed=job.seed, device=device, base=base,
+                              log=None if log is None else (lambda line: log(f"{job.label}: {line}")),
+                              **asdict(job.sae.superposition))
+    return {**controls["planted"], "model": job.label, "gaussian_floor": controls["gaussian_floor"]}

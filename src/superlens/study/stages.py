@@ -165,14 +165,16 @@ def sae_stage(job: ArmJob, splits: DatasetSplits, device, log=None) -> None:
     pooled_acts = test_acts if test_acts.ndim == 2 else test_acts.mean(axis=(2, 3))
     m.update(neurons_and_latents(pooled_acts, image_latents(sae, test_acts), test.labels.cpu().numpy(), spec.topk))
     curve: list[tuple[int, float]] = []
+    plants = bool(job.planted and spec.planted)
     protocol = _superposition(model, train, spec, job.recipe, device, log, f"{job.label}: superposition SAEs", curve,
-                              vectors=train_vectors)  # the decoding SAE's capture, not a second one
+                              vectors=train_vectors, details=plants)  # the decoding SAE's capture, not a second one
     m.update(superposition_metrics(protocol))
     m.update(_head_and_tail_psi(model, train, splits, spec, job.recipe, device, log, job.label))
     floor = init_floor(job, splits, train, device, protocol, log, measured["ids_sha256"]) if spec.floor else None
     if floor is not None:
         m.update(floor_metrics(floor))
-    planted = planted_control(job, train_vectors, train, device, log) if job.planted and spec.planted else None
+    planted = planted_control(job, train_vectors, train, device, log, base=protocol) if plants else None
+    protocol.pop("details", None)  # the reproduced decoder rows: the planted control's base, not sae.json's
     result = {"layer": spec.layer, "latents": int(sae.W_dec.shape[0]), "dim": int(test_vectors.shape[1]),
               "train_vectors": int(len(train_vectors)), "capture_dtype": capture_dtype_name(job.recipe, device),
               "measurement_images": measured, "metrics": m, "superposition": protocol, "floor": floor,
