@@ -177,7 +177,7 @@ def _reduce(acts: np.ndarray, pool: str) -> np.ndarray:
 
 def _sae(model, name, test_vectors, train, test, recipe, options, device, accuracy_known, seed, progress=None,
          keep: tuple[Path, str] | None = None) -> dict[str, float]:
-    from superlens.analysis.controls import layer_controls, planted_counts
+    from superlens.analysis.controls import control_metrics, layer_controls
     from superlens.analysis.features import capture
     from superlens.analysis.sae import progress_log, train_sae, vector_labels
     from superlens.analysis.superposition import measure_sae, measure_superposition, superposition_metrics
@@ -210,13 +210,7 @@ def _sae(model, name, test_vectors, train, test, recipe, options, device, accura
     metrics.update(superposition_metrics(protocol))
     controls = layer_controls(train_vectors, labels, section["planted"], gaussian=section["gaussian_floor"],
                               plant_seed=seed, device=device, base=protocol, log=progress, **section["superposition"])
-    if controls["gaussian_floor"] is not None:
-        metrics["psi_gaussian_floor"] = controls["gaussian_floor"]["psi"]
-    ratio_of = {planted_counts([r], train_vectors.shape[1])[0]: float(r) for r in section["planted"]}
-    for row in (controls["planted"] or {}).get("response", []):  # keyed by the ratio asked for
-        ratio = ratio_of[row["planted"]]
-        metrics[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
-        metrics[f"planted_recall_{ratio:g}"] = row["recall"]
+    metrics.update(control_metrics(controls, section["planted"], train_vectors.shape[1]))
     if section["floor"]:  # the same protocol on the same images through the network at fresh initial weights
         from superlens.analysis.controls import floor_metrics, floor_verdict, reinitialized
 

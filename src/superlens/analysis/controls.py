@@ -184,3 +184,15 @@ def layer_controls(vectors, labels, ratios, *, gaussian: bool = True, plant_seed
         null = measure_superposition(gaussian_null(vectors, seed=plant_seed), labels=labels, device=device, **settings)
         out["gaussian_floor"] = {k: null[k] for k in ("psi", "psi_sd", "converged", "steps")}
     return out
+
+
+def control_metrics(controls: dict, ratios, neurons: int) -> dict[str, float]:
+    """``layer_controls``' result as ``analyze``'s flat layer metrics: ``psi_gaussian_floor``, and per ratio
+    asked for, ``planted_rise_<ratio>`` and ``planted_recall_<ratio>``."""
+    out = {} if controls["gaussian_floor"] is None else {"psi_gaussian_floor": controls["gaussian_floor"]["psi"]}
+    ratio_of = {planted_counts([r], neurons)[0]: float(r) for r in ratios}
+    for row in (controls["planted"] or {}).get("response", []):
+        ratio = ratio_of[row["planted"]]
+        out[f"planted_rise_{ratio:g}"] = row["psi_rise_per_planted_per_neuron"]
+        out[f"planted_recall_{ratio:g}"] = row["recall"]
+    return out
